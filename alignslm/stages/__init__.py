@@ -1,0 +1,28 @@
+"""Pipeline stages. Each module defines ``run(ctx: StageContext) -> dict`` (the stage summary) and may
+define ``check(cfg) -> list[str]`` (problems found by ``--dry-run`` without heavy work).
+
+The artifact contract between stages (paths relative to the run directory; round stages live under
+``round-N/<stage>/``; ``ctx.inputs[<dep>]`` is the directory of a dependency, see alignslm.pipeline):
+
+corpus/manifest.jsonl      utt_id, path (absolute wav, 16 kHz mono), text, words [{word,start,end}] (s),
+                           voice, rate, topic, story_id, split (train|dev|test), duration (s),
+                           sentences [str] (demo only; a real manifest may carry only utt_id, path)
+benchmarks/benchmarks.json {"root": <dir with lexical/ syntactic/ ssc/ tsc/ in the official layouts>}
+tokenize/units.jsonl       utt_id, units [int], durations [int], n_frames, encoder, quantizer
+tokenize/quantizer.npy     centroids (K, D) float32 + quantizer.json (k, dim, source, versions)
+tokenize/tokenizer.json    what alignslm.tokenizer.load_tokenizer(dir) needs to tokenise new audio
+unitlm/unitlm.json         {"path": <HF model dir>, "offset", "n_units", ...}; load with alignslm.unitlm
+vocoder/vocoder.json       {"kind", "path", ...}; load with alignslm.vocoder.load_vocoder(dir)
+round-N/sample/samples.jsonl     prompt_id, utt_id, k, seed, prompt [int], continuation [int],
+                                 prompt_end_s (where the prompt was cut in the original audio)
+round-N/vocode/audio.jsonl       prompt_id, k, path (wav of the continuation), seconds,
+                                 prompt_path (wav of the prompt, cut from the original audio)
+round-N/transcribe/transcripts.jsonl  prompt_id, k, prompt_text, text
+round-N/judge/judgments.jsonl   prompt_id, k, score (float|null), perplexity, autobleu, raw
+round-N/pairs/pairs.jsonl       prompt_id, prompt, chosen, rejected (unit lists), chosen_score,
+                                rejected_score, prompt_text, chosen_text, rejected_text
+round-N/train/adapter/          peft LoRA adapter (safetensors); train_log.jsonl
+evaluate/results.json           per model (base, round-1, ...) benchmark + generation metrics
+report/report.md, report/results.json, report/headline.md, report/*.png
+Every stage: rejects.jsonl (id, reason) for items it could not process.
+"""
