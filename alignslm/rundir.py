@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from alignslm import logger
 
@@ -181,7 +181,7 @@ class StageContext:
     cfg: Any  # alignslm.config.Config
     run_dir: Path
     out: Path
-    round: Optional[int] = None
+    round: int | None = None
     inputs: dict[str, Path] = field(default_factory=dict)
     rank: int = 0
     world: int = 1
@@ -194,7 +194,7 @@ class StageContext:
             suffix = f".rank{self.rank}" if self.world > 1 else ""
             self.rejects = Rejects(self.out / f"rejects{suffix}.jsonl", self.name)
 
-    def round_dir(self, r: Optional[int] = None) -> Path:
+    def round_dir(self, r: int | None = None) -> Path:
         r = self.round if r is None else r
         return self.run_dir / f"round-{r}"
 
@@ -276,7 +276,7 @@ class Manifest:
         e = self.data["stages"].get(key)
         return bool(e and e.get("hash") == h and e.get("finished"))
 
-    def entry(self, key: str) -> Optional[dict]:
+    def entry(self, key: str) -> dict | None:
         return self.data["stages"].get(key)
 
     def mark_done(self, key: str, h: str, summary: dict, seconds: float) -> None:

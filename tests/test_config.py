@@ -1,0 +1,106 @@
+"""Config loading: YAML + dotted overrides, validation messages, help text, frozen sections."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alignslm.config import Config, ConfigError, load_config, replace, to_dict
+
+
+def test_defaults_are_the_paper_settings():
+    cfg = load_config()
+    assert cfg.sample.n_continuations == 5 and cfg.sample.temperature == 0.8 and cfg.sample.top_k == 25
+    assert (cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.loss) == (32, 8, "sigmoid")
+    assert cfg.curriculum.thresholds[:2] == ((3.0, 1.0), (4.0, 2.0))
+    assert cfg.pairs.autobleu_delta == 0.1
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("sample:\n  top_k: 10\n  temperature: 1\ntrain:\n  target_modules: [q_proj]\n")
+    cfg = load_config(p, ["sample.top_p=0.9", "run.run_dir=/x/y", "curriculum.rounds=3"])
+    assert cfg.sample.top_k == 10
+    assert cfg.sample.temperature == 1.0 and isinstance(cfg.sample.temperature, float)
+    assert cfg.sample.top_p == 0.9 and cfg.run.run_dir == "/x/y" and cfg.curriculum.rounds == 3
+    assert cfg.train.target_modules == ("q_proj",)
+
+
+def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["sample.topk=3"])
+    msg = str(e.value)
+    assert "sample.topk" in msg and "top_k" in msg and "temperature" in msg
+    with pytest.raises(ConfigError, match="unknown config key 'bogus'"):
+        load_config(None, ["bogus.x=1"])
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("sample.top_k=abc", "sample.top_k': expected an integer"),
+    ("sample.top_k=1.5", "expected an integer"),
+    ("run.smoke=3", "expected true/false"),
+    ("sample.temperature=hot", "expected a number"),
+    ("train.target_modules=5", "expected a list"),
+    ("sample=3", "expected a mapping"),
+])
+def test_wrong_types(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sample: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(lst)
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["sample.top_k"])
+
+
+def test_frozen_and_replace():
+    cfg = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.sample.top_k = 3  # type: ignore[misc]
+    cfg2 = replace(cfg, **{"pairs.chosen_min": 4.0})
+    assert cfg2.pairs.chosen_min == 4.0 and cfg.pairs.chosen_min == 3.0
+
+
+def test_smoke_sizes_apply_under_user_values():
+    cfg = load_config(None, ["run.smoke=true", "sample.n_prompts=5"])
+    assert cfg.unitlm.steps == 60 and cfg.sample.n_prompts == 5
+
+
+def test_roundtrip_through_yaml(tmp_path):
+    import yaml
+
+    cfg = load_config(None, ["sample.top_k=7"])
+    p = tmp_path / "resolved.yaml"
+    p.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert load_config(p) == cfg
+
+
+def test_cli_help_lists_stages_and_options():
+    out = subprocess.run([sys.executable, "-m", "alignslm.run", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for word in ("tokenize", "vocode", "transcribe", "judge", "pairs", "train", "evaluate", "sample.top_k"):
+        assert word in out.stdout
+
+
+def test_cli_bad_key_fails_fast_before_models_load():
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "alignslm.run", "sample.tpo_k=3"], capture_output=True, text=True)
+    assert out.returncode == 2 and "sample.tpo_k" in out.stderr
+    assert time.time() - t0 < 2.0 + 3.0  # 2 s budget; slack for a loaded shared CI machine
+    out = subprocess.run([sys.executable, "-m", "alignslm.run", "unitlm.path=/does/not/exist"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "/does/not/exist" in out.stderr and "unitlm.path" in out.stderr
