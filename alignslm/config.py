@@ -128,7 +128,14 @@ class ASRConfig:
     beam_size: int = opt(1, "Beam size.")
     language: str = opt("en", "Language token.")
     compute_type: str = opt("default", "CTranslate2 compute type.")
-    min_window_s: float = opt(10.0, "Floor of the trimmed feature window (seconds).")
+    min_window_s: float = opt(10.0, "Floor of the trimmed feature window (seconds); see bench/bench_asr.py.")
+    max_tokens_per_s: float = opt(8.0, "Output budget per second of audio; an output that reaches it is a runaway.")
+    compression_ratio_max: float = opt(2.4, "Drop (and record) outputs whose zlib compression ratio exceeds this.")
+    no_speech_max: float = opt(0.6, "no-speech probability above this (with avg log-prob < -1) => empty, recorded.")
+    no_repeat_ngram_size: int = opt(0, "Decoder n-gram blocking (0 = off: real repetition must reach auto-BLEU).")
+    repetition_penalty: float = opt(1.0, "Decoder repetition penalty (1.0 = off).")
+    cpu_threads: int = opt(0, "CTranslate2 intra-op threads (0 = library default).")
+    shard_size: int = opt(256, "Clips per output shard (resume granularity).")
 
 
 @dataclass(frozen=True)
