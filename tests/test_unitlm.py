@@ -1,0 +1,142 @@
+"""UnitLM: TWIST-format (config.offset) and slamkit-style loading, unit mapping, support, scoring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+from alignslm.unitlm import UnitLM, UnitLMError, load_unitlm
+
+
+def _tiny_llama(vocab: int, **extra) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, **extra)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _tiny_opt(vocab: int, **extra) -> OPTForCausalLM:
+    torch.manual_seed(0)
+    cfg = OPTConfig(vocab_size=vocab, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                    word_embed_proj_dim=32, max_position_embeddings=64, **extra)
+    return OPTForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def twist_opt(tmp_path):
+    """An OPT model saved like TWIST-1.3B: config.offset, specials below the units, extra ids above."""
+    m = _tiny_opt(4 + 20 + 3, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    m.config.offset = 4
+    m.save_pretrained(tmp_path / "opt")
+    return tmp_path / "opt"
+
+
+def test_twist_opt_offset_read_and_roundtrip(twist_opt):
+    lm = UnitLM.from_pretrained(twist_opt, n_units=20)
+    assert (lm.offset, lm.n_units, lm.bos_id, lm.eos_id, lm.pad_id) == (4, 20, 0, 2, 1)
+    units = [0, 19, 7, 7, 3]
+    ids = lm.units_to_ids(units)
+    assert ids == [4, 23, 11, 11, 7]
+    assert lm.ids_to_units(ids) == units
+    t = torch.tensor([[0, 19], [5, 6]])
+    assert torch.equal(lm.ids_to_units(lm.units_to_ids(t)), t)
+    # default n_units = vocab - offset
+    assert UnitLM.from_pretrained(twist_opt).n_units == 23
+
+
+def test_llama_twist_and_slamkit_styles(tmp_path):
+    m = _tiny_llama(3 + 10, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    m.config.offset = 3
+    m.save_pretrained(tmp_path / "llama")
+    lm = UnitLM.from_pretrained(tmp_path / "llama")
+    assert (lm.offset, lm.n_units, lm.bos_id, lm.eos_id, lm.pad_id) == (3, 10, 1, 2, 0)
+    # slamkit: no offset in the config -> unit k -> k+2, pad=0, bos=eos=1
+    s = _tiny_llama(502)
+    s.save_pretrained(tmp_path / "slam")
+    lm2 = UnitLM.from_pretrained(tmp_path / "slam")
+    assert (lm2.offset, lm2.n_units, lm2.bos_id, lm2.eos_id, lm2.pad_id) == (2, 500, 1, 1, 0)
+    assert lm2.units_to_ids([0, 499]) == [2, 501]
+    # explicit offset overrides
+    assert UnitLM.from_pretrained(tmp_path / "slam", offset=5, n_units=400).offset == 5
+
+
+def test_mapping_errors(twist_opt, tmp_path):
+    lm = UnitLM.from_pretrained(twist_opt, n_units=20)
+    with pytest.raises(UnitLMError, match=r"\[0, 20\)"):
+        lm.units_to_ids([3, 20])
+    with pytest.raises(UnitLMError, match="not units"):
+        lm.ids_to_units([2, 5])  # EOS is not a unit
+    with pytest.raises(UnitLMError, match="vocab_size"):
+        UnitLM.from_pretrained(twist_opt, n_units=24)
+    with pytest.raises(UnitLMError, match="config.json"):
+        UnitLM.from_pretrained(tmp_path / "nowhere")
+
+
+def test_logprobs_support(twist_opt):
+    lm = UnitLM.from_pretrained(twist_opt, n_units=20)
+    logits = torch.randn(2, 3, lm.vocab_size)
+    lp = lm.logprobs(logits)
+    sup = lm.support_mask()
+    assert sup.sum() == 21 and sup[2] and not sup[0] and not sup[1] and not sup[24]
+    assert torch.isinf(lp[..., ~sup]).all()
+    assert torch.allclose(lp[..., sup].exp().sum(-1), torch.ones(2, 3), atol=1e-5)
+    tgt = torch.tensor([[4, 2, 0], [23, 10, 11]])
+    tok = lm.token_logprobs(logits, tgt)
+    ref = lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    assert torch.equal(torch.isinf(tok), torch.isinf(ref)) and torch.isinf(tok[0, 2])
+    assert torch.allclose(tok[~torch.isinf(tok)], ref[~torch.isinf(ref)], atol=1e-5)
+    full = UnitLM(lm.model, offset=4, n_units=20, bos_id=0, eos_id=2, pad_id=1, support="full")
+    assert torch.allclose(full.logprobs(logits), torch.log_softmax(logits, -1), atol=1e-6)
+
+
+def test_score_sequences_matches_manual(twist_opt):
+    lm = UnitLM.from_pretrained(twist_opt, n_units=20)
+    seqs = [[1, 2, 3, 4, 5, 6], [7], [0, 19, 4]]
+    got = lm.score_sequences(seqs, reduce="sum", batch_size=2)
+    got_mean = lm.score_sequences(seqs, reduce="mean")
+    for i, s in enumerate(seqs):
+        ids = torch.tensor([[0, *(u + 4 for u in s), 2]])
+        with torch.no_grad():
+            lp = lm.logprobs(lm.model(ids).logits[0, :-1])
+        manual = lp.gather(-1, ids[0, 1:, None]).sum().item()
+        assert got[i] == pytest.approx(manual, abs=1e-4)
+        assert got_mean[i] == pytest.approx(manual / (len(s) + 1), abs=1e-4)
+    with pytest.raises(UnitLMError, match="sequence 1"):
+        lm.score_sequences([[1], [25]])
+    with pytest.raises(UnitLMError, match="context"):
+        lm.score_sequences([[1] * 70])
+
+
+def test_load_unitlm_with_adapters(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    m = _tiny_llama(3 + 10, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    m.config.offset = 3
+    m.save_pretrained(tmp_path / "model")
+    (tmp_path / "unitlm").mkdir()
+    (tmp_path / "unitlm" / "unitlm.json").write_text(json.dumps(
+        {"path": str(tmp_path / "model"), "offset": 3, "n_units": 10, "support": "units"}))
+    base = load_unitlm(tmp_path / "unitlm")
+    adapters = []
+    for r in (1, 2):
+        torch.manual_seed(r)
+        pm = get_peft_model(_tiny_llama(13, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        pm.save_pretrained(tmp_path / f"round-{r}" / "train" / "adapter")
+        adapters.append(tmp_path / f"round-{r}" / "train")
+    seq = [[1, 2, 3, 4]]
+    s0 = base.score_sequences(seq)[0]
+    merged = load_unitlm(tmp_path / "unitlm", adapters=adapters, merge=True)
+    kept = load_unitlm(tmp_path / "unitlm", adapters=adapters, merge=False)
+    assert type(merged.model).__name__ == "LlamaForCausalLM"
+    assert type(kept.model).__name__.startswith("Peft")
+    s1, s2 = merged.score_sequences(seq)[0], kept.score_sequences(seq)[0]
+    assert abs(s1 - s0) > 1e-3  # the adapters change the model
+    assert s1 == pytest.approx(s2, abs=1e-4)  # merging does not change the function
+    with pytest.raises(UnitLMError, match="adapter"):
+        load_unitlm(tmp_path / "unitlm", adapters=[tmp_path / "round-9"])
+    assert np.isfinite(s0)
