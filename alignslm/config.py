@@ -70,6 +70,8 @@ class TokenizeConfig:
     encoder_path: str | None = opt(
         None, "Encoder model directory (HuBERT: HF directory; whisper: CTranslate2 directory). None: the demo default.")
     layer: int = opt(11, "HuBERT feature layer (hidden_states index).")
+    pool: int = opt(1, "whisper/logmel: average this many 50 Hz frames (2 -> 25 Hz units).")
+    compute_type: str = opt("default", "whisper: CTranslate2 compute type (default | float32 | int8).")
     quantizer: str | None = opt(None, "k-means file (.npy centroids or a joblib .bin). None trains one.")
     trust_pickle: bool = opt(False, "Allow loading a joblib/pickle k-means file (it can run code).")
     n_units: int = opt(100, "K when training a quantizer.")
