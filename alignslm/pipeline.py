@@ -151,7 +151,7 @@ def run_step(step: Step, cfg: Config, run_dir: Path, manifest: Manifest, *, forc
             _clear(out)  # outputs of another config: start over (shards of the same hash are kept)
         out.mkdir(parents=True, exist_ok=True)
         stamp.write_text(h + "\n")
-        manifest.invalidate(step.key)
+        manifest.mark_started(step.key, h)
     barrier()
     ctx = StageContext(name=step.spec.name, cfg=cfg, run_dir=run_dir, out=out, round=step.round,
                        inputs={n: run_dir / k for n, k in deps.items()}, rank=rank, world=world,

@@ -284,7 +284,7 @@ class Manifest:
                                     "seconds": round(seconds, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(self.path, self.data)
 
-    def invalidate(self, key: str) -> None:
-        if key in self.data["stages"]:
-            self.data["stages"][key]["finished"] = False
-            write_json(self.path, self.data)
+    def mark_started(self, key: str, h: str) -> None:
+        """Record that a stage (with this hash) is running: not finished until mark_done."""
+        self.data["stages"][key] = {"hash": h, "finished": False, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(self.path, self.data)
