@@ -1,0 +1,250 @@
+"""Benchmark scoring (alignslm.evaluate) and generation statistics (alignslm.genmetrics)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from alignslm import evaluate as ev
+from alignslm import genmetrics as gm
+from alignslm.audio import write_wav
+
+# --------------------------------------------------------------------------------------------------
+# A tiny real unit LM (LLaMA architecture, random weights) saved the way the unitlm stage saves it
+# --------------------------------------------------------------------------------------------------
+
+N_UNITS = 20
+
+
+@pytest.fixture(scope="module")
+def unitlm_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("unitlm")
+    cfg = LlamaConfig(vocab_size=N_UNITS + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    model = LlamaForCausalLM(cfg)
+    model.config.offset = 2
+    model.config.n_units = N_UNITS
+    model.save_pretrained(d / "hf")
+    (d / "unitlm.json").write_text(json.dumps({"path": str(d / "hf"), "offset": 2, "n_units": N_UNITS,
+                                               "bos_id": 1, "eos_id": 1, "pad_id": 0}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def lm(unitlm_dir):
+    from alignslm.unitlm import load_unitlm
+
+    return load_unitlm(unitlm_dir)
+
+
+def _loglik(lm, units: list[int]) -> tuple[float, int]:
+    """Reference: sum of log p(token | prefix) over [units, EOS] given BOS, one sequence at a time."""
+    import torch
+
+    ids = torch.tensor([[1] + [u + 2 for u in units] + [1]])
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids).logits[0, :-1]  # (T-1, V)
+    support = list(range(2, 2 + N_UNITS)) + [1]
+    lp = torch.log_softmax(logits[:, support], dim=-1)  # (T-1, S)
+    tgt = [support.index(t) for t in ids[0, 1:].tolist()]
+    vals = lp[torch.arange(len(tgt)), torch.tensor(tgt)]
+    return float(vals.sum()), len(tgt)
+
+
+def test_score_units_sum_and_mean_match_reference(lm):
+    units = {"a": [3, 4, 5, 6, 7, 8, 9], "b": [1], "c": [0, 19, 19, 2], "d": list(range(20))}
+    s_sum = ev.score_units(lm, units, "sum", batch_size=2)
+    s_mean = ev.score_units(lm, units, "mean", batch_size=3)
+    for k, u in units.items():
+        ref, n = _loglik(lm, u)
+        assert s_sum[k] == pytest.approx(ref, abs=1e-4)
+        assert s_mean[k] == pytest.approx(ref / n, abs=1e-5)  # n = len(units) + 1 (EOS)
+
+
+def test_score_units_rejects_bad_mode_and_empty(lm):
+    with pytest.raises(ev.EvalInputError, match="eval.score"):
+        ev.score_units(lm, {"a": [1, 2]}, "max")
+    with pytest.raises(ev.EvalInputError, match="no units.*'?e1"):
+        ev.score_units(lm, {"e1": [], "ok": [1]}, "mean")
+
+
+# --------------------------------------------------------------------------------------------------
+# Official ZeroSpeech 2021 arithmetic, by hand
+# --------------------------------------------------------------------------------------------------
+
+
+def _lex_pair(pid, voice, freq, length=3):
+    return {"id": pid, "voice": voice, "frequency": freq, "length": length,
+            "correct_file": f"w{pid}{voice}", "incorrect_file": f"n{pid}{voice}"}
+
+
+def test_lexical_voice_average_then_id_average_and_bands():
+    # id 1: voice A win, voice B tie -> 0.75 ; id 2: loss, loss -> 0 ; id 3 (oov): win -> 1 ; id 4 (freq 5): win
+    pairs = [_lex_pair(1, "A", 3), _lex_pair(1, "B", 3), _lex_pair(2, "A", 150), _lex_pair(2, "B", 150),
+             _lex_pair(3, "A", 0), _lex_pair(4, "A", 5, length=5)]
+    s = {"w1A": -1.0, "n1A": -2.0, "w1B": -3.0, "n1B": -3.0, "w2A": -5.0, "n2A": -1.0, "w2B": -5.0,
+         "n2B": -4.0, "w3A": 0.0, "n3A": -1.0, "w4A": 2.0, "n4A": 1.0}
+    r = ev.score_lexical(pairs, s)
+    assert r["all"] == pytest.approx((0.75 + 0 + 1 + 1) / 4)
+    assert r["pair_mean"] == pytest.approx((1 + 0.5 + 0 + 0 + 1 + 1) / 6)
+    bf = r["by_frequency"]
+    assert bf["oov"] == {"n": 1, "score": 1.0, "std": None}
+    assert bf["1-5"]["n"] == 1 and bf["1-5"]["score"] == 0.75  # frequency 3
+    assert bf["6-20"]["n"] == 1 and bf["6-20"]["score"] == 1.0  # frequency 5 falls in [5, 20): official edges
+    assert bf[">100"]["score"] == 0.0 and bf["21-100"]["n"] == 0
+    assert r["invocab"] == pytest.approx((0.75 + 0 + 1) / 3)
+    assert r["by_length"]["5"]["score"] == 1.0 and r["by_length"]["3"]["n"] == 3
+    assert r["n_ids"] == 4 and r["n_pairs"] == 6
+
+
+def test_syntactic_groups_by_type_subtype_id():
+    pairs = [{"id": 1, "voice": v, "type": "agreement", "subtype": "a1", "correct_file": f"c1{v}",
+              "incorrect_file": f"i1{v}"} for v in "AB"]
+    pairs += [{"id": 2, "voice": "A", "type": "order", "subtype": "o1", "correct_file": "c2A",
+               "incorrect_file": "i2A"}]
+    s = {"c1A": 1.0, "i1A": 0.0, "c1B": 0.0, "i1B": 1.0, "c2A": 2.0, "i2A": 2.0}
+    r = ev.score_syntactic(pairs, s)
+    assert r["all"] == pytest.approx((0.5 + 0.5) / 2)
+    assert r["by_type"]["agreement"]["score"] == 0.5 and r["by_type"]["order"]["score"] == 0.5
+    assert r["pair_mean"] == pytest.approx((1 + 0 + 0.5) / 3)
+
+
+def test_storycloze_accuracy_counts_ties_as_wrong():
+    pairs = [{"id": i, "correct_file": f"c{i}", "incorrect_file": f"i{i}"} for i in range(4)]
+    s = {"c0": 1, "i0": 0, "c1": 0, "i1": 1, "c2": 3, "i2": 3, "c3": 5, "i3": -5}
+    r = ev.score_storycloze(pairs, s)
+    assert r["all"] == 0.5 and r["ties"] == 1 and r["per_pair"] == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_frequency_band_edges_match_pandas_cut():
+    pd = pytest.importorskip("pandas")
+    freqs = [0, 0.5, 1, 4, 5, 19, 20, 99, 100, 10_000]
+    ours = [ev.frequency_band(f) for f in freqs]
+    theirs = pd.cut(pd.Series(freqs), list(ev.BAND_EDGES), labels=list(ev.BAND_LABELS), right=False)
+    assert ours == [str(x) for x in theirs]
+    assert ev.frequency_band(None) is None and ev.frequency_band(float("nan")) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: an error before any scoring, naming the files
+# --------------------------------------------------------------------------------------------------
+
+
+def _bench(tmp_path: Path, n: int = 3):
+    items, pairs = [], []
+    t = np.linspace(0, 1, 1600, dtype=np.float32)
+    for i in range(n):
+        for side in ("c", "i"):
+            p = tmp_path / f"{side}{i}.wav"
+            write_wav(p, 0.1 * np.sin(2 * np.pi * (200 + 50 * i) * t))
+            items.append((f"{side}{i}", p))
+        pairs.append({"id": i, "voice": "v", "correct_file": f"c{i}", "incorrect_file": f"i{i}"})
+    return items, pairs
+
+
+def test_check_benchmark_lists_missing_wavs_and_incomplete_pairs(tmp_path):
+    items, pairs = _bench(tmp_path)
+    ev.check_benchmark("ok", items, pairs)
+    (tmp_path / "c1.wav").unlink()
+    with pytest.raises(ev.EvalInputError, match=r"lexical.*1 wav file\(s\) missing: .*c1\.wav"):
+        ev.check_benchmark("lexical", items, pairs)
+    items2, pairs2 = _bench(tmp_path / "b")
+    pairs2.append({"id": 9, "voice": "v", "correct_file": "c9", "incorrect_file": "i0"})
+    with pytest.raises(ev.EvalInputError, match="incomplete pair.*pair 9 .*lacks c9"):
+        ev.check_benchmark("ssc", items2, pairs2)
+    (tmp_path / "b" / "c2.wav").write_bytes(b"not a wav")
+    with pytest.raises(ev.EvalInputError, match="unreadable.*c2.wav"):
+        ev.check_benchmark("tsc", items2, pairs2[:3])
+
+
+def test_unit_count_mismatch_names_both_sides():
+    ev.check_unit_counts(100, 100, "lm", "q")
+    with pytest.raises(ev.EvalInputError, match="runs/x/unitlm.*500 units.*runs/x/tokenize.*100"):
+        ev.check_unit_counts(500, 100, "runs/x/unitlm", "runs/x/tokenize")
+
+
+def test_tokenize_items_reports_bad_audio(tmp_path):
+    items, _ = _bench(tmp_path, 2)
+    write_wav(tmp_path / "silent.wav", np.zeros(1600, dtype=np.float32))
+
+    class LengthTokenizer:  # stand-in for alignslm.tokenizer: units from the waveform's length
+        def encode(self, wavs):
+            return [([len(w) % 7, 3], [1, 1]) for w in wavs]
+
+    units = ev.tokenize_items(LengthTokenizer(), items, batch_size=3)
+    assert units == {fid: [1600 % 7, 3] for fid, _ in items}
+    with pytest.raises(ev.EvalInputError, match="silent.wav.*silence"):
+        ev.tokenize_items(LengthTokenizer(), items + [("s", tmp_path / "silent.wav")])
+
+
+# --------------------------------------------------------------------------------------------------
+# Submission export round trip and score_benchmarks
+# --------------------------------------------------------------------------------------------------
+
+
+def test_score_benchmarks_writes_submission_and_matches_direct_scoring(lm, tmp_path):
+    rng = np.random.default_rng(0)
+    items = [(f"f{i:03d}", f"/x/f{i:03d}.wav") for i in range(8)]
+    units = {fid: rng.integers(0, N_UNITS, size=rng.integers(2, 12)).tolist() for fid, _ in items}
+    pairs = [{"id": i // 2, "voice": f"v{i % 2}", "frequency": 7, "length": 3, "correct_file": items[2 * i][0],
+              "incorrect_file": items[2 * i + 1][0]} for i in range(4)]
+    bset = SimpleNamespace(items=items, pairs=pairs)
+    res = ev.score_benchmarks(lm, {"lexical": units}, {"lexical": bset}, "sum", 4, submission_dir=tmp_path)
+    sub = ev.read_submission(tmp_path / "lexical" / "dev.txt")
+    assert list(sub) == [fid for fid, _ in items]
+    assert sub == res["lexical"]["scores"]  # repr round-trips exactly
+    assert res["lexical"]["all"] == ev.score_lexical(pairs, sub)["all"]
+    assert (tmp_path / "meta.yaml").exists()
+    assert ev.headline(res) == {"sWUGGY": res["lexical"]["all"], "sBLIMP": None, "sSC": None, "tSC": None}
+    with pytest.raises(ev.EvalInputError, match="no score for f000"):
+        ev.write_submission(tmp_path, "lexical", "dev", items, {})
+
+
+# --------------------------------------------------------------------------------------------------
+# Bootstrap statistics
+# --------------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_covers_mean_and_ignores_none():
+    x = [1.0, 2.0, 3.0, 4.0, None, 5.0]
+    r = gm.bootstrap_ci(x, n_boot=500, seed=1)
+    assert r["n"] == 5 and r["mean"] == 3.0 and r["lo"] < 3.0 < r["hi"]
+    assert 1.0 < r["lo"] and r["hi"] < 5.0
+    assert gm.bootstrap_ci([], 10)["mean"] is None
+
+
+def test_paired_bootstrap_detects_shift_only_on_shared_keys():
+    rng = np.random.default_rng(0)
+    base = {f"p{i}": float(v) for i, v in enumerate(rng.normal(3, 1, 60))}
+    better = {k: v + 0.5 + 0.05 * rng.normal() for k, v in base.items()}
+    better["extra"] = 100.0  # not in base: must not count
+    r = gm.paired_bootstrap(base, better, n_boot=1000, seed=0)
+    assert r["n"] == 60 and r["diff"] == pytest.approx(0.5, abs=0.05)
+    assert r["lo"] > 0.4 and r["p_le_0"] == 0.0
+    same = gm.paired_bootstrap(base, base, n_boot=200)
+    assert same["diff"] == 0.0 and same["lo"] == 0.0
+
+
+def test_summarize_generations_counts_rejects_and_averages_per_prompt():
+    rows = [{"prompt_id": "a", "k": 0, "score": 5.0, "autobleu": 0.0, "perplexity": 10.0},
+            {"prompt_id": "a", "k": 1, "score": 3.0, "autobleu": 0.2, "perplexity": None},
+            {"prompt_id": "b", "k": 0, "score": None, "autobleu": 0.1, "reject": "judge reply unparseable"},
+            {"prompt_id": "b", "k": 1, "score": 1.0, "autobleu": 0.1}]
+    s = gm.summarize_generations(rows, n_boot=100, seed=0, prompt_wer=0.25)
+    assert s["per_prompt"]["score"] == {"a": 4.0, "b": 1.0}
+    assert s["judge_score"]["mean"] == 2.5  # mean over prompts of per-prompt means
+    assert s["reject_share"] == 0.25 and s["n_rejects"] == 1
+    assert s["perplexity"]["mean"] == 10.0 and s["prompt_wer"] == 0.25
+    h = gm.score_histogram([r["score"] for r in rows])
+    assert h["counts"] == [1, 0, 1, 0, 1] and h["missing"] == 1
+    cmp_ = gm.compare_models(s, s, n_boot=50)
+    assert cmp_["score"]["diff"] == 0.0 and cmp_["score"]["n"] == 2
