@@ -1,0 +1,181 @@
+"""Unit HiFi-GAN: public checkpoint format, strict loading, batched == one-at-a-time, bad input."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from alignslm.vocoder import load_vocoder
+from alignslm.vocoder.hifigan import (
+    CheckpointError,
+    CodeGenerator,
+    HifiganVocoder,
+    VocoderInputError,
+    _Cond,
+    load_codegenerator,
+)
+
+TINY = {
+    "resblock": "1", "upsample_rates": [2, 2], "upsample_kernel_sizes": [4, 4], "upsample_initial_channel": 16,
+    "resblock_kernel_sizes": [3, 5], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
+    "num_embeddings": 20, "embedding_dim": 8, "model_in_dim": 8, "code_hop_size": 4, "sampling_rate": 16000,
+    "dur_predictor_params": {"encoder_embed_dim": 8, "var_pred_hidden_dim": 8, "var_pred_kernel_size": 3,
+                             "var_pred_dropout": 0.5},
+}
+
+# The names a public unit HiFi-GAN checkpoint of this shape holds (speech-resynthesis / textlesslib).
+PUBLIC_KEYS = {
+    "dict.weight", "dur_predictor.conv1.0.weight", "dur_predictor.conv1.0.bias", "dur_predictor.ln1.weight",
+    "dur_predictor.ln1.bias", "dur_predictor.conv2.0.weight", "dur_predictor.conv2.0.bias",
+    "dur_predictor.ln2.weight", "dur_predictor.ln2.bias", "dur_predictor.proj.weight", "dur_predictor.proj.bias",
+    "conv_pre.weight_g", "conv_pre.weight_v", "conv_pre.bias", "conv_post.weight_g", "conv_post.weight_v",
+    "conv_post.bias",
+    *(f"ups.{i}.{p}" for i in range(2) for p in ("weight_g", "weight_v", "bias")),
+    *(f"resblocks.{r}.convs{c}.{j}.{p}" for r in range(4) for c in (1, 2) for j in range(3)
+      for p in ("weight_g", "weight_v", "bias")),
+}
+
+
+def _weight_normed(cfg: dict, seed: int = 0, new_api: bool = False) -> CodeGenerator:
+    """A random-weight generator with weight norm applied the way the public training code does."""
+    torch.manual_seed(seed)
+    m = CodeGenerator(cfg)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.3)
+    if m.dur_predictor is not None:
+        torch.nn.init.constant_(m.dur_predictor.proj.bias, 1.2)  # exp(d) - 1 around 2-3 frames per unit
+    convs = [m.conv_pre, m.conv_post, *m.ups, *(c for rb in m.resblocks for c in rb.modules()
+                                                 if isinstance(c, torch.nn.Conv1d))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for c in convs:
+            if new_api:
+                torch.nn.utils.parametrizations.weight_norm(c)
+            else:
+                torch.nn.utils.weight_norm(c)
+    return m.eval()
+
+
+def _save(tmp_path, cfg: dict, model: torch.nn.Module, name: str = "hg") -> str:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    torch.save({"generator": model.state_dict()}, d / "generator.pt")
+    return str(d)
+
+
+def _rand_units(n: int, lo: int = 1, hi: int = 30, seed: int = 1) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 20, size=int(rng.integers(lo, hi))).tolist() for _ in range(n)]
+
+
+@pytest.mark.parametrize("new_api", [False, True])
+def test_public_checkpoint_loads_strictly_and_matches_weight_normed_model(tmp_path, new_api):
+    ref = _weight_normed(TINY, new_api=new_api)
+    if not new_api:
+        assert set(ref.state_dict()) == PUBLIC_KEYS
+    d = _save(tmp_path, TINY, ref)
+    model = load_codegenerator(d)
+    assert not any("weight_g" in k or "parametrizations" in k for k in model.state_dict())
+    code = torch.tensor([[3, 5, 5, 1, 19, 0, 7]])
+    with torch.no_grad():
+        want = ref(code, dur_prediction=True)  # weight norm computed on the fly
+        got = model(code, dur_prediction=True)
+    assert got.shape == want.shape and got.shape[-1] > 7 * 4  # durations > 1 frame were predicted
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_batched_duration_prediction_identical_to_one_at_a_time(tmp_path):
+    model = load_codegenerator(_save(tmp_path, TINY, _weight_normed(TINY)))
+    units = _rand_units(24, 1, 60)
+    lengths = torch.tensor([len(u) for u in units])
+    codes = torch.nn.utils.rnn.pad_sequence([torch.tensor(u) for u in units], batch_first=True)
+    with torch.no_grad():
+        batched = model.predict_durations(codes, lengths)
+        for i, u in enumerate(units):
+            single = model.predict_durations(torch.tensor([u]), torch.tensor([len(u)]))
+            assert torch.equal(batched[i, : len(u)], single[0]), f"item {i}"
+            assert (batched[i, len(u):] == 0).all()
+    assert batched.max() > 1  # not a degenerate all-ones predictor
+
+
+def test_batch_vocode_matches_single_and_trims(tmp_path):
+    voc = load_vocoder(_save(tmp_path, TINY, _weight_normed(TINY)))
+    assert isinstance(voc, HifiganVocoder) and voc.sample_rate == 16000
+    units = _rand_units(7, 1, 25, seed=3)
+    batched = voc.vocode(units, batch_size=7)
+    single = [voc.vocode([u], batch_size=1)[0] for u in units]
+    for i, (b, s) in enumerate(zip(batched, single)):
+        assert b.shape == s.shape, f"item {i}"
+        np.testing.assert_allclose(b, s, atol=2e-5, err_msg=f"item {i}")
+    # given durations: the output is exactly sum(durations) frames long
+    durs = [[2] * len(u) for u in units]
+    out = voc.vocode(units, durations=durs)
+    assert [len(w) for w in out] == [2 * len(u) * 4 for u in units]
+
+
+def test_multispeaker_f0_model_batches_like_single(tmp_path):
+    cfg = {**TINY, "multispkr": True, "num_speakers": 4, "f0": True, "model_in_dim": 17}
+    cfg.pop("dur_predictor_params")
+    model = load_codegenerator(_save(tmp_path, cfg, _weight_normed(cfg)))
+    assert "spkr.weight" in model.state_dict()
+    rng = np.random.default_rng(0)
+    units = [torch.tensor(u) for u in _rand_units(4, 2, 12)]
+    f0s = [torch.tensor(rng.uniform(-1, 1, 2 * len(u)), dtype=torch.float32) for u in units]  # 2 F0 frames/unit
+    cond = _Cond(spkr=torch.tensor([2]))
+    with torch.no_grad():
+        codes = torch.nn.utils.rnn.pad_sequence(units, batch_first=True)
+        x, frames = model.features(codes, torch.tensor([len(u) for u in units]), None, _Cond(cond.spkr, None, f0s))
+        batched = model.generate(x, frames)
+        for i, u in enumerate(units):
+            xs, fs = model.features(u[None], torch.tensor([len(u)]), None, _Cond(cond.spkr, None, [f0s[i]]))
+            s = model.generate(xs, fs)[0]
+            assert s.shape[0] == 2 * len(u) * 4
+            torch.testing.assert_close(batched[i, : s.shape[0]], s, atol=2e-5, rtol=1e-4)
+
+
+def test_bad_units_name_the_item(tmp_path):
+    voc = load_vocoder(_save(tmp_path, TINY, _weight_normed(TINY)))
+    with pytest.raises(VocoderInputError, match=r"item 1: unit id 20 is outside the embedding table \[0, 20\)"):
+        voc.vocode([[1, 2], [3, 20]])
+    with pytest.raises(VocoderInputError, match="item 0: unit id -1"):
+        voc.vocode([[-1, 2]])
+    with pytest.raises(VocoderInputError, match="item 2: empty unit sequence") as e:
+        voc.vocode([[1], [2], []])
+    assert e.value.index == 2
+    with pytest.raises(VocoderInputError, match="item 0: 1 durations for 2 units"):
+        voc.vocode([[1, 2]], durations=[[3]])
+
+
+def test_config_weight_disagreement_names_tensor_and_shapes(tmp_path):
+    d = _save(tmp_path, {**TINY, "model_in_dim": 10}, _weight_normed(TINY))
+    with pytest.raises(CheckpointError, match=r"'conv_pre.weight' has shape \(16, 8, 7\).*implies \(16, 10, 7\)"):
+        load_codegenerator(d)
+    d2 = _save(tmp_path, {**TINY, "multispkr": True, "model_in_dim": 16}, _weight_normed(TINY), "hg2")
+    with pytest.raises(CheckpointError, match=r"missing \['spkr.weight'\]"):
+        load_codegenerator(d2)
+    d3 = _save(tmp_path, {**TINY, "num_embeddings": 30}, _weight_normed(TINY), "hg3")
+    with pytest.raises(CheckpointError, match=r"'dict.weight' has shape \(20, 8\).*\(30, 8\)"):
+        load_codegenerator(d3)
+
+
+def test_incomplete_or_unsafe_checkpoints_are_refused(tmp_path):
+    ref = _weight_normed(TINY)
+    d = _save(tmp_path, TINY, ref)
+    sd = {k: v for k, v in ref.state_dict().items() if k != "conv_post.weight_v"}
+    torch.save({"generator": sd}, f"{d}/generator.pt")
+    with pytest.raises(CheckpointError, match="'conv_post' has only half of a weight-norm pair"):
+        load_codegenerator(d)
+    torch.save({"generator": ref.state_dict(), "extra": object.__new__(_Cond)}, f"{d}/generator.pt")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_codegenerator(d)
+    torch.save(ref.state_dict(), f"{d}/generator.pt")
+    with pytest.raises(CheckpointError, match="expected a dict with a 'generator' state dict"):
+        load_codegenerator(d)
+    with pytest.raises(CheckpointError, match="missing key"):
+        (tmp_path / "hg" / "config.json").write_text(json.dumps({"upsample_rates": [2]}))
+        load_codegenerator(d)
