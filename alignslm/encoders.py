@@ -37,6 +37,7 @@ class Encoder(Protocol):
     name: str
     dim: int
     frame_rate: float
+    max_seconds: float | None  # longest utterance it accepts (None: no limit)
 
     def encode(self, wavs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
@@ -115,6 +116,7 @@ class HubertEncoder:
         self.hop = int(np.prod(model.config.conv_stride))
         self.frame_rate = SAMPLE_RATE / self.hop
         self.name = f"hubert:{path.name}:L{layer}"
+        self.max_seconds: float | None = None
 
     @staticmethod
     def _read_normalize(path: Path, masked: bool) -> bool:
@@ -191,6 +193,7 @@ class WhisperEncoder:
         import ctranslate2
         from faster_whisper.feature_extractor import FeatureExtractor
 
+        self.given_path = str(path) if path else None  # None: the demo default, resolved on each machine
         path = Path(path).expanduser() if path else default_whisper_dir()
         if not (path / "model.bin").is_file():
             raise EncoderError(f"{path}: not a CTranslate2 Whisper directory (no model.bin); "
@@ -207,12 +210,13 @@ class WhisperEncoder:
         probe = self._run([np.zeros((self.n_mels, 4), dtype=np.float32)])  # (1, 2, D)
         self.dim = int(probe.shape[-1])
         self.name = f"whisper:{path.parent.name}/{path.name}:{int(self.frame_rate)}Hz"
+        self.max_seconds: float | None = WHISPER_MAX_SECONDS
 
     def n_frames(self, n_samples: int) -> int:
         return int(n_samples) // (320 * self.pool)
 
     def describe(self) -> dict:
-        return {"encoder": "whisper", "encoder_path": str(self.path), "pool": self.pool,
+        return {"encoder": "whisper", "encoder_path": self.given_path, "pool": self.pool,
                 "compute_type": self.compute_type}
 
     def _run(self, feats: list[np.ndarray]) -> np.ndarray:
@@ -256,6 +260,7 @@ class LogMelEncoder:
         self.pool, self.dim = pool, n_mels
         self.frame_rate = 50.0 / pool
         self.name = f"logmel:{n_mels}:{int(self.frame_rate)}Hz"
+        self.max_seconds: float | None = None
 
     def n_frames(self, n_samples: int) -> int:
         return int(n_samples) // (320 * self.pool)

@@ -1,0 +1,198 @@
+"""Stage ``tokenize``: corpus audio -> deduplicated k-means units.
+
+Reads ``corpus/manifest.jsonl`` (utt_id, path[, split]); writes ``units.jsonl`` (utt_id, units, durations,
+n_frames, encoder, quantizer), ``quantizer.npy`` + ``.json`` and ``tokenizer.json`` (see
+alignslm.tokenizer.load_tokenizer).  With ``tokenize.quantizer`` unset it trains K-means on up to
+``fit_max_frames`` frames of the train split (utterances in a seeded random order); otherwise it loads the
+given file, and a dimension that differs from the encoder's stops the stage before any audio is read.
+Unreadable, empty, silent, non-finite, too short or too long audio is listed in ``rejects.jsonl``.
+Resumable per shard of ``shard_size`` utterances; the trained quantizer is saved before the first shard.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alignslm import logger
+from alignslm.audio import SAMPLE_RATE, AudioError, read_audio
+from alignslm.encoders import ENCODERS, Encoder, build_encoder
+from alignslm.quantizer import Quantizer, load_quantizer, train_quantizer
+from alignslm.rundir import StageContext, read_jsonl, run_sharded
+from alignslm.tokenizer import QUANTIZER_NPY, Tokenizer
+
+UNITS_JSONL = "units.jsonl"
+
+
+def check(cfg: Any) -> list[str]:
+    """Cheap --dry-run checks: encoder kind and paths, quantizer file and pickle policy."""
+    t = cfg.tokenize
+    problems = []
+    if t.encoder not in ENCODERS:
+        problems.append(f"tokenize.encoder={t.encoder!r}: choose one of {', '.join(ENCODERS)}")
+    if t.encoder == "hubert" and not t.encoder_path:
+        problems.append("tokenize.encoder=hubert needs tokenize.encoder_path (a HubertModel directory)")
+    if t.encoder_path and not Path(t.encoder_path).expanduser().exists():
+        problems.append(f"tokenize.encoder_path={t.encoder_path}: no such directory")
+    if t.quantizer:
+        q = Path(t.quantizer).expanduser()
+        if not q.is_file():
+            problems.append(f"tokenize.quantizer={q}: no such file")
+        elif q.suffix != ".npy" and not t.trust_pickle:
+            problems.append(f"tokenize.quantizer={q} is a pickle/joblib file: set tokenize.trust_pickle=true "
+                            f"if you trust it, or convert it: python -m alignslm.quantizer convert {q} out.npy "
+                            "--trust-pickle")
+    if t.pool < 1 or t.n_units < 2 or t.batch_size < 1 or t.shard_size < 1:
+        problems.append("tokenize.pool, batch_size and shard_size must be >= 1 and n_units >= 2")
+    return problems
+
+
+def _device(cfg: Any) -> str:
+    if cfg.run.device != "auto":
+        return cfg.run.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _read(row: dict, enc: Encoder) -> np.ndarray:
+    """One manifest row's audio, checked against what the encoder accepts (AudioError otherwise)."""
+    if "path" not in row:
+        raise AudioError(row.get("utt_id", "?"), "manifest row has no 'path'")
+    wav = read_audio(row["path"])
+    if enc.n_frames(wav.size) < 1:
+        raise AudioError(row["path"], f"too short ({wav.size} samples) for one {enc.name} frame")
+    if enc.max_seconds is not None and wav.size > enc.max_seconds * SAMPLE_RATE:
+        raise AudioError(row["path"], f"{wav.size / SAMPLE_RATE:.1f} s is longer than the {enc.max_seconds:.0f} s "
+                                      "the encoder accepts; split long recordings into utterances first")
+    return wav
+
+
+def _encode_safe(enc: Encoder, wavs: list[np.ndarray], ids: list[str], ctx: StageContext) -> list[Any]:
+    """Encode a batch; if it fails, encode one at a time so only the bad items are rejected."""
+    try:
+        return list(enc.encode(wavs))
+    except Exception:  # noqa: BLE001 - isolate the offending item below
+        out: list[Any] = []
+        for w, i in zip(wavs, ids):
+            try:
+                out.append(enc.encode([w])[0])
+            except Exception as e:  # noqa: BLE001
+                ctx.rejects.add(i, f"encoder failed: {type(e).__name__}: {e}")
+                out.append(None)
+        return out
+
+
+def _fit_quantizer(ctx: StageContext, enc: Encoder, rows: list[dict],
+                   timing: dict[str, float]) -> tuple[Quantizer, dict[str, np.ndarray]]:
+    """K-means on up to fit_max_frames frames of the train split; returns the features it encoded too."""
+    t = ctx.cfg.tokenize
+    pool = [r for r in rows if r.get("split", "train") == "train"] or rows
+    order = np.random.default_rng(ctx.seed("fit")).permutation(len(pool))
+    feats: dict[str, np.ndarray] = {}
+    n = 0
+    for s in range(0, len(order), t.batch_size):
+        batch = []
+        for j in order[s:s + t.batch_size]:
+            try:
+                batch.append((pool[j]["utt_id"], _read(pool[j], enc)))
+            except AudioError:
+                continue  # recorded as a reject when the main pass reaches it
+        t0 = time.perf_counter()
+        for (uid, _), f in zip(batch, enc.encode([w for _, w in batch])):
+            feats[uid] = f
+            n += f.shape[0]
+        timing["encode_s"] += time.perf_counter() - t0
+        if n >= t.fit_max_frames:
+            break
+    if n < t.n_units:
+        raise RuntimeError(f"only {n} usable frames in the train split to fit K={t.n_units} units; "
+                           "add audio or lower tokenize.n_units")
+    X = np.concatenate(list(feats.values()))[: t.fit_max_frames]  # (N, D)
+    logger.info("tokenize: fitting K=%d on %d frames from %d utterances", t.n_units, X.shape[0], len(feats))
+    q = train_quantizer(np.ascontiguousarray(X, dtype=np.float32), t.n_units, t.fit_iters, ctx.seed("kmeans"))
+    q.meta.update({"encoder": enc.name, "n_utterances": len(feats)})
+    return q, feats
+
+
+def _quantizer(ctx: StageContext, enc: Encoder, rows: list[dict],
+               timing: dict[str, float]) -> tuple[Quantizer, dict[str, np.ndarray]]:
+    """The given quantizer (checked), the one a previous attempt trained, or a new one."""
+    t = ctx.cfg.tokenize
+    saved = ctx.out / QUANTIZER_NPY
+    if t.quantizer:
+        q = load_quantizer(Path(t.quantizer).expanduser(), trust_pickle=t.trust_pickle)
+    elif saved.is_file():
+        logger.info("tokenize: resuming with the quantizer trained earlier (%s)", saved)
+        q = load_quantizer(saved)
+    else:
+        return _fit_quantizer(ctx, enc, rows, timing)
+    return q, {}
+
+
+def run(ctx: StageContext) -> dict:
+    t = ctx.cfg.tokenize
+    manifest = ctx.inputs["corpus"] / "manifest.jsonl"
+    rows = read_jsonl(manifest)
+    ids = [r.get("utt_id") for r in rows]
+    if not rows or None in ids or len(set(ids)) != len(ids):
+        raise ValueError(f"{manifest}: need a non-empty manifest with a unique utt_id on every row")
+    enc = build_encoder(t.encoder, t.encoder_path, layer=t.layer, batch_size=t.batch_size, pool=t.pool,
+                        compute_type=t.compute_type, device=_device(ctx.cfg))
+    if t.quantizer:  # fail fast on a mismatched file, before any audio is read
+        Tokenizer(enc, load_quantizer(Path(t.quantizer).expanduser(), trust_pickle=t.trust_pickle), t.dedup)
+    timing = {"encode_s": 0.0, "quantize_s": 0.0, "audio_s": 0.0}
+    t0 = time.perf_counter()
+    q, cache = _quantizer(ctx, enc, rows, timing)
+    tok = Tokenizer(enc, q, dedup=t.dedup)
+    tok.save(ctx.out)  # before the shards, so a resumed run uses the same centroids
+    fit_s = time.perf_counter() - t0
+
+    def process(chunk: list[dict]) -> list[dict]:
+        return _process(ctx, tok, chunk, cache, timing)
+
+    out = run_sharded(ctx, rows, t.shard_size, process, UNITS_JSONL)
+    n_units = np.array([len(r["units"]) for r in out]) if out else np.zeros(1)
+    n_frames = np.array([r["n_frames"] for r in out]) if out else np.zeros(1)
+    used = len({u for r in out for u in r["units"]})
+    rejected = sum(1 for _ in open(ctx.rejects.path)) if ctx.rejects.path.exists() else 0
+    return {"utterances": len(out), "rejected_total": rejected, "encoder": enc.name, "n_units": q.k,
+            "units_used": used, "frame_rate": enc.frame_rate, "quantizer": tok.quantizer_id,
+            "mean_units": float(n_units.mean()), "dedup_ratio": float(n_units.sum() / max(1, n_frames.sum())),
+            "fit_s": round(fit_s, 2), **{k: round(v, 2) for k, v in timing.items()},
+            "x_realtime": round(timing["audio_s"] / max(1e-9, timing["encode_s"] + timing["quantize_s"]), 1)}
+
+
+def _process(ctx: StageContext, tok: Tokenizer, chunk: list[dict], cache: dict[str, np.ndarray],
+             timing: dict[str, float]) -> list[dict]:
+    """Read, encode and quantise one shard; bad items go to rejects."""
+    enc = tok.encoder
+    good, wavs = [], []
+    for row in chunk:
+        try:
+            wav = None if row["utt_id"] in cache else _read(row, enc)
+        except AudioError as e:
+            ctx.rejects.add(row["utt_id"], f"bad audio: {e.reason}", path=row.get("path"))
+            continue
+        good.append(row)
+        wavs.append(wav)
+    t0 = time.perf_counter()
+    todo = [i for i, w in enumerate(wavs) if w is not None]
+    feats = [cache.pop(r["utt_id"], None) for r in good]
+    for i, f in zip(todo, _encode_safe(enc, [wavs[i] for i in todo], [good[i]["utt_id"] for i in todo], ctx)):
+        feats[i] = f
+    t1 = time.perf_counter()
+    out = []
+    for row, f in zip(good, feats):
+        if f is None:
+            continue
+        units, durations = tok.units_of(f)
+        out.append({"utt_id": row["utt_id"], "units": units.tolist(), "durations": durations.tolist(),
+                    "n_frames": int(f.shape[0]), "encoder": enc.name, "quantizer": tok.quantizer_id})
+    timing["encode_s"] += t1 - t0
+    timing["quantize_s"] += time.perf_counter() - t1
+    timing["audio_s"] += sum(f.shape[0] for f in feats if f is not None) / enc.frame_rate
+    return out
