@@ -182,13 +182,18 @@ class TrainConfig:
     precompute_ref: bool = opt(False, "Compute reference log-probs once and cache them in the run directory.")
     load_in_4bit: bool = opt(False, "4-bit base through bitsandbytes (GPU).")
     checkpoint_every: int = opt(50, "Steps between checkpoints.")
+    weight_decay: float = opt(0.0, "AdamW weight decay on the LoRA parameters.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping (global L2 norm of the LoRA gradients).")
 
 
 @dataclass(frozen=True)
 class CurriculumConfig:
     rounds: int = opt(2, "Rounds of sample -> ... -> train.")
     thresholds: list = opt([[3.0, 1.0], [4.0, 2.0], [4.0, 2.0]], "Per-round (chosen_min, rejected_max).")
-    reference: str = opt("base", "DPO reference in later rounds: base | previous_round.")
+    reference: str = opt(
+        "base", "DPO reference in round N: base (the frozen base model) | previous_round (the round N-1 "
+        "policy). Either way the round-N adapter continues the round N-1 adapter and is cumulative: "
+        "base + round-N/train/adapter alone is the round-N policy (see alignslm.stages.train).")
 
 
 @dataclass(frozen=True)
