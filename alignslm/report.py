@@ -1,0 +1,286 @@
+"""The report: ``report/results.json``, ``report/report.md``, ``report/headline.md`` and PNG plots.
+
+Inputs are the evaluate stage's ``results.json`` (per model: benchmarks + generation metrics) and the
+round directories (``round-N/judge/judgments.jsonl`` for the judge-score histograms,
+``round-N/train/train_log.jsonl`` for the reward accuracy during DPO).  Plots use matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from alignslm import logger
+from alignslm.genmetrics import score_histogram
+from alignslm.rundir import read_jsonl, write_json, write_text
+
+BENCH_COLS = (("sWUGGY", "lexical"), ("sBLIMP", "syntactic"), ("sSC", "ssc"), ("tSC", "tsc"))
+ACC_KEYS = ("rewards/accuracies", "rewards/accuracy", "reward_accuracy")
+
+NOT_COMPARABLE = (
+    "**These are demo numbers.** The demo world (eSpeak NG stories, mini benchmarks built from its own "
+    "vocabulary, a small unit LM trained here, SmolLM2-135M as the judge) is not LibriSpeech, ZeroSpeech, "
+    "Spoken StoryCloze or GPT-4o: its numbers are **not comparable** with published ones (e.g. Align-SLM's "
+    "77.9 / 62.3 / 61.1 / 86.8 / 3.50 for TWIST-7B). They show that the method works end to end.")
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * float(x):.1f}"
+
+
+def _num(x: Any, fmt: str = "{:.2f}") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _ci(d: Mapping | None, fmt: str = "{:.2f}") -> str:
+    if not d or d.get("mean", d.get("diff")) is None:
+        return "n/a"
+    m = d.get("mean", d.get("diff"))
+    if d.get("lo") is None:
+        return _num(m, fmt)
+    return f"{fmt.format(m)} [{fmt.format(d['lo'])}, {fmt.format(d['hi'])}]"
+
+
+def model_label(name: str) -> str:
+    return "base" if name == "base" else name.replace("round-", "round ")
+
+
+def headline_table(results: Mapping) -> str:
+    """Markdown table in the shape of the paper's: rows = models, columns = the six headline metrics."""
+    lines = ["| model | sWUGGY | sBLIMP | sSC | tSC | judge score [95% CI] | auto-BLEU |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in results["models"].items():
+        b = m.get("benchmarks", {})
+        g = m.get("generation") or {}
+        cells = [_pct(b.get(key, {}).get("all")) for _, key in BENCH_COLS]
+        ab = (g.get("autobleu") or {}).get("mean")
+        lines.append(f"| {model_label(name)} | " + " | ".join(cells)
+                     + f" | {_ci(g.get('judge_score'))} | {_num(ab, '{:.3f}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_table(results: Mapping) -> str:
+    """Each round against the base model: paired bootstrap 95% CIs of the differences."""
+    comps = results.get("comparisons") or {}
+    if not comps:
+        return ""
+    lines = ["| model vs base | judge score diff [95% CI] | P(diff <= 0) | auto-BLEU diff [95% CI] | prompts |"
+             " sWUGGY diff | sBLIMP diff | sSC diff | tSC diff |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, c in comps.items():
+        s, a = c.get("score", {}), c.get("autobleu", {})
+        bd = c.get("benchmarks", {})
+        diffs = [("n/a" if bd.get(k) is None else f"{100 * bd[k]:+.1f}") for _, k in BENCH_COLS]
+        lines.append(f"| {model_label(name)} | {_ci(s, '{:+.3f}')} | {_num(s.get('p_le_0'), '{:.3f}')} | "
+                     f"{_ci(a, '{:+.4f}')} | {s.get('n', 0)} | " + " | ".join(diffs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _detail_tables(results: Mapping) -> str:
+    out = ["| model | sWUGGY all | sWUGGY in-vocab | sWUGGY pair mean | sBLIMP all | sBLIMP pair mean | "
+           "sSC ties | tSC ties | perplexity | prompt WER | rejects |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in results["models"].items():
+        b, g = m.get("benchmarks", {}), m.get("generation") or {}
+        lx, sx = b.get("lexical", {}), b.get("syntactic", {})
+        out.append(f"| {model_label(name)} | {_pct(lx.get('all'))} | {_pct(lx.get('invocab'))} | "
+                   f"{_pct(lx.get('pair_mean'))} | {_pct(sx.get('all'))} | {_pct(sx.get('pair_mean'))} | "
+                   f"{b.get('ssc', {}).get('ties', 'n/a')} | {b.get('tsc', {}).get('ties', 'n/a')} | "
+                   f"{_ci(g.get('perplexity'), '{:.1f}')} | {_num(g.get('prompt_wer'), '{:.3f}')} | "
+                   f"{_num(g.get('reject_share'), '{:.1%}')} |")
+    by_type = {}
+    for name, m in results["models"].items():
+        for t, v in (m.get("benchmarks", {}).get("syntactic", {}).get("by_type") or {}).items():
+            by_type.setdefault(t, {})[name] = v.get("score")
+    if by_type:
+        names = list(results["models"])
+        out += ["", "sBLIMP by type (%):", "", "| type | " + " | ".join(map(model_label, names)) + " |",
+                "|---|" + "---|" * len(names)]
+        for t, row in sorted(by_type.items()):
+            out.append(f"| {t} | " + " | ".join(_pct(row.get(n)) for n in names) + " |")
+    return "\n".join(out) + "\n"
+
+
+def protocol_text(results: Mapping) -> str:
+    p = results.get("protocol", {})
+    voices = p.get("voices") or {}
+    vtxt = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in voices.items()) or "n/a"
+    return "\n".join([
+        f"- Utterance score: log-likelihood of [BOS, units, EOS] under the unit LM, "
+        f"**{'per-token mean' if p.get('score') == 'mean' else 'sum'}** over the predicted tokens "
+        f"(units + EOS); softmax support: {p.get('support', 'n/a')}.",
+        "- sWUGGY / sBLIMP: official ZeroSpeech 2021 scoring (pair = 1 if s(correct) > s(incorrect), 0.5 on a tie; "
+        "mean over the voices of a pair id, then over ids; sWUGGY in-vocabulary excludes the oov band). "
+        "The plain mean over all pairs is in the detail table.",
+        "- sSC / tSC: share of pairs whose correct story scores strictly higher (ties count as wrong).",
+        f"- Benchmark split: {p.get('split', 'n/a')}; voices: {vtxt}.",
+        f"- Generation: {p.get('n_prompts', 'n/a')} held-out prompts ({p.get('prompt_split', 'n/a')}), "
+        f"{p.get('n_continuations', 'n/a')} continuations each, the same prompts and seeds for every model; "
+        f"sampling {p.get('sampling', {})}; judge: {p.get('judge', 'n/a')}. Judge score CIs: percentile bootstrap "
+        f"over prompts ({p.get('bootstrap', 'n/a')} resamples); differences: paired bootstrap over prompts.",
+        "- Prompt WER: prompts resynthesised (units -> vocoder -> ASR) against their reference text.",
+    ]) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots (matplotlib Agg)
+# --------------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_judge_histograms(hists: Mapping[str, Mapping], path: Path) -> Path:
+    """Grouped bars: judge-score counts (1..5) per round."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    w = 0.8 / max(1, len(hists))
+    for i, (name, h) in enumerate(hists.items()):
+        total = max(1, sum(h["counts"]))
+        ax.bar([s + (i - (len(hists) - 1) / 2) * w for s in range(1, 6)], [c / total for c in h["counts"]],
+               width=w, label=f"{name} (n={sum(h['counts'])}, missing {h['missing']})")
+    ax.set_xlabel("judge score (rounded)")
+    ax.set_ylabel("share of continuations")
+    ax.set_xticks(range(1, 6))
+    ax.legend(fontsize=7)
+    ax.set_title("Judge scores of sampled continuations per round")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_metrics_per_round(results: Mapping, path: Path) -> Path:
+    plt = _plt()
+    names = list(results["models"])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for col, key in BENCH_COLS:
+        ys = [results["models"][n].get("benchmarks", {}).get(key, {}).get("all") for n in names]
+        if any(y is not None for y in ys):
+            a1.plot(range(len(names)), [100 * y if y is not None else float("nan") for y in ys], "o-", label=col)
+    a1.set_ylabel("accuracy (%)")
+    a1.legend(fontsize=7)
+    js = [(results["models"][n].get("generation") or {}).get("judge_score") or {} for n in names]
+    m = [j.get("mean") if j.get("mean") is not None else float("nan") for j in js]
+    lo = [m[i] - j["lo"] if j.get("lo") is not None else 0.0 for i, j in enumerate(js)]
+    hi = [j["hi"] - m[i] if j.get("hi") is not None else 0.0 for i, j in enumerate(js)]
+    a2.errorbar(range(len(names)), m, yerr=[lo, hi], fmt="o-", capsize=4)
+    a2.set_ylabel("judge score (95% CI)")
+    for ax in (a1, a2):
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([model_label(n) for n in names])
+    fig.suptitle("Metrics per round")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reward_accuracy(logs: Mapping[str, Sequence[Mapping]], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, rows in logs.items():
+        pts = [(r.get("step", i), r[k]) for i, r in enumerate(rows) for k in ACC_KEYS[:1] if k in r]
+        pts = pts or [(r.get("step", i), r[k]) for i, r in enumerate(rows) for k in ACC_KEYS[1:] if k in r]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
+    ax.set_xlabel("DPO step")
+    ax.set_ylabel("reward accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title("Reward accuracy during training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Assembly
+# --------------------------------------------------------------------------------------------------
+
+
+def round_inputs(run_dir: Path, rounds: int) -> tuple[dict, dict]:
+    """(judge-score histograms, train logs) per round from the run directory; absent files are noted."""
+    hists, logs = {}, {}
+    for r in range(1, rounds + 1):
+        j = run_dir / f"round-{r}" / "judge" / "judgments.jsonl"
+        if j.is_file():
+            hists[f"round {r}"] = score_histogram([row.get("score") for row in read_jsonl(j)])
+        else:
+            logger.warning("report: %s not found; no judge histogram for round %d", j, r)
+        t = run_dir / f"round-{r}" / "train" / "train_log.jsonl"
+        if t.is_file():
+            logs[f"round {r}"] = read_jsonl(t)
+        else:
+            logger.warning("report: %s not found; no reward-accuracy curve for round %d", t, r)
+    return hists, logs
+
+
+def copy_examples(results: Mapping, out: Path, n_examples: int) -> list[dict]:
+    """Copy the example continuations' wavs into ``out/examples/<model>/`` and return their rows."""
+    rows = []
+    for name, m in results["models"].items():
+        for ex in (m.get("examples") or [])[:n_examples]:
+            row = dict(ex)
+            for key in ("path", "prompt_path"):
+                src = ex.get(key)
+                if src and Path(src).is_file():
+                    dst = out / "examples" / name / Path(src).name
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dst)
+                    row[key] = str(dst.relative_to(out))
+            rows.append({"model": name, **row})
+    return rows
+
+
+def _examples_md(examples: list[dict]) -> str:
+    if not examples:
+        return "No example continuations were recorded.\n"
+    lines = ["| model | prompt (transcript) | continuation (transcript) | judge | audio |", "|---|---|---|---|---|"]
+    for e in examples:
+        audio = f"[continuation]({e['path']})" if e.get("path") else "n/a"
+        if e.get("prompt_path"):
+            audio += f", [prompt]({e['prompt_path']})"
+        esc = lambda s: str(s or "").replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        lines.append(f"| {model_label(e['model'])} | {esc(e.get('prompt_text'))} | {esc(e.get('text'))} | "
+                     f"{_num(e.get('score'))} | {audio} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_examples: int = 3,
+                 demo: bool = True) -> dict:
+    """Write every report file into ``out``; return a summary dict."""
+    out.mkdir(parents=True, exist_ok=True)
+    hists, logs = round_inputs(run_dir, rounds)
+    plots = {"metrics_per_round": plot_metrics_per_round(results, out / "metrics_per_round.png")}
+    if hists:
+        plots["judge_histograms"] = plot_judge_histograms(hists, out / "judge_histograms.png")
+    if logs:
+        plots["reward_accuracy"] = plot_reward_accuracy(logs, out / "reward_accuracy.png")
+    examples = copy_examples(results, out, n_examples)
+    table = headline_table(results)
+    write_text(out / "headline.md", table)
+    md = ["# alignslm report", ""]
+    if demo:
+        md += [NOT_COMPARABLE, ""]
+    md += ["## Results", "", "Benchmarks in %, judge score 1-5 with a bootstrap 95% CI, bigram auto-BLEU "
+           "of the continuation transcripts (lower = less repetition).", "", table,
+           "## Each round against the base model", "", comparison_table(results) or "No rounds to compare.\n",
+           "## Details", "", _detail_tables(results), "## Protocol", "", protocol_text(results),
+           "## Plots", ""]
+    md += [f"![{k}]({p.name})" for k, p in plots.items()]
+    md += ["", "## Example continuations", "", _examples_md(examples)]
+    write_text(out / "report.md", "\n".join(md) + "\n")
+    full = {**results, "judge_histograms": hists, "examples": examples,
+            "plots": {k: p.name for k, p in plots.items()}}
+    write_json(out / "results.json", full)
+    return {"models": len(results["models"]), "plots": len(plots), "examples": len(examples)}

@@ -1,0 +1,100 @@
+"""The report: tables in the paper's shape, plots from the round directories, examples with audio."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alignslm import report as rp
+from alignslm.audio import write_wav
+from alignslm.rundir import write_jsonl
+
+
+def _results(tmp_path: Path) -> dict:
+    wav = tmp_path / "evaluate" / "round-1" / "audio" / "p0_k0.wav"
+    write_wav(wav, 0.1 * np.sin(np.linspace(0, 300, 8000, dtype=np.float32)))
+
+    def model(lex, syn, ssc, tsc, judge, ab, examples=()):
+        return {"benchmarks": {"lexical": {"all": lex, "invocab": lex + 0.01, "pair_mean": lex - 0.01},
+                               "syntactic": {"all": syn, "pair_mean": syn, "by_type": {"agreement": {"score": syn}}},
+                               "ssc": {"all": ssc, "ties": 0}, "tsc": {"all": tsc, "ties": 1}},
+                "generation": {"judge_score": {"mean": judge, "lo": judge - 0.2, "hi": judge + 0.2, "n": 6},
+                               "autobleu": {"mean": ab}, "perplexity": None, "prompt_wer": 0.31,
+                               "reject_share": 0.1},
+                "examples": list(examples)}
+
+    ex = {"prompt_id": "p0", "k": 0, "prompt_text": "the cat sat", "text": "on the mat | ok", "score": 4.0,
+          "path": str(wav)}
+    return {"protocol": {"score": "mean", "support": "units", "split": "dev", "voices": {"lexical": ["en-us"]},
+                         "n_prompts": 6, "n_continuations": 3},
+            "models": {"base": model(0.712, 0.601, 0.55, 0.754, 2.70, 0.052),
+                       "round-1": model(0.73, 0.62, 0.58, 0.80, 3.10, 0.041, [ex])},
+            "comparisons": {"round-1": {"score": {"diff": 0.4, "lo": 0.1, "hi": 0.7, "p_le_0": 0.004, "n": 6},
+                                        "autobleu": {"diff": -0.011, "lo": -0.02, "hi": 0.0, "n": 6},
+                                        "benchmarks": {"lexical": 0.018, "syntactic": 0.019, "ssc": 0.03,
+                                                       "tsc": 0.046}}}}
+
+
+def test_headline_table_has_the_papers_shape():
+    res = _results_no_audio()
+    t = rp.headline_table(res).strip().splitlines()
+    assert t[0] == "| model | sWUGGY | sBLIMP | sSC | tSC | judge score [95% CI] | auto-BLEU |"
+    assert t[2] == "| base | 71.2 | 60.1 | 55.0 | 75.4 | 2.70 [2.50, 2.90] | 0.052 |"
+    assert t[3].startswith("| round 1 | 73.0 | 62.0 | 58.0 | 80.0 | 3.10 [2.90, 3.30] |")
+    c = rp.comparison_table(res)
+    assert "| round 1 | +0.400 [+0.100, +0.700] | 0.004 |" in c and "+4.6" in c
+
+
+def _results_no_audio() -> dict:
+    import tempfile
+
+    return _results(Path(tempfile.mkdtemp()))
+
+
+def test_build_report_writes_tables_plots_examples(tmp_path):
+    res = _results(tmp_path)
+    for r, scores in ((1, [1, 2, 2, 3, None, 5]), (2, [3, 4, 4, 5, 5, 4.6])):
+        write_jsonl(tmp_path / f"round-{r}" / "judge" / "judgments.jsonl",
+                    [{"prompt_id": f"p{i}", "k": 0, "score": s} for i, s in enumerate(scores)])
+        write_jsonl(tmp_path / f"round-{r}" / "train" / "train_log.jsonl",
+                    [{"step": s, "rewards/accuracies": min(1.0, 0.5 + 0.1 * s), "loss": 0.6} for s in range(6)])
+    out = tmp_path / "report"
+    summary = rp.build_report(res, tmp_path, out, rounds=2, n_examples=2, demo=True)
+    assert summary == {"models": 2, "plots": 3, "examples": 1}
+    for png in ("metrics_per_round.png", "judge_histograms.png", "reward_accuracy.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    md = (out / "report.md").read_text()
+    assert "not comparable" in md and "per-token mean" in md and "[BOS, units, EOS]" in md
+    assert (out / "headline.md").read_text() == rp.headline_table(res)
+    assert "![reward_accuracy](reward_accuracy.png)" in md
+    copied = out / "examples" / "round-1" / "p0_k0.wav"
+    assert copied.is_file() and "(examples/round-1/p0_k0.wav)" in md
+    assert "on the mat \\| ok" in md  # table cells escaped
+    full = json.loads((out / "results.json").read_text())
+    assert full["judge_histograms"]["round 1"]["counts"] == [1, 2, 1, 0, 1]
+    assert full["judge_histograms"]["round 1"]["missing"] == 1
+    assert full["judge_histograms"]["round 2"]["counts"] == [0, 0, 1, 2, 3]  # 4.6 falls in the bin of 5
+
+
+def test_report_without_round_files_still_writes_and_says_so(tmp_path, caplog):
+    res = _results(tmp_path)
+    with caplog.at_level("WARNING", logger="alignslm"):
+        s = rp.build_report(res, tmp_path, tmp_path / "r", rounds=1, demo=False)
+    assert s["plots"] == 1
+    assert "judgments.jsonl not found" in caplog.text
+    assert "not comparable" not in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_missing_metrics_show_as_na():
+    res = {"models": {"base": {"benchmarks": {"lexical": {"all": 0.5}}, "generation": None}}}
+    row = rp.headline_table(res).strip().splitlines()[2]
+    assert row == "| base | 50.0 | n/a | n/a | n/a | n/a | n/a |"
+
+
+@pytest.mark.parametrize("score,text", [("sum", "**sum**"), ("mean", "**per-token mean**")])
+def test_protocol_names_the_score(score, text):
+    assert text in rp.protocol_text({"protocol": {"score": score}})
