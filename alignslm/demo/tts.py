@@ -1,0 +1,259 @@
+"""Speech for the demo world: eSpeak NG through ctypes (the PyPI package ``espeakng-loader`` ships the
+library and its data, so nothing is installed system-wide), 16 kHz mono, with word timestamps.
+
+eSpeak runs in ``AUDIO_OUTPUT_SYNCHRONOUS`` mode: ``espeak_Synth`` returns after the whole text is
+synthesised, having called our callback with 22,050 Hz int16 chunks and ``espeakEVENT_WORD`` events
+(sample position, text position and length of each word).  Word start/end times are those event
+positions refined to the voiced frames between consecutive events.  The library keeps global state, so
+one process holds one engine (guarded by a lock); ``synthesize_many`` can use a pool of processes.
+
+Synthesised utterances are cached under ``<cache_dir>/tts/`` keyed by (text, voice, rate,
+``TTS_VERSION``), so a rerun costs a file lookup.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alignslm import logger
+from alignslm.audio import SAMPLE_RATE, read_audio, resample
+from alignslm.rundir import hash_str
+
+TTS_VERSION = "espeak-tts-1"  # bump when synthesis or word timing changes: invalidates the cache
+
+# speak_lib.h constants
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_EVENT_LIST_TERMINATED, _EVENT_WORD, _EVENT_END, _EVENT_MSG_TERMINATED = 0, 1, 5, 6
+_PARAM_RATE = 1
+_PHONEMES_IPA = 0x02
+
+
+class TTSError(RuntimeError):
+    """eSpeak NG could not be loaded or refused a voice/text; the message says which and why."""
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):  # espeak_EVENT
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint),
+                ("text_position", ctypes.c_int), ("length", ctypes.c_int),
+                ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", _EventId)]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                             ctypes.POINTER(_Event))
+
+
+@dataclass
+class Utterance:
+    audio: np.ndarray  # (T,) float32 at 16 kHz
+    words: list[dict]  # [{word, start, end}] in seconds
+    voice: str
+    rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+class ESpeak:
+    """One eSpeak NG engine (per process). Use :func:`engine` rather than constructing it."""
+
+    def __init__(self) -> None:
+        try:
+            import espeakng_loader
+        except ImportError as e:
+            raise TTSError("the demo speech needs the PyPI package espeakng-loader: "
+                           "pip install 'alignslm[demo]'") from e
+        try:
+            self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        except OSError as e:
+            raise TTSError(f"cannot load libespeak-ng from espeakng-loader ({e})") from e
+        data = espeakng_loader.get_data_path().encode()
+        self.lib.espeak_Initialize.restype = ctypes.c_int
+        self.sr = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
+        if self.sr <= 0:
+            raise TTSError(f"espeak_Initialize failed (returned {self.sr}); data path {data.decode()}")
+        self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[int, int, int, int]] = []
+        self._cb = _CALLBACK(self._on_audio)  # keep a reference: eSpeak calls it from C
+        self.lib.espeak_SetSynthCallback(self._cb)
+        self.lib.espeak_Info.restype = ctypes.c_char_p
+        self.version = self.lib.espeak_Info(None).decode()
+        self.lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        self.lock = threading.Lock()
+        self._voice: str | None = None
+
+    def _on_audio(self, wav: ctypes.POINTER(ctypes.c_short), n: int, events: ctypes.POINTER(_Event)) -> int:
+        if n > 0 and wav:
+            self._chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            e = events[i]
+            self._events.append((e.type, e.text_position, e.length, e.sample))
+            i += 1
+        return 0
+
+    def _set_voice(self, voice: str) -> None:
+        if voice != self._voice:
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise TTSError(f"eSpeak NG has no voice '{voice}' (try en-us, en, en-us+f3, en+m3)")
+            self._voice = voice
+
+    def synth_raw(self, text: str, voice: str, rate: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+        """(int16 samples at self.sr, events [(type, text_position, length, sample)])."""
+        data = text.encode("utf-8")
+        with self.lock:
+            self._set_voice(voice)
+            self.lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
+            self._chunks, self._events = [], []
+            err = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            if err != 0:
+                raise TTSError(f"espeak_Synth failed with code {err} for text {text[:60]!r}")
+            chunks, events = self._chunks, self._events
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+        return audio, events
+
+    def phonemes(self, text: str, ipa: bool = False) -> str:
+        """eSpeak's phonemes of ``text`` (its ASCII phoneme mnemonics, or IPA)."""
+        buf = ctypes.c_char_p(text.encode("utf-8"))
+        ptr = ctypes.pointer(buf)
+        out = []
+        with self.lock:
+            while buf.value:
+                res = self.lib.espeak_TextToPhonemes(ptr, _CHARS_UTF8, _PHONEMES_IPA if ipa else 0)
+                if res is None:
+                    break
+                out.append(res.decode("utf-8").strip())
+        return " ".join(x for x in out if x)
+
+
+_ENGINE: ESpeak | None = None
+
+
+def engine() -> ESpeak:
+    """The process-wide eSpeak NG engine (initialised on first use)."""
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = ESpeak()
+    return _ENGINE
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthesis with word times
+# --------------------------------------------------------------------------------------------------
+
+_FRAME = 160  # 10 ms at 16 kHz
+
+
+def _voiced_frames(x: np.ndarray) -> np.ndarray:
+    """(T,) -> (F,) bool: 10 ms frames louder than -34 dB below the loudest frame."""
+    n = len(x) // _FRAME
+    rms = np.sqrt((x[: n * _FRAME].reshape(n, _FRAME) ** 2).mean(axis=1) + 1e-12)  # (F,)
+    return rms > rms.max() * 0.02 if n else np.zeros(0, bool)
+
+
+def word_times(text: str, events: list[tuple[int, int, int, int]], sr: int, audio: np.ndarray) -> list[dict]:
+    """Word events -> [{word, start, end}] (seconds, refined to voiced 10 ms frames of 16 kHz ``audio``)."""
+    raw = [(pos, length, sample) for t, pos, length, sample in events if t == _EVENT_WORD and length > 0]
+    total = len(audio) / SAMPLE_RATE
+    voiced = _voiced_frames(audio)
+    out = []
+    for i, (pos, length, sample) in enumerate(raw):
+        word = re.sub(r"[^\w'-]", "", text[pos - 1: pos - 1 + length])
+        if not word:
+            continue
+        t0 = sample / sr
+        t1 = raw[i + 1][2] / sr if i + 1 < len(raw) else total
+        f0, f1 = int(t0 * 100), max(int(t0 * 100) + 1, int(np.ceil(t1 * 100)))
+        idx = np.flatnonzero(voiced[f0:f1])
+        if idx.size:
+            t0, t1 = (f0 + idx[0]) / 100, (f0 + idx[-1] + 1) / 100
+        out.append({"word": word, "start": round(min(t0, total), 3), "end": round(min(t1, total), 3)})
+    return out
+
+
+def synthesize(text: str, voice: str = "en-us", rate: int = 165) -> Utterance:
+    """Speak ``text``: 16 kHz mono float32 audio and word times."""
+    eng = engine()
+    pcm, events = eng.synth_raw(text, voice, rate)
+    if pcm.size == 0:
+        raise TTSError(f"eSpeak NG produced no audio for {text[:60]!r} (voice {voice})")
+    audio = resample(pcm.astype(np.float32) / 32768.0, eng.sr, SAMPLE_RATE)  # (T,)
+    return Utterance(audio, word_times(text, events, eng.sr, audio), voice, int(rate))
+
+
+def cache_key(text: str, voice: str, rate: int) -> str:
+    return hash_str(text, voice, str(int(rate)), TTS_VERSION)
+
+
+def cache_paths(cache_dir: str | Path, text: str, voice: str, rate: int) -> tuple[Path, Path]:
+    key = cache_key(text, voice, rate)
+    d = Path(cache_dir).expanduser() / "tts" / key[:2]
+    return d / f"{key}.wav", d / f"{key}.json"
+
+
+def _write_cache_wav(path: Path, audio: np.ndarray) -> None:
+    """Write-then-rename without fsync (a cache entry; fsync per file would dominate the cost)."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    sf.write(str(tmp), np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)
+
+
+def synthesize_cached(text: str, voice: str, rate: int, cache_dir: str | Path) -> dict:
+    """Synthesise into the cache (or find it there). Returns {path, words, duration, voice, rate, cached}."""
+    wav, meta = cache_paths(cache_dir, text, voice, rate)
+    if wav.exists() and meta.exists():
+        try:
+            info = json.loads(meta.read_text())
+            return {**info, "path": str(wav), "cached": True}
+        except json.JSONDecodeError:
+            logger.warning("tts cache entry %s is corrupt; synthesising again", meta)
+    utt = synthesize(text, voice, rate)
+    _write_cache_wav(wav, utt.audio)
+    info = {"text": text, "words": utt.words, "duration": round(utt.duration, 4), "voice": voice,
+            "rate": int(rate), "version": TTS_VERSION}
+    tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, meta)  # the json is the commit mark: written after the wav
+    return {**info, "path": str(wav), "cached": False}
+
+
+def _job(args: tuple[str, str, int, str]) -> dict:
+    return synthesize_cached(*args)
+
+
+def synthesize_many(items: Sequence[tuple[str, str, int]], cache_dir: str | Path, workers: int = 1) -> list[dict]:
+    """[(text, voice, rate)] -> synthesize_cached rows, in order; ``workers`` > 1 uses a process pool
+    (each worker initialises its own engine)."""
+    jobs = [(t, v, int(r), str(cache_dir)) for t, v, r in items]
+    todo = [j for j in jobs if not all(p.exists() for p in cache_paths(j[3], j[0], j[1], j[2]))]
+    if workers > 1 and len(todo) > 50:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+        with ctx.Pool(workers) as pool:
+            pool.map(_job, todo, chunksize=16)
+    return [_job(j) for j in jobs]
+
+
+def load_utterance(path: str | Path) -> np.ndarray:
+    """A cached wav as (T,) float32 at 16 kHz."""
+    return read_audio(path)
