@@ -48,8 +48,8 @@ class RunConfig:
 class CorpusConfig:
     manifest: str | None = opt(
         None, "A JSONL manifest of real audio (utt_id, path[, text, words]). None builds the demo corpus.")
-    n_stories: int = opt(500, "Demo: number of stories (each spoken by one voice).")
-    n_topics: int = opt(8, "Demo: number of topics used.")
+    n_stories: int = opt(2000, "Demo: number of stories = utterances (one voice and rate each; ~1 min of synthesis).")
+    n_topics: int = opt(10, "Demo: number of topics used (1-10; the benchmarks' tSC needs >= 2).")
     voices: list = opt(["en-us", "en", "en-us+f3", "en+m3"], "Demo: eSpeak NG voices / variants.")
     rates: list = opt([150, 165, 180], "Demo: eSpeak speaking rates (words per minute).")
     split: list = opt([0.8, 0.1, 0.1], "Demo: train/dev/test shares, split by story.")
@@ -60,7 +60,9 @@ class BenchmarksConfig:
     root: str | None = opt(
         None, "Directory with lexical/, syntactic/, ssc/, tsc/ in the official layouts. None builds the demo ones.")
     split: str = opt("dev", "Which split of ZeroSpeech to score (dev | test).")
-    n_pairs: int = opt(200, "Demo: pairs per benchmark.")
+    n_pairs: int = opt(200, "Demo: pairs per benchmark (lexical/syntactic: pair ids, each spoken by every voice).")
+    rate: int = opt(165, "Demo: eSpeak speaking rate of the benchmarks (words per minute).")
+    story_voice: str = opt("en-us", "Demo: the single voice of sSC/tSC (as in Spoken StoryCloze).")
     voices: list = opt(["en-us", "en+m3", "en-us+f3"], "Demo: voices of the lexical/syntactic benchmarks.")
 
 
@@ -224,7 +226,7 @@ class Config:
 
 # Smoke sizes: applied before the user's YAML and overrides when run.smoke is true.
 SMOKE_OVERRIDES: dict[str, Any] = {
-    "corpus.n_stories": 40,
+    "corpus.n_stories": 100,
     "benchmarks.n_pairs": 20,
     "tokenize.fit_iters": 8,
     "unitlm.d_model": 64,
