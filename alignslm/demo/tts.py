@@ -184,6 +184,8 @@ def word_times(text: str, events: list[tuple[int, int, int, int]], sr: int, audi
         if idx.size:
             t0, t1 = (f0 + idx[0]) / 100, (f0 + idx[-1] + 1) / 100
         out.append({"word": word, "start": round(min(t0, total), 3), "end": round(min(t1, total), 3)})
+    for a, b in zip(out, out[1:]):  # a frame shared by two words goes to the later one
+        a["end"] = max(a["start"], min(a["end"], b["start"]))
     return out
 
 
@@ -251,7 +253,8 @@ def synthesize_many(items: Sequence[tuple[str, str, int]], cache_dir: str | Path
         ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
         with ctx.Pool(workers) as pool:
             pool.map(_job, todo, chunksize=16)
-    return [_job(j) for j in jobs]
+    fresh = set(todo)
+    return [{**_job(j), "cached": j not in fresh} for j in jobs]
 
 
 def load_utterance(path: str | Path) -> np.ndarray:
