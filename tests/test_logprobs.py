@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from kernels.logprobs import (
+from alignslm.kernels.logprobs import (
     HAS_TRITON,
     fused_linear_sequence_logprobs,
     pick_impl,
@@ -124,7 +123,7 @@ def test_pick_impl_rules(monkeypatch):
 
 _TRITON_SCRIPT = r"""
 import torch
-from kernels.logprobs import fused_linear_sequence_logprobs, sequence_logprobs, reference_sequence_logprobs
+from alignslm.kernels.logprobs import fused_linear_sequence_logprobs, sequence_logprobs, reference_sequence_logprobs
 torch.manual_seed(0)
 for (b, t, h, v, lo, hi) in [(2, 9, 16, 37, 0, 37), (3, 6, 8, 130, 3, 128)]:
     hid = torch.randn(b, t, h, requires_grad=True); w = torch.randn(v, h)
@@ -160,7 +159,7 @@ def test_triton_path_under_interpreter():
 def test_triton_matches_torch_on_gpu():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    importlib.reload(importlib.import_module("kernels.logprobs"))
+    importlib.reload(importlib.import_module("alignslm.kernels.logprobs"))
     hidden, weight, targets, mask = _case(4, 257, 64, 503, seed=11)
     hidden, weight, targets, mask = (x.cuda() for x in (hidden, weight, targets, mask))
     hidden.requires_grad_(True)

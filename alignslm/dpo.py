@@ -1,0 +1,467 @@
+"""DPO on a LoRA adapter of a unit LM: one readable recipe (setup -> train -> save), not a TRL subclass.
+
+    lm = UnitLMView.from_unitlm(load_unitlm(unitlm_dir))          # or UnitLMView(model, offset, ...)
+    examples, counts = prepare_pairs(rows, lm, max_length=512, rejects=ctx.rejects)
+    summary = DPOTrainer(lm, cfg.train, out_dir, seed=1).train(examples)
+
+What one optimizer step does:
+  1. For each of ``grad_accum`` micro-batches of ``batch_size`` pairs (per rank), chosen and rejected
+     sequences go through the model in ONE forward pass: ``[chosen_1..B, rejected_1..B]``, right-padded.
+  2. Sequence log-probs = sum over completion tokens of log-softmax over the unit LM's support
+     (``units``: the unit columns of lm_head only; ``full``: the whole vocabulary -- the same support as
+     sampling), computed from the last hidden states by kernels.logprobs (lm_head fused, chunked).
+  3. Reference log-probs: the same model with the adapter disabled (peft ``disable_adapter``), or
+     computed once before training and cached in ``out/ref_logps.pt`` (``precompute_ref``; always used
+     when the reference is the adapter we start from, see alignslm.stages.train).
+  4. Loss (alignslm.losses) averaged over pairs, backward, DDP all-reduce of the LoRA gradients when
+     several processes run under torchrun, gradient clipping, AdamW, linear warmup + linear decay.
+  5. One row of TRL-named metrics per step in ``train_log.jsonl``; a checkpoint every
+     ``checkpoint_every`` steps (adapter, optimizer, scheduler, RNG states, step). The data order is a
+     pure function of (seed, epoch), so a resumed run replays exactly the steps an uninterrupted run makes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from alignslm import logger
+from alignslm.kernels.logprobs import fused_linear_sequence_logprobs
+from alignslm.losses import metrics_from_stats, pair_stats, preference_loss
+from alignslm.rundir import atomic_path, hash_str, read_jsonl, write_jsonl
+
+# --------------------------------------------------------------------------------------------------
+# The unit LM as the trainer sees it
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UnitLMView:
+    """A causal LM with a unit vocabulary: unit k is token ``k + offset``; softmax over ``support``."""
+
+    model: Any  # transformers PreTrainedModel
+    offset: int
+    n_units: int
+    bos_id: int | None
+    pad_id: int
+    support: str = "units"  # units | full
+
+    @classmethod
+    def from_unitlm(cls, u: Any) -> UnitLMView:
+        """From an alignslm.unitlm.UnitLM (duck-typed: .model .offset .n_units .bos_id .pad_id .support)."""
+        pad = u.pad_id if u.pad_id is not None else (u.eos_id if u.eos_id is not None else 0)
+        return cls(u.model, int(u.offset), int(u.n_units), u.bos_id, int(pad), getattr(u, "support", "units"))
+
+    def units_to_ids(self, units: Sequence[int]) -> list[int]:
+        return [int(x) + self.offset for x in units]
+
+    def support_range(self) -> tuple[int, int]:
+        """Contiguous lm_head columns the softmax runs over."""
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        if self.support == "full":
+            return 0, vocab
+        if self.support != "units":
+            raise ValueError(f"unknown support {self.support!r}; expected units | full")
+        if self.offset + self.n_units > vocab:
+            raise ValueError(f"offset {self.offset} + n_units {self.n_units} exceeds lm_head size {vocab}")
+        return self.offset, self.offset + self.n_units
+
+
+# --------------------------------------------------------------------------------------------------
+# Data: validation, truncation, batching
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    idx: int
+    prompt: list[int]  # token ids, starting with BOS when the model has one
+    chosen: list[int]
+    rejected: list[int]
+
+
+def _unit_list(x: Any, n_units: int) -> str | None:
+    """None when ``x`` is a valid unit list, else the reason."""
+    if not isinstance(x, list):
+        return f"not a list of units ({type(x).__name__})"
+    if not all(isinstance(u, int) and not isinstance(u, bool) for u in x):
+        return "non-integer unit"
+    bad = [u for u in x if u < 0 or u >= n_units]
+    return f"unit {bad[0]} outside the vocabulary [0, {n_units})" if bad else None
+
+
+def prepare_pairs(rows: list[dict], lm: UnitLMView, max_length: int, rejects: Any = None,
+                  source: str = "pairs") -> tuple[list[Example], dict[str, int]]:
+    """Validate pairs rows (prompt/chosen/rejected unit lists) and turn them into token ids.
+
+    Drops (each recorded in ``rejects`` and counted): units beyond the vocabulary, an empty chosen or
+    rejected, chosen == rejected.  Truncation policy when prompt + completion exceeds ``max_length``:
+    keep BOS and the END of the prompt (the context nearest the completion); if a completion alone
+    does not fit, cut it at its end.  Raises ValueError naming ``source`` when no valid pair remains.
+    """
+    counts = {"pairs_in": len(rows), "dropped": 0, "truncated_prompt": 0, "truncated_completion": 0}
+    bos = [lm.bos_id] if lm.bos_id is not None else []
+    if max_length < len(bos) + 2:
+        raise ValueError(f"train.max_length={max_length} is too small; it must hold BOS + 1 prompt + 1 unit")
+    examples: list[Example] = []
+    for i, row in enumerate(rows):
+        pid = str(row.get("prompt_id", i))
+        reason = None
+        for key in ("prompt", "chosen", "rejected"):
+            reason = reason or (f"{key}: missing" if key not in row else None)
+            reason = reason or (f"{key}: {r}" if (r := _unit_list(row.get(key), lm.n_units)) else None)
+        if reason is None and (not row["chosen"] or not row["rejected"]):
+            reason = "empty chosen or rejected completion"
+        if reason is None and row["chosen"] == row["rejected"] and row["prompt"]:
+            reason = "chosen and rejected are identical"
+        if reason is None and not bos and not row["prompt"]:
+            reason = "empty prompt and the model has no BOS token to condition on"
+        if reason is not None:
+            counts["dropped"] += 1
+            if rejects is not None:
+                rejects.add(pid, reason)
+            continue
+        prompt, chosen, rejected = (lm.units_to_ids(row[k]) for k in ("prompt", "chosen", "rejected"))
+        room = max_length - len(bos)
+        comp_room = max(1, room - (1 if prompt else 0))  # keep at least one prompt unit when there is one
+        if max(len(chosen), len(rejected)) > comp_room:
+            counts["truncated_completion"] += 1
+            chosen, rejected = chosen[:comp_room], rejected[:comp_room]
+        keep = room - max(len(chosen), len(rejected))
+        if len(prompt) > keep:
+            counts["truncated_prompt"] += 1
+            prompt = prompt[len(prompt) - keep:] if keep > 0 else []
+        examples.append(Example(i, bos + prompt, chosen, rejected))
+    if not examples:
+        raise ValueError(f"{source}: no valid preference pair among {len(rows)} rows "
+                         f"(see rejects.jsonl for the reasons); check the pairs stage's thresholds")
+    counts["pairs_used"] = len(examples)
+    return examples, counts
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (2B, T): [chosen_1..B, rejected_1..B], right-padded
+    attention_mask: torch.Tensor  # (2B, T)
+    targets: torch.Tensor  # (2B, T-1) = input_ids[:, 1:]
+    loss_mask: torch.Tensor  # (2B, T-1) 1 on completion tokens
+    lengths: torch.Tensor  # (2B,) completion lengths
+    idx: torch.Tensor  # (B,) example indices (for cached reference log-probs)
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> Batch:
+    seqs = [e.prompt + e.chosen for e in examples] + [e.prompt + e.rejected for e in examples]
+    comp = [len(e.chosen) for e in examples] + [len(e.rejected) for e in examples]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(seqs), width, dtype=torch.long)
+    cmask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, (s, c) in enumerate(zip(seqs, comp)):
+        ids[i, :len(s)] = torch.tensor(s)
+        attn[i, :len(s)] = 1
+        cmask[i, len(s) - c:len(s)] = 1
+    return Batch(ids, attn, ids[:, 1:].contiguous(), cmask[:, 1:].contiguous(), torch.tensor(comp),
+                 torch.tensor([e.idx for e in examples]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Model pieces
+# --------------------------------------------------------------------------------------------------
+
+
+class SequenceLogps(nn.Module):
+    """Wraps the (peft) causal LM: batch -> ``(2B,)`` sequence log-probs over the support. DDP wraps this."""
+
+    def __init__(self, model: nn.Module, lo: int, hi: int):
+        super().__init__()
+        self.model, self.lo, self.hi = model, lo, hi
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
+                loss_mask: torch.Tensor) -> torch.Tensor:
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        decoder = base.get_decoder()
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (2B, T, H)
+        head = base.get_output_embeddings()
+        return fused_linear_sequence_logprobs(hidden[:, :-1], head.weight, targets, loss_mask,
+                                              bias=head.bias, lo=self.lo, hi=self.hi)  # (2B,)
+
+
+def attach_lora(model: nn.Module, cfg: Any, init_adapter: str | Path | None, seed: int) -> nn.Module:
+    """A peft model with a trainable LoRA adapter: a new one (seeded) or ``init_adapter`` continued."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+    torch.manual_seed(seed)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def linear_schedule(warmup: int, total: int):  # noqa: ANN201
+    """Linear warmup from 0 then linear decay to 0 (the transformers 'linear' schedule)."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------------
+
+
+class DPOTrainer:
+    """LoRA DPO recipe. ``reference``: 'base' (adapter disabled) or 'initial' (the adapter we start from,
+    i.e. the previous round's policy; forces cached reference log-probs)."""
+
+    def __init__(self, lm: UnitLMView, cfg: Any, out_dir: str | Path, *, seed: int = 0,
+                 init_adapter: str | Path | None = None, reference: str = "base",
+                 device: str | torch.device = "cpu"):
+        if reference not in ("base", "initial"):
+            raise ValueError(f"reference must be 'base' or 'initial', got {reference!r}")
+        self.lm, self.cfg, self.out, self.seed = lm, cfg, Path(out_dir), seed
+        self.reference, self.device = reference, torch.device(device)
+        self.precompute = bool(cfg.precompute_ref) or reference == "initial"
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.out.mkdir(parents=True, exist_ok=True)
+        lo, hi = lm.support_range()
+        self.peft = attach_lora(lm.model, cfg, init_adapter, seed).to(self.device)
+        self.module = SequenceLogps(self.peft, lo, hi)
+        self.ddp = self._wrap_ddp(self.module)
+        self.params = [p for p in self.peft.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ref_cache: torch.Tensor | None = None  # (n_examples, 2) when precomputed
+
+    def _wrap_ddp(self, module: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(module, device_ids=ids, broadcast_buffers=False)
+
+    # ---------------------------------------------------------------- reference log-probs
+
+    def _reference(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B,)`` reference log-probs of chosen and rejected."""
+        if self.ref_cache is not None:
+            ref = self.ref_cache[batch.idx.cpu()].to(self.device)  # (B, 2)
+            return ref[:, 0], ref[:, 1]
+        with torch.no_grad(), self.peft.disable_adapter():
+            logps = self.module(batch.input_ids, batch.attention_mask, batch.targets, batch.loss_mask)
+        return logps.chunk(2)
+
+    def precompute_reference(self, examples: list[Example]) -> None:
+        """Reference log-probs of every example, once, cached in ``out/ref_logps.pt`` (rank-sharded)."""
+        key = hash_str(self.reference, repr([(e.idx, e.prompt, e.chosen, e.rejected) for e in examples]))
+        path = self.out / "ref_logps.pt"
+        if path.exists():
+            saved = torch.load(path, weights_only=True)
+            if saved.get("key") == key:
+                self.ref_cache = saved["logps"]
+                return
+        n_max = max(e.idx for e in examples) + 1
+        cache = torch.zeros(n_max, 2, dtype=torch.float32, device=self.device)
+        ctx = self.peft.disable_adapter() if self.reference == "base" else contextlib.nullcontext()
+        mine = examples[self.rank::self.world]
+        with torch.no_grad(), ctx:
+            for s in range(0, len(mine), self.cfg.batch_size):
+                b = collate(mine[s:s + self.cfg.batch_size], self.lm.pad_id).to(self.device)
+                c, r = self.module(b.input_ids, b.attention_mask, b.targets, b.loss_mask).chunk(2)
+                cache[b.idx] = torch.stack([c, r], 1)
+        if self.world > 1:
+            dist.all_reduce(cache)
+        self.ref_cache = cache.cpu()
+        if self.rank == 0:
+            with atomic_path(path) as tmp:
+                torch.save({"key": key, "logps": self.ref_cache}, tmp)
+
+    # ---------------------------------------------------------------- one step
+
+    def _micro_batches(self, examples: list[Example], step: int, steps_per_epoch: int) -> list[list[Example]]:
+        """This rank's micro-batches for global optimizer step ``step`` (0-based)."""
+        epoch, k = divmod(step, steps_per_epoch)
+        order = epoch_order(len(examples), self.seed, epoch)
+        per_step = self.world * self.cfg.batch_size * self.cfg.grad_accum
+        out = []
+        for m in range(self.cfg.grad_accum):
+            start = k * per_step + m * self.world * self.cfg.batch_size + self.rank * self.cfg.batch_size
+            out.append([examples[order[(start + j) % len(order)]] for j in range(self.cfg.batch_size)])
+        return out
+
+    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logps = self.ddp(batch.input_ids, batch.attention_mask, batch.targets, batch.loss_mask)  # (2B,)
+        pc, pr = logps.chunk(2)
+        rc, rr = self._reference(batch)
+        lc, lr_ = batch.lengths.chunk(2)
+        out = preference_loss(pc, pr, rc, rr, beta=self.cfg.beta, loss_type=self.cfg.loss,
+                              label_smoothing=self.cfg.label_smoothing, chosen_lengths=lc, rejected_lengths=lr_)
+        return out.losses.mean(), pair_stats(out, pc, pr)
+
+    def train_step(self, micro: list[list[Example]]) -> tuple[torch.Tensor, float]:
+        """Forward/backward over the micro-batches, clip, optimizer step. Returns (stats (n, 7), grad norm)."""
+        self.opt.zero_grad(set_to_none=True)
+        stats = []
+        for m, exs in enumerate(micro):
+            batch = collate(exs, self.lm.pad_id).to(self.device)
+            last = m == len(micro) - 1
+            sync = contextlib.nullcontext() if (last or self.world == 1) else self.ddp.no_sync()
+            with sync:
+                loss, st = self._loss(batch)
+                (loss / len(micro)).backward()
+            stats.append(st)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.opt.step()
+        self.sched.step()
+        st = torch.cat(stats)
+        if self.world > 1:
+            gathered = [torch.empty_like(st) for _ in range(self.world)]
+            dist.all_gather(gathered, st.contiguous())
+            st = torch.cat(gathered)
+        return st, float(norm)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _ckpt_path(self) -> Path:
+        return self.out / "checkpoint" / "state.pt"
+
+    def save_checkpoint(self, step: int) -> None:
+        if self.rank != 0:
+            return
+        from peft import get_peft_model_state_dict
+
+        state = {"step": step, "adapter": get_peft_model_state_dict(self.peft), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "rng": _rng_state(), "seed": self.seed}
+        with atomic_path(self._ckpt_path()) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> int:
+        """Restore the latest checkpoint if any; return the number of steps already done."""
+        path = self._ckpt_path()
+        if not path.exists():
+            return 0
+        from peft import set_peft_model_state_dict
+
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("seed") != self.seed:
+            raise RuntimeError(f"{path} was written with seed {state.get('seed')}, this run uses {self.seed}; "
+                               "delete the checkpoint directory to start over")
+        set_peft_model_state_dict(self.peft, state["adapter"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        logger.info("train: resuming from %s at step %d", path, state["step"])
+        return int(state["step"])
+
+    # ---------------------------------------------------------------- the recipe
+
+    def train(self, examples: list[Example], stop_after: int | None = None) -> dict:
+        """Train over ``examples``; resumes from ``out/checkpoint``. ``stop_after`` = steps then return
+        WITHOUT a final checkpoint (simulates a crash; tests)."""
+        per_step = self.world * self.cfg.batch_size * self.cfg.grad_accum
+        steps_per_epoch = max(1, math.ceil(len(examples) / per_step))
+        total = steps_per_epoch * self.cfg.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, linear_schedule(self.cfg.warmup_steps, total))
+        if self.precompute:
+            self.precompute_reference(examples)
+        start = self.load_checkpoint()
+        log_path = self.out / "train_log.jsonl"
+        self._truncate_log(log_path, start)
+        self.peft.train()
+        last: dict = {}
+        for step in range(start, total):
+            if stop_after is not None and step >= stop_after:
+                return {"stopped_at": step}
+            t0 = time.perf_counter()
+            lr = self.sched.get_last_lr()[0]
+            st, norm = self.train_step(self._micro_batches(examples, step, steps_per_epoch))
+            last = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "lr": lr,
+                    **metrics_from_stats(st), "grad_norm": norm, "seconds": round(time.perf_counter() - t0, 4)}
+            if self.rank == 0:
+                with open(log_path, "a") as f:
+                    f.write(_json(last) + "\n")
+                logger.info("train step %d/%d loss %.4f acc %.3f margin %.4f", step + 1, total, last["loss"],
+                            last["rewards/accuracies"], last["rewards/margins"])
+            if (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < total:
+                self.save_checkpoint(step + 1)
+        self.save_checkpoint(total)
+        return {"steps": total, "final": last}
+
+    def _truncate_log(self, path: Path, done: int) -> None:
+        if self.rank == 0 and path.exists():
+            write_jsonl(path, [r for r in read_jsonl(path) if r["step"] <= done])
+
+    def evaluate(self, examples: list[Example]) -> dict[str, float]:
+        """Metrics of the current policy over all ``examples`` (no gradient), TRL names."""
+        self.peft.eval()
+        stats = []
+        with torch.no_grad():
+            for s in range(0, len(examples), self.cfg.batch_size):
+                batch = collate(examples[s:s + self.cfg.batch_size], self.lm.pad_id).to(self.device)
+                stats.append(self._loss(batch)[1] if self.world == 1 else self._eval_loss(batch))
+        return metrics_from_stats(torch.cat(stats))
+
+    def _eval_loss(self, batch: Batch) -> torch.Tensor:
+        ddp, self.ddp = self.ddp, self.module  # no DDP hooks in a no-grad pass
+        try:
+            return self._loss(batch)[1]
+        finally:
+            self.ddp = ddp
+
+    def save_adapter(self, path: str | Path) -> Path:
+        """``save_pretrained`` (safetensors) into a temporary directory, renamed into place."""
+        import shutil
+
+        path = Path(path)
+        if self.rank != 0:
+            return path
+        tmp = path.with_name(f".{path.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.peft.save_pretrained(str(tmp), safe_serialization=True)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+        return path
+
+
+def _json(row: dict) -> str:
+    import json
+
+    return json.dumps(row)

@@ -1,0 +1,227 @@
+"""DPO trainer: losses by hand, pair validation and truncation, the concatenated forward, exact resume,
+cached reference, and (integration) reward accuracy on a clearly separable synthetic preference set."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+
+import pytest
+import torch
+from alignslm.kernels.logprobs import reference_sequence_logprobs
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from alignslm.config import TrainConfig
+from alignslm.dpo import DPOTrainer, SequenceLogps, UnitLMView, collate, prepare_pairs
+from alignslm.losses import metrics_from_stats, pair_stats, preference_loss
+from alignslm.rundir import Rejects
+
+N_UNITS, OFFSET = 20, 2  # slamkit-style ids: pad=0, bos=eos=1, unit k -> k+2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CI box has 2 shared cores: torch's intra-op threads only spin against other processes."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_lm(seed: int = 0, extra_vocab: int = 0, support: str = "units") -> UnitLMView:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=OFFSET + N_UNITS + extra_vocab, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                      max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    return UnitLMView(LlamaForCausalLM(cfg).eval(), OFFSET, N_UNITS, 1, 0, support)
+
+
+def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Chosen completions use units 0-9, rejected ones 10-19: a clear, learnable preference."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        rows.append({"prompt_id": f"p{i}", "prompt": [rng.randrange(N_UNITS) for _ in range(rng.randint(2, 7))],
+                     "chosen": [rng.randrange(10) for _ in range(rng.randint(2, 7))],
+                     "rejected": [rng.randrange(10, 20) for _ in range(rng.randint(2, 7))]})
+    return rows
+
+
+def train_cfg(**kw) -> TrainConfig:
+    base = dict(lr=5e-3, warmup_steps=2, epochs=2, batch_size=4, lora_r=4, lora_alpha=8, checkpoint_every=2,
+                max_length=64)
+    return dataclasses.replace(TrainConfig(), **{**base, **kw})
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+
+def test_sigmoid_loss_by_hand():
+    pc, pr, rc, rr = (torch.tensor([v]) for v in (-3.0, -5.0, -4.0, -4.5))
+    out = preference_loss(pc, pr, rc, rr, beta=0.5)
+    x = 0.5 * ((-3.0 + 4.0) - (-5.0 + 4.5))  # 0.75
+    assert out.losses.item() == pytest.approx(math.log1p(math.exp(-x)), abs=1e-6)
+    assert out.chosen_rewards.item() == pytest.approx(0.5)
+    assert out.rejected_rewards.item() == pytest.approx(-0.25)
+
+
+def test_ipo_and_robust_by_hand():
+    pc, pr, rc, rr = (torch.tensor([v]) for v in (-3.0, -5.0, -4.0, -4.5))
+    ipo = preference_loss(pc, pr, rc, rr, beta=0.25, loss_type="ipo", chosen_lengths=torch.tensor([2]),
+                          rejected_lengths=torch.tensor([4]))
+    assert ipo.losses.item() == pytest.approx(((1.0 / 2 - (-0.5) / 4) - 1 / (2 * 0.25)) ** 2, abs=1e-6)
+    e, x = 0.1, 0.3 * 1.5
+    rob = preference_loss(pc, pr, rc, rr, beta=0.3, loss_type="robust", label_smoothing=e)
+    ls = lambda v: math.log(1 / (1 + math.exp(-v)))  # noqa: E731
+    assert rob.losses.item() == pytest.approx((-(1 - e) * ls(x) + e * ls(-x)) / (1 - 2 * e), abs=1e-6)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        preference_loss(pc, pr, rc, rr, beta=0.3, loss_type="robust", label_smoothing=0.5)
+    with pytest.raises(ValueError, match="unknown loss"):
+        preference_loss(pc, pr, rc, rr, beta=0.3, loss_type="kto")
+
+
+def test_metric_names_and_values():
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
+    out = preference_loss(pc, pr, torch.zeros(2), torch.zeros(2), beta=1.0)
+    m = metrics_from_stats(pair_stats(out, pc, pr))
+    assert set(m) == {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                      "logps/chosen", "logps/rejected"}
+    assert m["rewards/accuracies"] == 0.5 and m["rewards/margins"] == pytest.approx(0.5)
+    assert m["logps/chosen"] == pytest.approx(-1.5)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_bad_pairs_are_dropped_and_counted(tmp_path):
+    lm = tiny_lm()
+    rows = synthetic_pairs(3) + [
+        {"prompt_id": "beyond", "prompt": [1], "chosen": [N_UNITS], "rejected": [2]},
+        {"prompt_id": "empty", "prompt": [1], "chosen": [], "rejected": [2]},
+        {"prompt_id": "missing", "prompt": [1], "chosen": [3]},
+        {"prompt_id": "float", "prompt": [1], "chosen": [3.5], "rejected": [2]},
+    ]
+    rej = Rejects(tmp_path / "rejects.jsonl", "train")
+    ex, counts = prepare_pairs(rows, lm, 64, rejects=rej)
+    assert len(ex) == 3 and counts["dropped"] == 4 and rej.count == 4
+    reasons = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "rejects.jsonl").read_text().splitlines())}
+    assert "outside the vocabulary" in reasons["beyond"] and "empty" in reasons["empty"]
+    assert "missing" in reasons["missing"] and "non-integer" in reasons["float"]
+
+
+def test_no_valid_pair_is_a_clear_error():
+    with pytest.raises(ValueError, match="round-1/pairs.jsonl: no valid preference pair"):
+        prepare_pairs([{"prompt": [1], "chosen": [], "rejected": []}], tiny_lm(), 64,
+                      source="round-1/pairs.jsonl")
+
+
+def test_truncation_keeps_prompt_end_and_counts():
+    lm = tiny_lm()
+    rows = [{"prompt": list(range(10)), "chosen": [1, 2, 3], "rejected": [4, 5]},
+            {"prompt": [7, 8], "chosen": list(range(12)), "rejected": [4]}]
+    ex, counts = prepare_pairs(rows, lm, 8)
+    assert counts["truncated_prompt"] == 2 and counts["truncated_completion"] == 1
+    assert ex[0].prompt == [1] + [u + OFFSET for u in (6, 7, 8, 9)]  # BOS + the END of the prompt
+    assert ex[1].chosen == [u + OFFSET for u in range(6)] and ex[1].prompt == [1, 8 + OFFSET]
+    assert all(len(e.prompt) + max(len(e.chosen), len(e.rejected)) <= 8 for e in ex)
+
+
+def test_collate_concatenates_chosen_then_rejected():
+    lm = tiny_lm()
+    ex, _ = prepare_pairs([{"prompt": [0, 1], "chosen": [2, 3, 4], "rejected": [5]},
+                           {"prompt": [6], "chosen": [7], "rejected": [8, 9]}], lm, 64)
+    b = collate(ex, lm.pad_id)
+    assert b.input_ids.shape == (4, 6)
+    assert b.input_ids[0].tolist() == [1, 2, 3, 4, 5, 6] and b.input_ids[2].tolist() == [1, 2, 3, 7, 0, 0]
+    assert b.loss_mask[0].tolist() == [0, 0, 1, 1, 1] and b.loss_mask[2].tolist() == [0, 0, 1, 0, 0]
+    assert b.lengths.tolist() == [3, 1, 1, 2]
+
+
+@pytest.mark.parametrize("support", ["units", "full"])
+def test_concatenated_forward_equals_full_logits_reference(support):
+    lm = tiny_lm(extra_vocab=5, support=support)
+    ex, _ = prepare_pairs(synthetic_pairs(5), lm, 64)
+    b = collate(ex, lm.pad_id)
+    lo, hi = lm.support_range()
+    ours = SequenceLogps(lm.model, lo, hi)(b.input_ids, b.attention_mask, b.targets, b.loss_mask)
+    with torch.no_grad():
+        logits = lm.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1].double()
+    ref = reference_sequence_logprobs(logits, b.targets, b.loss_mask, lo, hi)
+    assert (ours.double() - ref).abs().max().item() < 1e-4
+    single = collate(ex[:1], lm.pad_id)  # padding with other pairs does not change a sequence's log-prob
+    alone = SequenceLogps(lm.model, lo, hi)(single.input_ids, single.attention_mask, single.targets,
+                                            single.loss_mask)
+    assert alone[0].item() == pytest.approx(ours[0].item(), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def _run(tmp, rows, cfg, stop_after=None, **kw):
+    lm = tiny_lm()
+    ex, _ = prepare_pairs(rows, lm, cfg.max_length)
+    tr = DPOTrainer(lm, cfg, tmp, seed=3, **kw)
+    return tr, tr.train(ex, stop_after=stop_after), ex
+
+
+def _log(path):
+    return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_crash_equals_uninterrupted(tmp_path):
+    rows, cfg = synthetic_pairs(12), train_cfg(epochs=2, grad_accum=2, batch_size=2, checkpoint_every=2)
+    full, _, _ = _run(tmp_path / "a", rows, cfg)
+    _, stopped, _ = _run(tmp_path / "b", rows, cfg, stop_after=5)  # crash after step 5; checkpoint at 4
+    assert stopped == {"stopped_at": 5} and len(_log(tmp_path / "b")) == 5
+    resumed, summary, _ = _run(tmp_path / "b", rows, cfg)
+    la, lb = _log(tmp_path / "a"), _log(tmp_path / "b")
+    assert [r["step"] for r in lb] == list(range(1, 7))  # step 5 replayed once, not duplicated
+    for ra, rb in zip(la, lb):
+        for k in ("loss", "rewards/margins", "logps/chosen", "lr", "grad_norm"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-9), (ra["step"], k)
+    wa = {n: p for n, p in full.peft.named_parameters() if p.requires_grad}
+    for n, p in resumed.peft.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, wa[n]), n
+    assert summary["steps"] == 6 and la[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # LoRA B = 0 at start
+
+
+def test_cached_reference_equals_disabled_adapter(tmp_path):
+    rows, cfg = synthetic_pairs(8), train_cfg(epochs=1, batch_size=4)
+    _run(tmp_path / "a", rows, cfg)
+    tr, _, ex = _run(tmp_path / "b", rows, dataclasses.replace(cfg, precompute_ref=True))
+    assert (tmp_path / "b" / "ref_logps.pt").exists() and tr.ref_cache.shape == (8, 2)
+    for ra, rb in zip(_log(tmp_path / "a"), _log(tmp_path / "b")):
+        assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6)
+        assert ra["rewards/chosen"] == pytest.approx(rb["rewards/chosen"], abs=1e-6)
+
+
+def test_adapter_saved_as_safetensors_and_reloads_same_policy(tmp_path):
+    from peft import PeftModel
+
+    rows, cfg = synthetic_pairs(8), train_cfg(epochs=1)
+    tr, _, ex = _run(tmp_path, rows, cfg)
+    path = tr.save_adapter(tmp_path / "adapter")
+    assert (path / "adapter_model.safetensors").exists() and (path / "adapter_config.json").exists()
+    b = collate(ex, 0)
+    ours = tr.module(b.input_ids, b.attention_mask, b.targets, b.loss_mask)
+    loaded = PeftModel.from_pretrained(tiny_lm().model, str(path))
+    theirs = SequenceLogps(loaded, OFFSET, OFFSET + N_UNITS)(b.input_ids, b.attention_mask, b.targets,
+                                                               b.loss_mask)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    base = SequenceLogps(tiny_lm().model, OFFSET, OFFSET + N_UNITS)(b.input_ids, b.attention_mask, b.targets,
+                                                                     b.loss_mask)
+    assert (ours - base).abs().max().item() > 1e-3  # training did change the policy
+
+
+@pytest.mark.integration
+def test_reward_accuracy_rises_above_0_9_on_separable_pairs(tmp_path):
+    rows = synthetic_pairs(64, seed=1)
+    cfg = train_cfg(epochs=8, batch_size=8, lr=3e-3, warmup_steps=5, beta=0.1, checkpoint_every=1000)
+    tr, summary, ex = _run(tmp_path, rows, cfg)  # 64 steps
+    held_out, _ = prepare_pairs(synthetic_pairs(32, seed=99), tr.lm, 64)
+    assert tr.evaluate(ex)["rewards/accuracies"] > 0.9
+    assert tr.evaluate(held_out)["rewards/accuracies"] > 0.9  # it learned the rule, not the pairs
+    assert summary["steps"] == 64
