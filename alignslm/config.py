@@ -63,6 +63,7 @@ class BenchmarksConfig:
     n_pairs: int = opt(200, "Demo: pairs per benchmark (lexical/syntactic: pair ids, each spoken by every voice).")
     rate: int = opt(165, "Demo: eSpeak speaking rate of the benchmarks (words per minute).")
     story_voice: str = opt("en-us", "Demo: the single voice of sSC/tSC (as in Spoken StoryCloze).")
+    n_topics: int = opt(10, "Demo: topics the benchmarks draw from (keep equal to corpus.n_topics).")
     voices: list = opt(["en-us", "en+m3", "en-us+f3"], "Demo: voices of the lexical/syntactic benchmarks.")
 
 

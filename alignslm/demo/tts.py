@@ -134,6 +134,7 @@ class ESpeak:
         ptr = ctypes.pointer(buf)
         out = []
         with self.lock:
+            self._set_voice(self._voice or "en-us")  # without a voice eSpeak has no translator (crash)
             while buf.value:
                 res = self.lib.espeak_TextToPhonemes(ptr, _CHARS_UTF8, _PHONEMES_IPA if ipa else 0)
                 if res is None:
@@ -238,6 +239,12 @@ def synthesize_cached(text: str, voice: str, rate: int, cache_dir: str | Path) -
     return {**info, "path": str(wav), "cached": False}
 
 
+def _fresh_engine() -> None:
+    """Pool initialiser: a forked worker builds its own engine instead of sharing the parent's state."""
+    global _ENGINE
+    _ENGINE = None
+
+
 def _job(args: tuple[str, str, int, str]) -> dict:
     return synthesize_cached(*args)
 
@@ -251,7 +258,7 @@ def synthesize_many(items: Sequence[tuple[str, str, int]], cache_dir: str | Path
         import multiprocessing as mp
 
         ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=_fresh_engine) as pool:
             pool.map(_job, todo, chunksize=16)
     fresh = set(todo)
     return [{**_job(j), "cached": j not in fresh} for j in jobs]

@@ -1,0 +1,58 @@
+"""Stage ``benchmarks``: the data the evaluation scores.
+
+* ``benchmarks.root`` set: the real ZeroSpeech 2021 (lexical, syntactic) and Spoken StoryCloze (sSC,
+  tSC) layouts are checked with alignslm.benchdata (every pair complete, every file present);
+  ``benchmarks.json`` = {"root": root}.
+* otherwise: the demo mini benchmarks are written under ``data/`` in the same layouts
+  (alignslm.demo.benchmarks) and read back through the same loaders.
+
+Files rejected by the loaders (not 16 kHz mono, empty) are listed in ``rejects.jsonl``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from alignslm.benchdata import check_layout, load_all
+from alignslm.rundir import StageContext, write_json
+
+
+def run(ctx: StageContext) -> dict:
+    b = ctx.cfg.benchmarks
+    t0 = time.time()
+    if b.root:
+        root = Path(b.root).expanduser().resolve()
+        source = "real"
+    else:
+        from alignslm.demo.benchmarks import write_demo_benchmarks
+
+        root = (ctx.out / "data").resolve()
+        write_demo_benchmarks(root, n_pairs=b.n_pairs, seed=ctx.cfg.run.seed, voices=list(b.voices),
+                              rate=b.rate, story_voice=b.story_voice, n_topics=b.n_topics,
+                              cache_dir=ctx.cfg.run.cache_dir, workers=min(2, os.cpu_count() or 1),
+                              split=b.split)
+        source = "demo"
+    sets = load_all(root, b.split)
+    summary: dict = {"source": source, "seconds": round(time.time() - t0, 2)}
+    for name, bs in sets.items():
+        for fid, reason in bs.rejects:
+            ctx.rejects.add(f"{name}/{fid}", f"bad audio: {reason}")
+        summary[f"{name}_pairs"] = len(bs.pairs)
+        summary[f"{name}_files"] = len(bs.items)
+    write_json(ctx.out / "benchmarks.json", {"root": str(root), "split": b.split, "source": source,
+                                             "sets": {k: v.summary() for k, v in sets.items()}})
+    return summary
+
+
+def check(cfg) -> list[str]:  # noqa: ANN001 - Config
+    """--dry-run: the real layout is complete (no audio read), or the demo's speech engine imports."""
+    b = cfg.benchmarks
+    if b.root:
+        return [f"benchmarks.root: {p}" for p in check_layout(b.root, b.split)]
+    try:
+        import espeakng_loader  # noqa: F401
+    except ImportError:
+        return ["the demo benchmarks need espeakng-loader: pip install 'alignslm[demo]'"]
+    return []
