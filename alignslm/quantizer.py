@@ -80,7 +80,7 @@ def _impl(impl: str | None) -> str:
 # ----------------------------------------------------------------------------------------------
 # validation (the same rules as the C++ binding boundary)
 # ----------------------------------------------------------------------------------------------
-def _check_matrix(a: Any, name: str) -> np.ndarray:
+def _check_matrix(a: Any, name: str, finite: bool = True) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name} must be a numpy.ndarray of float32, got {type(a).__name__}")
     if a.dtype != np.float32:
@@ -90,18 +90,24 @@ def _check_matrix(a: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be 2-D (N, D), got shape {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {a.shape}); need at least one row and one column")
-    if not np.isfinite(a).all():
-        bad = int(np.flatnonzero(~np.isfinite(a).all(axis=1))[0])
-        raise ValueError(f"{name} contains NaN or inf (first in row {bad})")
+    if finite:
+        for s in range(0, a.shape[0], _ROWS_PER_BLOCK):  # blockwise: no N x D boolean temporary
+            ok = np.isfinite(a[s:s + _ROWS_PER_BLOCK]).all(axis=1)
+            if not ok.all():
+                raise ValueError(f"{name} contains NaN or inf (first in row {s + int(np.flatnonzero(~ok)[0])})")
     return np.ascontiguousarray(a)
 
 
 def _check_pair(X: Any, centroids: Any) -> tuple[np.ndarray, np.ndarray]:
     X = _check_matrix(X, "X")
     C = _check_matrix(centroids, "centroids")
+    _check_dims(X, C)
+    return X, C
+
+
+def _check_dims(X: np.ndarray, C: np.ndarray) -> None:
     if X.shape[1] != C.shape[1]:
         raise ValueError(f"dimension mismatch: X has D={X.shape[1]} but centroids have D={C.shape[1]}")
-    return X, C
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,57 +157,100 @@ def _np_kmeanspp(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return centers
 
 
-def _np_fit(X: np.ndarray, k: int, iters: int, seed: int) -> np.ndarray:
+def auto_init_sample(n: int, k: int) -> int:
+    """Rows used for k-means++ (the C++ path uses the same rule): min(N, max(10000, 40 K))."""
+    return min(n, max(10_000, 40 * k))
+
+
+def _np_fit(X: np.ndarray, k: int, iters: int, seed: int, init: np.ndarray | None) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    C = _np_kmeanspp(X, k, rng)
+    if init is not None:
+        C = init.copy()
+    else:
+        s = auto_init_sample(X.shape[0], k)
+        sample = X if s >= X.shape[0] else X[np.sort(rng.choice(X.shape[0], size=s, replace=False))]
+        C = _np_kmeanspp(sample, k, rng)
+    prev = None
     for _ in range(iters):
         labels, dist = _np_assign(X, C)
-        sums = np.zeros((k, X.shape[1]), dtype=np.float64)
-        np.add.at(sums, labels, X)
         counts = np.bincount(labels, minlength=k)
-        empty = np.flatnonzero(counts == 0)
-        if len(empty):  # repair: move each empty centre onto one of the farthest points
-            far = np.argsort(-dist, kind="stable")[:len(empty)]
-            for e, i in zip(empty, far):
-                sums[labels[i]] -= X[i]
-                counts[labels[i]] -= 1
-                sums[e] = X[i]
-                counts[e] = 1
+        _np_repair_empty(labels, dist, counts)
+        if prev is not None and np.array_equal(labels, prev):
+            break  # converged: the means would not move
+        prev = labels
+        sums = _np_cluster_sums(X, labels, k)  # (k, D) float64
         keep = counts > 0
         C[keep] = (sums[keep] / counts[keep, None]).astype(np.float32)
     return C
 
 
+def _np_repair_empty(labels: np.ndarray, dist: np.ndarray, counts: np.ndarray) -> None:
+    """Move each empty cluster onto one of the points farthest from their centroid (in place)."""
+    empty = np.flatnonzero(counts == 0)
+    if not len(empty):
+        return
+    far = np.argsort(-dist, kind="stable")[:len(empty)]
+    for e, i in zip(empty, far):
+        if counts[labels[i]] <= 1:  # never empty the donor
+            continue
+        counts[labels[i]] -= 1
+        labels[i] = e
+        counts[e] += 1
+
+
+def _np_cluster_sums(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster sums of the rows of X, blockwise with sort + reduceat. -> (k, D) float64"""
+    sums = np.zeros((k, X.shape[1]), dtype=np.float64)
+    for s in range(0, X.shape[0], 16 * _ROWS_PER_BLOCK):
+        lb = labels[s:s + 16 * _ROWS_PER_BLOCK]
+        o = np.argsort(lb, kind="stable")
+        ls = lb[o]
+        starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]])
+        sums[ls[starts]] += np.add.reduceat(X[s:s + len(lb)][o].astype(np.float64), starts, axis=0)
+    return sums
+
+
 # ----------------------------------------------------------------------------------------------
 # public functions
 # ----------------------------------------------------------------------------------------------
-def fit(X: np.ndarray, k: int, iters: int = 20, seed: int = 0, impl: str | None = None) -> np.ndarray:
-    """k-means++ then ``iters`` Lloyd iterations on X (N, D) float32. -> centroids (k, D) float32"""
-    X = _check_matrix(X, "X")
+def fit(X: np.ndarray, k: int, iters: int = 20, seed: int = 0, impl: str | None = None,
+        init: np.ndarray | None = None) -> np.ndarray:
+    """k-means++ then ``iters`` Lloyd iterations on X (N, D) float32. -> centroids (k, D) float32
+
+    k-means++ (greedy, 2 + log k trials) runs on ``auto_init_sample(N, k)`` random rows; Lloyd stops
+    early when no label changes; an empty cluster takes the point farthest from its centroid.
+    ``init`` (k, D) float32 replaces k-means++ (a warm start).
+    """
+    cpp = _impl(impl) == "cpp"
+    X = _check_matrix(X, "X", finite=not cpp)  # the C++ binding checks finiteness itself (threaded)
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if k > X.shape[0]:
         raise ValueError(f"k={k} is larger than the number of points N={X.shape[0]}; use k <= N")
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
-    if _impl(impl) == "cpp":
-        return _C.fit(X, int(k), int(iters), int(seed))
-    return _np_fit(X, int(k), int(iters), int(seed))
+    if cpp:
+        return _C.fit(X, int(k), int(iters), int(seed), init=init)
+    if init is not None:
+        init = _check_matrix(init, "init")
+        if init.shape != (k, X.shape[1]):
+            raise ValueError(f"init must have shape (k, D) = ({k}, {X.shape[1]}), got {init.shape}")
+    return _np_fit(X, int(k), int(iters), int(seed), init)
 
 
 def assign(X: np.ndarray, centroids: np.ndarray, impl: str | None = None) -> np.ndarray:
     """Index of the nearest centroid (squared L2) for each row of X (N, D). -> (N,) int64"""
-    X, C = _check_pair(X, centroids)
     if _impl(impl) == "cpp":
-        return _C.assign(X, C)
+        return _C.assign(X, centroids)  # validates shapes, dtype, NaN/inf with the same messages
+    X, C = _check_pair(X, centroids)
     return _np_assign(X, C)[0]
 
 
 def inertia(X: np.ndarray, centroids: np.ndarray, impl: str | None = None) -> float:
     """Sum of squared distances of each row of X to its nearest centroid."""
-    X, C = _check_pair(X, centroids)
     if _impl(impl) == "cpp":
-        return float(_C.inertia(X, C))
+        return float(_C.inertia(X, centroids))
+    X, C = _check_pair(X, centroids)
     return float(_np_assign(X, C)[1].astype(np.float64).sum())
 
 
