@@ -1,0 +1,233 @@
+"""The decode loop: N sampled continuations per prompt, prompts of different lengths in one batch.
+
+    conts = generate(lm, prompts=[[3, 17, 42], [5]], n=5, params=SamplingParams(max_new=150), seeds=seeds)
+    conts[i][j]  -> the j-th continuation (a unit list, EOS stripped) of prompt i
+
+How (one batch of P prompts):
+1. Prefill once per prompt: ``[BOS, units]`` left-padded to the longest prompt (Lp), explicit
+   position ids and a 4-D mask, into a dynamic cache.                              # (P, Lp)
+2. Expand: every layer's keys/values are repeated N times into a preallocated ``StaticCache`` of
+   length Lp + max_new, so the N continuations share the prompt's prefill.          # (P*N, H, L, D)
+3. Decode: one token per step for all P*N rows (per-row positions, a static additive mask that opens one
+   column per step), logits restricted to the LM's softmax support, then :func:`sample_next` (the Triton
+   kernel on GPU, the torch reference on CPU).  A row stops at EOS (or, with the full-vocabulary
+   support, at any non-unit token); the loop stops when all rows have stopped or at ``max_new``.
+   On CUDA the model step is captured once in a CUDA graph and replayed (static buffers).
+
+Every continuation has its own seed; the draw at step t depends only on (seed, t, logits), so batching,
+sharding and resuming do not change the result.  Parameters are checked before any model call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from alignslm import logger
+from alignslm.kernels.sampling import SamplingError, check_params, sample_next
+from alignslm.unitlm import UnitLM, UnitLMError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample.  ``greedy`` ignores temperature/top-k/top-p and takes the argmax over the support."""
+
+    temperature: float = 0.8
+    top_k: int = 25
+    top_p: float = 1.0
+    max_new: int = 150
+    greedy: bool = False
+
+
+def validate(lm: UnitLM, prompts: Sequence[Sequence[int]], params: SamplingParams, n: int,
+             seeds: Sequence[int] | None) -> list[list[int]]:
+    """All checks that can fail, before generation starts.  Returns the prompts as token ids."""
+    if not params.greedy:
+        check_params(params.temperature, params.top_k, params.top_p)
+    if params.max_new < 1:
+        raise SamplingError(f"max_new must be >= 1, got {params.max_new} (sample.max_new_units)")
+    if n < 1:
+        raise SamplingError(f"n (continuations per prompt) must be >= 1, got {n} (sample.n_continuations)")
+    if seeds is not None and len(seeds) != len(prompts) * n:
+        raise SamplingError(f"need one seed per continuation: {len(prompts)} prompts x {n} = "
+                            f"{len(prompts) * n}, got {len(seeds)}")
+    ctx = lm.max_context()
+    out = []
+    for i, p in enumerate(prompts):
+        try:
+            ids = lm.units_to_ids(list(p))
+        except UnitLMError as e:
+            raise UnitLMError(f"prompt {i}: {e}") from None
+        ids = ([lm.bos_id] if lm.bos_id is not None else []) + ids
+        if not ids:
+            raise SamplingError(f"prompt {i} is empty and the LM has no BOS token to start from")
+        if ctx is not None and len(ids) + params.max_new > ctx:
+            raise SamplingError(
+                f"prompt {i} has {len(ids)} tokens (with BOS); with max_new={params.max_new} that exceeds the "
+                f"model's context of {ctx}; shorten sample.prompt_seconds or sample.max_new_units")
+        out.append(ids)
+    return out
+
+
+@torch.no_grad()
+def generate(lm: UnitLM, prompts: Sequence[Sequence[int]], *, n: int = 1, params: SamplingParams = SamplingParams(),
+             seeds: Sequence[int] | None = None, batch_size: int = 32) -> list[list[list[int]]]:
+    """``n`` continuations (unit lists) for every prompt; ``seeds`` has one int per continuation
+    (prompt-major: prompt i, continuation j -> ``seeds[i * n + j]``); None -> ``i * n + j``."""
+    ids = validate(lm, prompts, params, n, seeds)
+    if seeds is None:
+        seeds = list(range(len(prompts) * n))
+    out: list[list[list[int]]] = []
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        for s in range(0, len(ids), batch_size):
+            chunk = ids[s:s + batch_size]
+            out.extend(_generate_batch(lm, chunk, n, params, list(seeds[s * n:(s + len(chunk)) * n])))
+    finally:
+        lm.model.train(was_training)
+    return out
+
+
+def _generate_batch(lm: UnitLM, prompts: list[list[int]], n: int, params: SamplingParams,
+                    seeds: list[int]) -> list[list[list[int]]]:
+    model, dev = lm.model, lm.device
+    P, Lp = len(prompts), max(len(p) for p in prompts)
+    L = Lp + params.max_new
+    dtype = next(model.parameters()).dtype
+    neg = torch.finfo(dtype).min
+    pad = torch.tensor([Lp - len(p) for p in prompts], device=dev)  # (P,)
+    tokens = torch.full((P, Lp), lm.pad_id, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        tokens[b, Lp - len(p):] = torch.tensor(p)
+    tokens = tokens.to(dev)  # (P, Lp) left-padded
+    ar = torch.arange(Lp, device=dev)
+    pos = (ar.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)  # (P, Lp)
+    allowed = (ar.view(1, 1, Lp) <= ar.view(1, Lp, 1)) & (ar.view(1, 1, Lp) >= pad.view(P, 1, 1))
+    mask = torch.zeros((P, 1, Lp, Lp), dtype=dtype, device=dev).masked_fill_(~allowed.unsqueeze(1), neg)
+    cache = _new_dynamic_cache(model)
+    logits = model(input_ids=tokens, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]  # (P, V)
+    # share the prefill: repeat every row n times into a static cache  (P*N, H, L, D)
+    B = P * n
+    static = _expand_cache(model, cache, n, L)
+    logits = logits.repeat_interleave(n, 0)  # (B, V)
+    pad_b = pad.repeat_interleave(n)  # (B,)
+    step_mask = torch.full((B, 1, 1, L), neg, dtype=dtype, device=dev)
+    cols = torch.arange(L, device=dev)
+    step_mask.masked_fill_(((cols >= pad_b.unsqueeze(1)) & (cols < Lp)).view(B, 1, 1, L), 0.0)
+    pos_b = (Lp - pad_b).view(B, 1)  # next position per row (B, 1)
+    seed_t = torch.tensor(seeds, dtype=torch.long, device=dev)
+    sup = lm.support_ids.to(dev)  # (S,)
+    is_stop = _stop_table(lm, dev)  # (V,) bool
+    out = torch.full((B, params.max_new), -1, dtype=torch.long, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    stepper = _Stepper(model, static, step_mask, B, dev)
+    for t in range(params.max_new):
+        tok = _pick(logits[:, sup], params, seed_t, t)  # (B,) index into the support
+        tok = sup[tok]  # (B,) token id
+        stop = is_stop[tok]
+        out[:, t] = torch.where(done | stop, torch.full_like(tok, -1), tok)
+        done |= stop
+        if t + 1 == params.max_new or ((dev.type != "cuda" or t % 16 == 15) and bool(done.all())):
+            break
+        step_mask[:, :, :, Lp + t] = 0.0  # open this token's own key column
+        logits = stepper(tok.view(B, 1), pos_b + t)  # (B, V)
+    return _to_units(lm, out.cpu(), P, n)
+
+
+def _pick(logits: torch.Tensor, params: SamplingParams, seed: torch.Tensor, t: int) -> torch.Tensor:
+    """(B, S) -> (B,) index into the support."""
+    if params.greedy:
+        return logits.argmax(-1)
+    return sample_next(logits, params.temperature, params.top_k, params.top_p, seed, t, validate=False)
+
+
+def _stop_table(lm: UnitLM, dev: torch.device) -> torch.Tensor:
+    """(V,) True for tokens that end a continuation: EOS and every non-unit token."""
+    stop = torch.ones(lm.vocab_size, dtype=torch.bool, device=dev)
+    stop[lm.offset:lm.offset + lm.n_units] = False
+    return stop
+
+
+def _to_units(lm: UnitLM, out: torch.Tensor, P: int, n: int) -> list[list[list[int]]]:
+    res: list[list[list[int]]] = []
+    for i in range(P):
+        row = []
+        for j in range(n):
+            ids = out[i * n + j]
+            ids = ids[ids >= 0]
+            row.append((ids - lm.offset).tolist())
+        res.append(row)
+    return res
+
+
+def _new_dynamic_cache(model: torch.nn.Module) -> object:
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def _expand_cache(model: torch.nn.Module, cache: object, n: int, max_len: int) -> object:
+    """A StaticCache holding every row of ``cache`` repeated ``n`` times (row-major: p0 x n, p1 x n, ...)."""
+    from transformers import StaticCache
+
+    static = StaticCache(config=model.config, max_cache_len=max_len)
+    if len(static.layers) != len(cache.layers):
+        raise RuntimeError(f"{type(model).__name__}: cache layout not supported by the decode loop "
+                           f"({len(cache.layers)} dynamic vs {len(static.layers)} static layers)")
+    for dyn, st in zip(cache.layers, static.layers):
+        k = dyn.keys.repeat_interleave(n, 0)  # (P*N, H, Lp, D)
+        v = dyn.values.repeat_interleave(n, 0)
+        st.lazy_initialization(k, v)
+        Lp = k.shape[2]
+        st.keys[:, :, :Lp].copy_(k)
+        st.values[:, :, :Lp].copy_(v)
+        st.cumulative_length.fill_(Lp)
+    return static
+
+
+class _Stepper:
+    """One decode step of the model: eager on CPU, a captured CUDA graph (static buffers) on CUDA."""
+
+    def __init__(self, model: torch.nn.Module, cache: object, mask: torch.Tensor, B: int, dev: torch.device):
+        self.model, self.cache, self.mask = model, cache, mask
+        self.graph = None
+        self.tok = torch.zeros((B, 1), dtype=torch.long, device=dev)
+        self.pos = torch.zeros((B, 1), dtype=torch.long, device=dev)
+        self.use_graph = dev.type == "cuda"
+        self.calls = 0
+
+    def _forward(self) -> torch.Tensor:
+        return self.model(input_ids=self.tok, attention_mask=self.mask, position_ids=self.pos, cache=self.cache,
+                          use_cache=True).logits[:, -1]  # (B, V)
+
+    def __call__(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        self.tok.copy_(tok)
+        self.pos.copy_(pos)
+        self.calls += 1
+        if not self.use_graph:
+            return self._forward()
+        if self.graph is None and self.calls >= 2:  # step 1 eagerly (warm-up), then capture
+            self._capture()
+        if self.graph is None:
+            return self._forward()
+        self.graph.replay()
+        return self.logits
+
+    def _capture(self) -> None:
+        """Capture the next step; the cache's write index advances inside the graph, so replays continue."""
+        try:
+            st = self.cache.layers[0].cumulative_length
+            before = st.clone()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                self.logits = self._forward()
+            for layer in self.cache.layers:  # capture does not execute: the index is unchanged
+                layer.cumulative_length.copy_(before)
+            self.graph = g
+        except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager steps
+            logger.warning("CUDA graph capture of the decode step failed (%s); decoding eagerly", e)
+            self.use_graph = False
