@@ -67,8 +67,10 @@ def lexical_words(n_topics: int | None = None) -> list[str]:
 def _segments(word: str) -> list[str]:
     """'kitchen' -> ['k', 'i', 'tch', 'e', 'n']: alternating consonant and vowel runs."""
     segs: list[str] = []
-    for ch in word:
-        is_v = ch in "aeiou"
+    for i, ch in enumerate(word):
+        # 'y' after a consonant is a vowel ("cymbal", "cherry"); written as 'i' so runs stay typed
+        is_v = ch in "aeiou" or (ch == "y" and i > 0 and word[i - 1] not in "aeiou")
+        ch = "i" if ch == "y" and is_v else ch
         if segs and (segs[-1][0] in "aeiou") == is_v:
             segs[-1] += ch
         else:
