@@ -128,13 +128,13 @@ class ESpeak:
         audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
         return audio, events
 
-    def phonemes(self, text: str, ipa: bool = False) -> str:
-        """eSpeak's phonemes of ``text`` (its ASCII phoneme mnemonics, or IPA)."""
+    def phonemes(self, text: str, ipa: bool = False, voice: str = "en-us") -> str:
+        """eSpeak's phonemes of ``text`` in ``voice`` (its ASCII phoneme mnemonics, or IPA)."""
         buf = ctypes.c_char_p(text.encode("utf-8"))
         ptr = ctypes.pointer(buf)
         out = []
         with self.lock:
-            self._set_voice(self._voice or "en-us")  # without a voice eSpeak has no translator (crash)
+            self._set_voice(voice)  # also: without a voice eSpeak has no translator (it would crash)
             while buf.value:
                 res = self.lib.espeak_TextToPhonemes(ptr, _CHARS_UTF8, _PHONEMES_IPA if ipa else 0)
                 if res is None:
