@@ -74,3 +74,10 @@ def test_phonemes():
     assert tts.engine().phonemes("cat", ipa=True) == "kˈæt"
     assert tts.engine().phonemes("cat", ipa=True, voice="en") == "kˈat"
     assert tts.engine().phonemes("cat") == "k'at"
+
+
+def test_words_espeak_joins_get_interpolated_times():
+    u = tts.synthesize("Tom is in the kitchen.", "en-us", 165)
+    assert [w["word"] for w in u.words] == ["Tom", "is", "in", "the", "kitchen"]
+    assert [bool(w.get("approx")) for w in u.words] == [False, False, False, True, False]
+    assert u.words[2]["start"] < u.words[3]["start"] < u.words[4]["start"]

@@ -28,7 +28,7 @@ from alignslm import logger
 from alignslm.audio import SAMPLE_RATE, read_audio, resample
 from alignslm.rundir import hash_str
 
-TTS_VERSION = "espeak-tts-1"  # bump when synthesis or word timing changes: invalidates the cache
+TTS_VERSION = "espeak-tts-2"  # bump when synthesis or word timing changes: invalidates the cache
 
 # speak_lib.h constants
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -168,23 +168,44 @@ def _voiced_frames(x: np.ndarray) -> np.ndarray:
     return rms > rms.max() * 0.02 if n else np.zeros(0, bool)
 
 
+_TOKEN = re.compile(r"[\w'-]+")
+
+
+def _onsets(text: str, events: list[tuple[int, int, int, int]], sr: int, total: float) -> list[tuple[str, float, bool]]:
+    """(word, onset seconds, exact) for every word of ``text``.  eSpeak emits no event for some words
+    it joins to the previous one ("on the", "in the"): those get a share of the joint interval in
+    proportion to characters, and exact=False."""
+    ev = {pos - 1: sample / sr for t, pos, length, sample in events if t == _EVENT_WORD and length > 0}
+    toks = [(m.start(), m.group()) for m in _TOKEN.finditer(text)]
+    anchors = [(c, ev[c]) for c, _ in toks if c in ev]
+    out = []
+    for c, w in toks:
+        if c in ev:
+            out.append((w, ev[c], True))
+            continue
+        prev = max((a for a in anchors if a[0] < c), default=(0, 0.0))
+        nxt = min((a for a in anchors if a[0] > c), default=(len(text), total))
+        share = (c - prev[0]) / max(1, nxt[0] - prev[0])
+        out.append((w, prev[1] + share * (nxt[1] - prev[1]), False))
+    return out
+
+
 def word_times(text: str, events: list[tuple[int, int, int, int]], sr: int, audio: np.ndarray) -> list[dict]:
-    """Word events -> [{word, start, end}] (seconds, refined to voiced 10 ms frames of 16 kHz ``audio``)."""
-    raw = [(pos, length, sample) for t, pos, length, sample in events if t == _EVENT_WORD and length > 0]
+    """[{word, start, end}] for every word of ``text`` (seconds): eSpeak's word events, each interval
+    trimmed to its voiced 10 ms frames of the 16 kHz ``audio``; ``approx: true`` marks a word whose
+    onset was interpolated (see _onsets)."""
     total = len(audio) / SAMPLE_RATE
     voiced = _voiced_frames(audio)
+    ons = _onsets(text, events, sr, total)
     out = []
-    for i, (pos, length, sample) in enumerate(raw):
-        word = re.sub(r"[^\w'-]", "", text[pos - 1: pos - 1 + length])
-        if not word:
-            continue
-        t0 = sample / sr
-        t1 = raw[i + 1][2] / sr if i + 1 < len(raw) else total
+    for i, (word, t0, exact) in enumerate(ons):
+        t1 = ons[i + 1][1] if i + 1 < len(ons) else total
         f0, f1 = int(t0 * 100), max(int(t0 * 100) + 1, int(np.ceil(t1 * 100)))
         idx = np.flatnonzero(voiced[f0:f1])
         if idx.size:
             t0, t1 = (f0 + idx[0]) / 100, (f0 + idx[-1] + 1) / 100
-        out.append({"word": word, "start": round(min(t0, total), 3), "end": round(min(t1, total), 3)})
+        row = {"word": word, "start": round(float(min(t0, total)), 3), "end": round(float(min(t1, total)), 3)}
+        out.append(row if exact else {**row, "approx": True})
     for a, b in zip(out, out[1:]):  # a frame shared by two words goes to the later one
         a["end"] = max(a["start"], min(a["end"], b["start"]))
     return out
