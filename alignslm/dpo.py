@@ -1,6 +1,6 @@
 """DPO on a LoRA adapter of a unit LM: one readable recipe (setup -> train -> save), not a TRL subclass.
 
-    lm = UnitLMView.from_unitlm(load_unitlm(unitlm_dir))          # or UnitLMView(model, offset, ...)
+    lm = load_unitlm(unitlm_dir)                                  # alignslm.unitlm.UnitLM
     examples, counts = prepare_pairs(rows, lm, max_length=512, rejects=ctx.rejects)
     summary = DPOTrainer(lm, cfg.train, out_dir, seed=1).train(examples)
 
@@ -8,8 +8,8 @@ What one optimizer step does:
   1. For each of ``grad_accum`` micro-batches of ``batch_size`` pairs (per rank), chosen and rejected
      sequences go through the model in ONE forward pass: ``[chosen_1..B, rejected_1..B]``, right-padded.
   2. Sequence log-probs = sum over completion tokens of log-softmax over the unit LM's support
-     (``units``: the unit columns of lm_head only; ``full``: the whole vocabulary -- the same support as
-     sampling), computed from the last hidden states by kernels.logprobs (lm_head fused, chunked).
+     (``UnitLM.support_ids``: units + EOS, or the whole vocabulary -- the same support as sampling),
+     computed from the last hidden states by kernels.logprobs (lm_head fused, chunked).
   3. Reference log-probs: the same model with the adapter disabled (peft ``disable_adapter``), or
      computed once before training and cached in ``out/ref_logps.pt`` (``precompute_ref``; always used
      when the reference is the adapter we start from, see alignslm.stages.train).
@@ -42,43 +42,6 @@ from alignslm.losses import metrics_from_stats, pair_stats, preference_loss
 from alignslm.rundir import atomic_path, hash_str, read_jsonl, write_jsonl
 
 # --------------------------------------------------------------------------------------------------
-# The unit LM as the trainer sees it
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class UnitLMView:
-    """A causal LM with a unit vocabulary: unit k is token ``k + offset``; softmax over ``support``."""
-
-    model: Any  # transformers PreTrainedModel
-    offset: int
-    n_units: int
-    bos_id: int | None
-    pad_id: int
-    support: str = "units"  # units | full
-
-    @classmethod
-    def from_unitlm(cls, u: Any) -> UnitLMView:
-        """From an alignslm.unitlm.UnitLM (duck-typed: .model .offset .n_units .bos_id .pad_id .support)."""
-        pad = u.pad_id if u.pad_id is not None else (u.eos_id if u.eos_id is not None else 0)
-        return cls(u.model, int(u.offset), int(u.n_units), u.bos_id, int(pad), getattr(u, "support", "units"))
-
-    def units_to_ids(self, units: Sequence[int]) -> list[int]:
-        return [int(x) + self.offset for x in units]
-
-    def support_range(self) -> tuple[int, int]:
-        """Contiguous lm_head columns the softmax runs over."""
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        if self.support == "full":
-            return 0, vocab
-        if self.support != "units":
-            raise ValueError(f"unknown support {self.support!r}; expected units | full")
-        if self.offset + self.n_units > vocab:
-            raise ValueError(f"offset {self.offset} + n_units {self.n_units} exceeds lm_head size {vocab}")
-        return self.offset, self.offset + self.n_units
-
-
-# --------------------------------------------------------------------------------------------------
 # Data: validation, truncation, batching
 # --------------------------------------------------------------------------------------------------
 
@@ -101,7 +64,7 @@ def _unit_list(x: Any, n_units: int) -> str | None:
     return f"unit {bad[0]} outside the vocabulary [0, {n_units})" if bad else None
 
 
-def prepare_pairs(rows: list[dict], lm: UnitLMView, max_length: int, rejects: Any = None,
+def prepare_pairs(rows: list[dict], lm: Any, max_length: int, rejects: Any = None,
                   source: str = "pairs") -> tuple[list[Example], dict[str, int]]:
     """Validate pairs rows (prompt/chosen/rejected unit lists) and turn them into token ids.
 
@@ -184,11 +147,27 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
 
 
 class SequenceLogps(nn.Module):
-    """Wraps the (peft) causal LM: batch -> ``(2B,)`` sequence log-probs over the support. DDP wraps this."""
+    """Wraps the (peft) causal LM: batch -> ``(2B,)`` sequence log-probs over the support. DDP wraps this.
 
-    def __init__(self, model: nn.Module, lo: int, hi: int):
+    ``support_ids`` (S,): the token ids the softmax spans (``UnitLM.support_ids``); None = full vocabulary.
+    A contiguous support is a slice of lm_head (no copy); any other is gathered and targets re-indexed.
+    """
+
+    def __init__(self, model: nn.Module, support_ids: torch.Tensor | None = None):
         super().__init__()
-        self.model, self.lo, self.hi = model, lo, hi
+        self.model = model
+        self.lo = self.hi = None
+        self.register_buffer("lut", None, persistent=False)  # (hi,) token id -> support index, or None
+        if support_ids is not None:
+            sup = torch.as_tensor(support_ids, dtype=torch.long).sort().values  # order is irrelevant to softmax
+            lo, hi = int(sup[0]), int(sup[-1]) + 1
+            if hi - lo == sup.numel():
+                self.lo, self.hi = lo, hi
+            else:
+                self.register_buffer("sup", sup, persistent=False)
+                lut = torch.full((hi,), -1, dtype=torch.long)
+                lut[sup] = torch.arange(sup.numel())
+                self.register_buffer("lut", lut, persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
                 loss_mask: torch.Tensor) -> torch.Tensor:
@@ -196,8 +175,21 @@ class SequenceLogps(nn.Module):
         decoder = base.get_decoder()
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (2B, T, H)
         head = base.get_output_embeddings()
-        return fused_linear_sequence_logprobs(hidden[:, :-1], head.weight, targets, loss_mask,
-                                              bias=head.bias, lo=self.lo, hi=self.hi)  # (2B,)
+        weight, bias = head.weight, head.bias  # (V, H), (V,)
+        if self.lut is not None:  # non-contiguous support: gather its rows, re-index the targets
+            weight = weight.index_select(0, self.sup)  # (S, H)
+            bias = bias.index_select(0, self.sup) if bias is not None else None
+            t = targets.clamp(0, self.lut.numel() - 1)
+            targets = torch.where(loss_mask.bool() & (targets < self.lut.numel()), self.lut[t], -1)
+        return fused_linear_sequence_logprobs(hidden[:, :-1], weight, targets, loss_mask, bias=bias,
+                                              lo=self.lo or 0, hi=self.hi)  # (2B,)
+
+
+def _support_ids(lm: Any) -> torch.Tensor | None:
+    """The UnitLM's softmax support (None = the full vocabulary)."""
+    if getattr(lm, "support", "units") == "full":
+        return None
+    return lm.support_ids
 
 
 def attach_lora(model: nn.Module, cfg: Any, init_adapter: str | Path | None, seed: int) -> nn.Module:
@@ -250,7 +242,7 @@ class DPOTrainer:
     """LoRA DPO recipe. ``reference``: 'base' (adapter disabled) or 'initial' (the adapter we start from,
     i.e. the previous round's policy; forces cached reference log-probs)."""
 
-    def __init__(self, lm: UnitLMView, cfg: Any, out_dir: str | Path, *, seed: int = 0,
+    def __init__(self, lm: Any, cfg: Any, out_dir: str | Path, *, seed: int = 0,
                  init_adapter: str | Path | None = None, reference: str = "base",
                  device: str | torch.device = "cpu"):
         if reference not in ("base", "initial"):
@@ -260,9 +252,8 @@ class DPOTrainer:
         self.precompute = bool(cfg.precompute_ref) or reference == "initial"
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.out.mkdir(parents=True, exist_ok=True)
-        lo, hi = lm.support_range()
         self.peft = attach_lora(lm.model, cfg, init_adapter, seed).to(self.device)
-        self.module = SequenceLogps(self.peft, lo, hi)
+        self.module = SequenceLogps(self.peft, _support_ids(lm)).to(self.device)
         self.ddp = self._wrap_ddp(self.module)
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -10,13 +10,13 @@ import random
 
 import pytest
 import torch
-from alignslm.kernels.logprobs import reference_sequence_logprobs
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignslm.config import TrainConfig
-from alignslm.dpo import DPOTrainer, SequenceLogps, UnitLMView, collate, prepare_pairs
+from alignslm.dpo import DPOTrainer, SequenceLogps, _support_ids, collate, prepare_pairs
 from alignslm.losses import metrics_from_stats, pair_stats, preference_loss
 from alignslm.rundir import Rejects
+from alignslm.unitlm import UnitLM
 
 N_UNITS, OFFSET = 20, 2  # slamkit-style ids: pad=0, bos=eos=1, unit k -> k+2
 
@@ -30,12 +30,13 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def tiny_lm(seed: int = 0, extra_vocab: int = 0, support: str = "units") -> UnitLMView:
+def tiny_lm(seed: int = 0, extra_vocab: int = 0, support: str = "units") -> UnitLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=OFFSET + N_UNITS + extra_vocab, hidden_size=32, intermediate_size=64,
                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                       max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=1)
-    return UnitLMView(LlamaForCausalLM(cfg).eval(), OFFSET, N_UNITS, 1, 0, support)
+    return UnitLM(LlamaForCausalLM(cfg).eval(), offset=OFFSET, n_units=N_UNITS, bos_id=1, eos_id=1, pad_id=0,
+                  support=support)
 
 
 def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
@@ -139,20 +140,25 @@ def test_collate_concatenates_chosen_then_rejected():
     assert b.lengths.tolist() == [3, 1, 1, 2]
 
 
-@pytest.mark.parametrize("support", ["units", "full"])
-def test_concatenated_forward_equals_full_logits_reference(support):
-    lm = tiny_lm(extra_vocab=5, support=support)
+@pytest.mark.parametrize("support,eos", [("units", 1), ("full", 1), ("units", 25)])
+def test_concatenated_forward_equals_unitlm_token_logprobs(support, eos):
+    """Same support as sampling: UnitLM.token_logprobs on full logits is the definition. eos=25 makes the
+    units support non-contiguous ({2..21} + {25}); completions end with EOS so it is scored too."""
+    base = tiny_lm(extra_vocab=5)
+    lm = UnitLM(base.model, offset=OFFSET, n_units=N_UNITS, bos_id=1, eos_id=eos, pad_id=0, support=support)
     ex, _ = prepare_pairs(synthetic_pairs(5), lm, 64)
+    for e in ex:
+        e.chosen.append(eos)
     b = collate(ex, lm.pad_id)
-    lo, hi = lm.support_range()
-    ours = SequenceLogps(lm.model, lo, hi)(b.input_ids, b.attention_mask, b.targets, b.loss_mask)
+    ours = SequenceLogps(lm.model, _support_ids(lm))(b.input_ids, b.attention_mask, b.targets, b.loss_mask)
     with torch.no_grad():
         logits = lm.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1].double()
-    ref = reference_sequence_logprobs(logits, b.targets, b.loss_mask, lo, hi)
-    assert (ours.double() - ref).abs().max().item() < 1e-4
+    tok = lm.token_logprobs(logits, b.targets)  # (2B, T-1), -inf outside the support (only at pads here)
+    ref = torch.where(b.loss_mask.bool(), tok.double(), 0.0).sum(-1)
+    assert torch.isfinite(ref).all() and (ours.double() - ref).abs().max().item() < 1e-4
     single = collate(ex[:1], lm.pad_id)  # padding with other pairs does not change a sequence's log-prob
-    alone = SequenceLogps(lm.model, lo, hi)(single.input_ids, single.attention_mask, single.targets,
-                                            single.loss_mask)
+    alone = SequenceLogps(lm.model, _support_ids(lm))(single.input_ids, single.attention_mask, single.targets,
+                                                      single.loss_mask)
     assert alone[0].item() == pytest.approx(ours[0].item(), abs=1e-5)
 
 
@@ -208,10 +214,10 @@ def test_adapter_saved_as_safetensors_and_reloads_same_policy(tmp_path):
     b = collate(ex, 0)
     ours = tr.module(b.input_ids, b.attention_mask, b.targets, b.loss_mask)
     loaded = PeftModel.from_pretrained(tiny_lm().model, str(path))
-    theirs = SequenceLogps(loaded, OFFSET, OFFSET + N_UNITS)(b.input_ids, b.attention_mask, b.targets,
+    theirs = SequenceLogps(loaded, tr.lm.support_ids)(b.input_ids, b.attention_mask, b.targets,
                                                                b.loss_mask)
     assert torch.allclose(ours, theirs, atol=1e-5)
-    base = SequenceLogps(tiny_lm().model, OFFSET, OFFSET + N_UNITS)(b.input_ids, b.attention_mask, b.targets,
+    base = SequenceLogps(tiny_lm().model, tr.lm.support_ids)(b.input_ids, b.attention_mask, b.targets,
                                                                      b.loss_mask)
     assert (ours - base).abs().max().item() > 1e-3  # training did change the policy
 
