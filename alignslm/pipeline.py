@@ -38,7 +38,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               external=("benchmarks.root",), help="mini sWUGGY/sBLIMP/sSC/tSC (demo) or real data sets"),
     StageSpec("tokenize", "alignslm.stages.tokenize:run", ("tokenize", "run.seed"), ("corpus",),
               external=("tokenize.encoder_path", "tokenize.quantizer"), help="audio -> deduplicated units"),
-    StageSpec("unitlm", "alignslm.stages.unitlm:run", ("unitlm", "run.seed"), ("tokenize",),
+    StageSpec("unitlm", "alignslm.stages.unitlm:run", ("unitlm", "run.seed"), ("corpus", "tokenize"),
               external=("unitlm.path",), help="pretrain the demo unit LM, or check a real one"),
     StageSpec("vocoder", "alignslm.stages.vocoder:run", ("vocoder", "run.seed"), ("corpus", "tokenize"),
               external=("vocoder.path",), help="train the demo vocoder, or check a HiFi-GAN"),
