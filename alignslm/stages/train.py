@@ -1,0 +1,173 @@
+"""Train stage (round N): DPO on a LoRA adapter of the unit LM, from round N's preference pairs.
+
+Reads ``ctx.inputs["pairs"]/pairs.jsonl``, the unit LM (``ctx.inputs["unitlm"]``) and, from round 2 on,
+the previous round's adapter (``ctx.inputs["train_prev"]/adapter``).  Writes into ``round-N/train/``:
+
+    adapter/            peft LoRA adapter (adapter_config.json + adapter_model.safetensors)
+    train_log.jsonl     one row per optimizer step: step, epoch, lr, loss, rewards/chosen,
+                        rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen,
+                        logps/rejected, grad_norm, seconds
+    policy.json         what the adapter is (below), the reference used, the data counts
+    checkpoint/         resume state (adapter, optimizer, scheduler, RNG, step)
+    ref_logps.pt        cached reference log-probs (train.precompute_ref, or reference=previous_round)
+    rejects.jsonl       pairs that could not be used, with the reason
+
+WHAT THE ADAPTER OF ROUND N CONTAINS -- it is CUMULATIVE:
+
+    policy of round N  =  base unit LM  +  round-N/train/adapter          (and nothing else)
+
+Round 1 starts a fresh LoRA adapter (B = 0, so the policy starts as the base).  Round N > 1 loads the
+round N-1 adapter and keeps training it, so the round-N adapter is a delta on top of the BASE weights
+that already includes every earlier round's update.  Consequently:
+
+* sampling in round N uses ``load_unitlm(unitlm_dir, adapters=[run_dir/"round-{N-1}/train"])`` -- the
+  previous round's adapter ALONE (never a list of several rounds: they would be applied twice);
+* evaluation of "round-N" uses ``adapters=[run_dir/"round-{N}/train"]``; :func:`policy_adapters` says
+  this in code.
+
+``curriculum.reference`` decides the DPO reference of round N:
+
+* ``base``: the frozen base model, i.e. the same network with the adapter disabled (peft
+  ``disable_adapter``) -- or its log-probs cached once when ``train.precompute_ref`` is set.
+* ``previous_round``: the round N-1 policy (base + round-(N-1) adapter) = the policy at step 0 of round
+  N; its log-probs are computed once before training and cached in ``ref_logps.pt``.  In round 1 the
+  two settings coincide (the previous policy is the base).
+
+The paper keeps a frozen-base reference; whether it moves between rounds is not published, so the
+setting is recorded in policy.json and in the summary.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignslm import logger
+from alignslm.dpo import DPOTrainer, prepare_pairs
+from alignslm.losses import LOSSES
+from alignslm.rundir import StageContext, read_jsonl, write_json
+
+REFERENCES = ("base", "previous_round")
+
+
+def policy_adapters(run_dir: str | Path, round_n: int) -> list[Path]:
+    """Adapters to load on the base unit LM for the policy after round ``round_n`` (0 = the base)."""
+    if round_n <= 0:
+        return []
+    return [Path(run_dir) / f"round-{round_n}" / "train"]
+
+
+def check(cfg: Any) -> list[str]:
+    t, problems = cfg.train, []
+    if t.loss not in LOSSES:
+        problems.append(f"train.loss must be one of {LOSSES}, got {t.loss!r}")
+    if cfg.curriculum.reference not in REFERENCES:
+        problems.append(f"curriculum.reference must be one of {REFERENCES}, got {cfg.curriculum.reference!r}")
+    if t.beta <= 0:
+        problems.append(f"train.beta must be > 0, got {t.beta}")
+    if t.loss == "robust" and not 0 <= t.label_smoothing < 0.5:
+        problems.append(f"train.label_smoothing must be in [0, 0.5) for the robust loss, got {t.label_smoothing}")
+    for key in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs", "checkpoint_every"):
+        if getattr(t, key) < 1:
+            problems.append(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    if t.max_length < 3:
+        problems.append(f"train.max_length must be >= 3, got {t.max_length}")
+    if t.load_in_4bit and not torch.cuda.is_available():
+        problems.append("train.load_in_4bit needs a CUDA GPU (bitsandbytes); set train.load_in_4bit=false on CPU")
+    return problems
+
+
+def _device(cfg: Any) -> torch.device:
+    if cfg.run.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(cfg.run.device)
+
+
+def _load_base(ctx: StageContext, device: torch.device) -> Any:
+    """The unit LM without adapters, optionally 4-bit, with FlashAttention when it is there."""
+    from alignslm.unitlm import load_unitlm
+
+    cfg = ctx.cfg
+    if cfg.train.load_in_4bit:
+        _require_4bit(device)
+    lm = load_unitlm(ctx.inputs["unitlm"], support=cfg.unitlm.support, device=device, dtype=cfg.unitlm.dtype)
+    if cfg.train.load_in_4bit:
+        lm.model = _quantized_copy(lm.model, device)
+    if device.type == "cuda":
+        _try_flash_attention(lm.model)
+    return lm
+
+
+def _require_4bit(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise RuntimeError("train.load_in_4bit=true needs a CUDA GPU (bitsandbytes 4-bit kernels); "
+                           "set train.load_in_4bit=false to train in full precision on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError("train.load_in_4bit=true needs bitsandbytes: pip install 'alignslm[gpu]'") from e
+
+
+def _quantized_copy(model: Any, device: torch.device) -> Any:
+    """Reload the same checkpoint with NF4 weights (bf16 compute) and prepare it for k-bit training."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    path = model.config._name_or_path
+    q = AutoModelForCausalLM.from_pretrained(path, quantization_config=qcfg, device_map={"": device})
+    return prepare_model_for_kbit_training(q, use_gradient_checkpointing=False)
+
+
+def _try_flash_attention(model: Any) -> None:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        logger.info("train: flash-attn not installed; using the model's default attention")
+        return
+    try:
+        model.set_attn_implementation("flash_attention_2")
+        logger.info("train: FlashAttention 2 enabled")
+    except (ValueError, ImportError, AttributeError) as e:
+        logger.info("train: FlashAttention 2 not usable for this model (%s)", e)
+
+
+def run(ctx: StageContext) -> dict:
+    cfg, t = ctx.cfg, ctx.cfg.train
+    problems = check(cfg)
+    if problems:
+        raise ValueError("train stage: " + "; ".join(problems))
+    pairs_path = ctx.inputs["pairs"] / "pairs.jsonl"
+    if not pairs_path.is_file():
+        raise FileNotFoundError(f"{pairs_path} not found; run the pairs stage of round {ctx.round} first")
+    prev = ctx.inputs.get("train_prev")
+    init_adapter = prev / "adapter" if prev is not None else None
+    if init_adapter is not None and not (init_adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{init_adapter}: no adapter from round {ctx.round - 1}; rerun its train stage")
+    device = _device(cfg)
+    lm = _load_base(ctx, device)
+    max_len = min(t.max_length, lm.max_context() or t.max_length)
+    examples, counts = prepare_pairs(read_jsonl(pairs_path), lm, max_len, rejects=ctx.rejects,
+                                     source=str(pairs_path))
+    reference = "initial" if (cfg.curriculum.reference == "previous_round" and init_adapter) else "base"
+    trainer = DPOTrainer(lm, t, ctx.out, seed=ctx.seed(), init_adapter=init_adapter, reference=reference,
+                         device=device)
+    result = trainer.train(examples)
+    final = trainer.evaluate(examples)  # the trained policy over every pair (no gradient)
+    trainer.save_adapter(ctx.out / "adapter")
+    policy = {"round": ctx.round, "cumulative": True, "base": str(ctx.inputs["unitlm"]),
+              "load": [str(p) for p in policy_adapters(ctx.run_dir, ctx.round)],
+              "initialised_from": str(init_adapter) if init_adapter else None,
+              "reference": cfg.curriculum.reference, "support": cfg.unitlm.support, "counts": counts}
+    if ctx.rank == 0:
+        write_json(ctx.out / "policy.json", policy)
+    return {"steps": result["steps"], "pairs": counts["pairs_used"], "dropped": counts["dropped"],
+            "truncated_prompt": counts["truncated_prompt"], "truncated_completion": counts["truncated_completion"],
+            "reference": cfg.curriculum.reference, "loss": t.loss, "beta": t.beta,
+            "final_reward_accuracy": final["rewards/accuracies"], "final_reward_margin": final["rewards/margins"],
+            "final_loss": final["loss"], "last_step": result.get("final", {})}
