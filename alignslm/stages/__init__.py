@@ -21,7 +21,9 @@ round-N/transcribe/transcripts.jsonl  prompt_id, k, prompt_text, text
 round-N/judge/judgments.jsonl   prompt_id, k, score (float|null), perplexity, autobleu, raw
 round-N/pairs/pairs.jsonl       prompt_id, prompt, chosen, rejected (unit lists), chosen_score,
                                 rejected_score, prompt_text, chosen_text, rejected_text
-round-N/train/adapter/          peft LoRA adapter (safetensors); train_log.jsonl
+round-N/train/adapter/          peft LoRA adapter (safetensors), CUMULATIVE: base + this adapter alone is the
+                                round-N policy (load_unitlm(unitlm, adapters=[round-N/train]); never a list of
+                                rounds); train_log.jsonl (step, lr, loss, rewards/*, logps/*), policy.json
 evaluate/results.json           per model (base, round-1, ...) benchmark + generation metrics
 report/report.md, report/results.json, report/headline.md, report/*.png
 Every stage: rejects.jsonl (id, reason) for items it could not process.
