@@ -15,6 +15,15 @@ from alignslm.unitlm import UnitLM, UnitLMError
 N_UNITS = 20
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine run much faster on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=3 + N_UNITS, hidden_size=48, intermediate_size=96, num_hidden_layers=2,

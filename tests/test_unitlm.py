@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +141,98 @@ def test_load_unitlm_with_adapters(tmp_path):
     with pytest.raises(UnitLMError, match="adapter"):
         load_unitlm(tmp_path / "unitlm", adapters=[tmp_path / "round-9"])
     assert np.isfinite(s0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Demo pretraining and the unitlm stage
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine run much faster on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def synthetic_units(n_utts: int, n_units: int = 30, seed: int = 0) -> list[list[int]]:
+    """Utterances made of a small lexicon of fixed unit 'words' (structure an LM can learn)."""
+    rng = np.random.default_rng(seed)
+    lexicon = [list(rng.integers(0, n_units, size=rng.integers(3, 7))) for _ in range(12)]
+    return [[int(u) for _ in range(rng.integers(4, 10)) for u in lexicon[rng.integers(0, 12)]] for _ in range(n_utts)]
+
+
+def test_pretrain_learns_and_resumes_exactly(tmp_path):
+    from alignslm.pretrain import TrainSpec, build_model, eval_loss, train
+
+    seqs = synthetic_units(60)
+    spec = TrainSpec(steps=12, batch_size=4, context=32, lr=3e-3, warmup=3, checkpoint_every=4, log_every=4)
+    a = build_model(30, 32, 2, 2, 32, seed=1)
+    before = eval_loss(a, seqs[:10], 32)
+    sa = train(a, seqs, spec, ckpt_dir=tmp_path / "a")
+    after = eval_loss(a, seqs[:10], 32)
+    assert after < before - 0.3, (before, after)
+    assert sa["steps"] == 12 and len(sa["log"]) == 3
+    # killed after 6 steps (last checkpoint at 4), then restarted: same weights as the straight run
+    b = build_model(30, 32, 2, 2, 32, seed=1)
+    train(b, seqs, spec, ckpt_dir=tmp_path / "b", stop_after=6)
+    b2 = build_model(30, 32, 2, 2, 32, seed=99)  # a fresh process: different init, overwritten by the checkpoint
+    sb = train(b2, seqs, spec, ckpt_dir=tmp_path / "b")
+    assert sb["log"] == sa["log"]
+    for (n1, p1), (_, p2) in zip(a.state_dict().items(), b2.state_dict().items()):
+        assert torch.equal(p1, p2), n1
+    with pytest.raises(ValueError, match="other training settings"):
+        train(build_model(30, 32, 2, 2, 32), seqs, TrainSpec(steps=20, batch_size=4, context=32),
+              ckpt_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match="sequence 1"):
+        train(build_model(30, 32, 2, 2, 32), [[1, 2], [3, 30]], spec)
+
+
+def _fake_run(tmp_path, n_units: int = 30) -> Path:
+    """corpus/manifest.jsonl + tokenize/{units.jsonl, tokenizer.json} as the real stages write them."""
+    from alignslm.rundir import write_json, write_jsonl
+
+    seqs = synthetic_units(40, n_units)
+    rows, man = [], []
+    for i, s in enumerate(seqs):
+        rows.append({"utt_id": f"u{i}", "units": s, "durations": [2] * len(s), "n_frames": 2 * len(s),
+                     "encoder": "x", "quantizer": "q"})
+        man.append({"utt_id": f"u{i}", "path": f"/x/u{i}.wav", "split": "dev" if i % 10 == 0 else "train"})
+    write_jsonl(tmp_path / "corpus" / "manifest.jsonl", man)
+    write_jsonl(tmp_path / "tokenize" / "units.jsonl", rows)
+    write_json(tmp_path / "tokenize" / "tokenizer.json", {"n_units": n_units, "frame_rate": 25.0})
+    return tmp_path
+
+
+def test_unitlm_stage_demo_and_external(tmp_path):
+    from alignslm.config import load_config
+    from alignslm.rundir import StageContext
+    from alignslm.stages import unitlm as stage
+
+    run = _fake_run(tmp_path)
+    cfg = load_config(overrides=["unitlm.d_model=32", "unitlm.n_layers=1", "unitlm.n_heads=2", "unitlm.context=32",
+                                 "unitlm.steps=6", "unitlm.batch_size=4", "unitlm.warmup=2"])
+    assert stage.check(cfg) == []
+    ctx = StageContext(name="unitlm", cfg=cfg, run_dir=run, out=run / "unitlm",
+                       inputs={"tokenize": run / "tokenize", "corpus": run / "corpus"})
+    summary = stage.run(ctx)
+    assert summary["train_utts"] == 36 and summary["steps"] == 6 and summary["dev_loss"] > 0
+    lm = load_unitlm(run / "unitlm")
+    assert (lm.offset, lm.n_units, lm.bos_id, lm.eos_id, lm.pad_id) == (3, 30, 1, 2, 0)
+    assert json.loads((run / "unitlm" / "model" / "config.json").read_text())["offset"] == 3
+    assert np.isfinite(lm.score_sequences([[1, 2, 3]])).all()
+    # an external (TWIST-style) model: validated against the quantizer's K
+    ext = _tiny_opt(4 + 30, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    ext.config.offset = 4
+    ext.save_pretrained(tmp_path / "twist")
+    cfg2 = load_config(overrides=[f"unitlm.path={tmp_path / 'twist'}"])
+    ctx2 = StageContext(name="unitlm", cfg=cfg2, run_dir=run, out=run / "unitlm2", inputs=ctx.inputs)
+    assert stage.run(ctx2)["offset"] == 4
+    assert load_unitlm(run / "unitlm2").units_to_ids([29]) == [33]
+    _fake_run(tmp_path, n_units=40)
+    with pytest.raises(UnitLMError, match="vocab_size"):
+        stage.run(ctx2)
+    bad = load_config(overrides=[f"unitlm.path={tmp_path / 'nope'}", "unitlm.support=all"])
+    assert len(stage.check(bad)) == 2
