@@ -117,10 +117,12 @@ class VocoderConfig:
 class SampleConfig:
     n_prompts: int = opt(200, "Prompts per round (from the train split).")
     prompt_seconds: float = opt(3.0, "Prompt length in seconds (cut at a word boundary when known).")
+    word_boundary: bool = opt(True, "Cut the prompt at the last word end <= prompt_seconds when word times "
+                              "are known (else at the last unit ending before prompt_seconds).")
     n_continuations: int = opt(5, "Continuations per prompt.")
-    temperature: float = opt(0.8, "Sampling temperature.")
-    top_k: int = opt(25, "Top-k (0 = off).")
-    top_p: float = opt(1.0, "Top-p (1.0 = off).")
+    temperature: float = opt(0.8, "Sampling temperature (> 0).")
+    top_k: int = opt(25, "Top-k (>= 1; a value >= the number of units keeps all).")
+    top_p: float = opt(1.0, "Top-p in (0, 1] (1.0 = off).")
     max_new_units: int = opt(150, "Maximum units per continuation.")
     batch_size: int = opt(32, "Prompts per decode batch.")
     shard_size: int = opt(64, "Prompts per output shard.")
