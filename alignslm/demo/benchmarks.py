@@ -2,7 +2,9 @@
 alignslm.benchdata, like the real ones):
 
 * ``lexical/dev/`` (sWUGGY-like): a demo word against a pronounceable non-word whose vowels (all) and
-  one or two consonants are changed, so it is unlike any demo word; each pair spoken by every voice;
+  one or two consonants are changed, the least demo-like spelling of 12 such candidates (a letter
+  trigram model of the demo's words decides), so it is unlike any demo word; each pair spoken by every
+  voice;
   ``gold.csv``: filename, correct, id, voice, frequency, word, phones, length.
 * ``syntactic/dev/`` (sBLIMP-like): a sentence of the demo grammar against a minimal violation
   (subject-verb agreement, determiner-noun agreement, word order); ``gold.csv``: filename, correct, id,
@@ -17,6 +19,7 @@ alignslm.benchdata, like the real ones):
 from __future__ import annotations
 
 import csv
+import math
 import os
 import random
 import shutil
@@ -82,8 +85,9 @@ def make_nonword(word: str, rng: random.Random, avoid: set[str]) -> str:
     """A pronounceable non-word: every vowel run replaced by another vowel, 1-2 single consonants swapped."""
     for _ in range(100):
         segs = _segments(word)
+        silent_e = len(word) > 3 and segs[-1] == "e"  # "cake", "horse": keep the final e silent
         for i, s in enumerate(segs):
-            if s[0] in "aeiou":
+            if s[0] in "aeiou" and not (silent_e and i == len(segs) - 1):
                 segs[i] = rng.choice([v for v in VOWELS if v != s])
         singles = [i for i, s in enumerate(segs) if s[0] not in "aeiou" and len(s) == 1]
         for i in rng.sample(singles, min(len(singles), 1 if len(word) < 6 else 2)):
@@ -92,6 +96,32 @@ def make_nonword(word: str, rng: random.Random, avoid: set[str]) -> str:
         if cand != word and cand not in avoid and len(cand) >= 3:
             return cand
     raise ValueError(f"could not make a non-word for {word!r}")
+
+
+class LetterModel:
+    """Letter trigram model of the demo's words (add-one smoothing): how demo-like a spelling is."""
+
+    def __init__(self, words: list[str]):
+        self.tri: Counter = Counter()
+        self.bi: Counter = Counter()
+        for w in words:
+            t = f"^^{w}$"
+            for i in range(2, len(t)):
+                self.tri[t[i - 2: i + 1]] += 1
+                self.bi[t[i - 2: i]] += 1
+
+    def score(self, word: str) -> float:
+        """Mean log-probability per letter (higher = more like the demo words)."""
+        t = f"^^{word}$"
+        lp = [math.log((self.tri[t[i - 2: i + 1]] + 1) / (self.bi[t[i - 2: i]] + 28)) for i in range(2, len(t))]
+        return sum(lp) / len(lp)
+
+
+def least_demo_like_nonword(word: str, rng: random.Random, avoid: set[str], model: LetterModel,
+                            tries: int = 12) -> str:
+    """Of ``tries`` candidate non-words, the one whose spelling is least like the demo's words."""
+    cands = {make_nonword(word, rng, avoid) for _ in range(tries)}
+    return min(sorted(cands), key=model.score)
 
 
 def ipa_phones(text: str) -> list[str]:
@@ -200,9 +230,10 @@ def _lexical_rows(seed: int, n_pairs: int, voices: list[str], n_topics: int | No
     chosen = rng.sample(words, n_pairs)
     avoid = set(vocabulary()) | set(words)
     ids = _file_ids(rng, 2 * n_pairs * len(voices))
+    model = LetterModel([w.strip(".").lower() for s in generate_stories(2000, seed, n_topics) for w in s.text.split()])
     rows = []
     for k, w in enumerate(chosen):
-        nw = make_nonword(w, rng, avoid)
+        nw = least_demo_like_nonword(w, rng, avoid, model)
         avoid.add(nw)
         pw, pn = ipa_phones(w), ipa_phones(nw)
         for v in voices:
