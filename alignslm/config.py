@@ -80,6 +80,7 @@ class TokenizeConfig:
     n_units: int = opt(100, "K when training a quantizer.")
     fit_max_frames: int = opt(200_000, "Frames used to train the quantizer.")
     fit_iters: int = opt(20, "Lloyd iterations when training the quantizer.")
+    standardize: bool = opt(True, "When training a quantizer: scale each feature dimension by 1/std (fit subset).")
     dedup: bool = opt(True, "Collapse runs of equal units (keep run lengths as durations).")
     batch_size: int = opt(16, "Utterances per encoder batch.")
     shard_size: int = opt(256, "Utterances per output shard (resume granularity).")
