@@ -28,7 +28,7 @@ from alignslm import logger
 from alignslm.audio import SAMPLE_RATE, read_audio, resample
 from alignslm.rundir import hash_str
 
-TTS_VERSION = "espeak-tts-2"  # bump when synthesis or word timing changes: invalidates the cache
+TTS_VERSION = "espeak-tts-3"  # bump when synthesis or word timing changes: invalidates the cache
 
 # speak_lib.h constants
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -200,7 +200,8 @@ def word_times(text: str, events: list[tuple[int, int, int, int]], sr: int, audi
     out = []
     for i, (word, t0, exact) in enumerate(ons):
         t1 = ons[i + 1][1] if i + 1 < len(ons) else total
-        f0, f1 = int(t0 * 100), max(int(t0 * 100) + 1, int(np.ceil(t1 * 100)))
+        f0 = int(t0 * 100)
+        f1 = max(f0 + 1, int(t1 * 100 + 1e-6))  # frames [f0, f1): not the next word's first frame
         idx = np.flatnonzero(voiced[f0:f1])
         if idx.size:
             t0, t1 = (f0 + idx[0]) / 100, (f0 + idx[-1] + 1) / 100
