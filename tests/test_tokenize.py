@@ -13,7 +13,7 @@ from alignslm.encoders import LogMelEncoder
 from alignslm.quantizer import Quantizer
 from alignslm.rundir import StageContext, read_jsonl, write_jsonl
 from alignslm.stages import tokenize as stage
-from alignslm.tokenizer import Tokenizer, TokenizerError, dedup, load_tokenizer
+from alignslm.tokenizer import Tokenizer, TokenizerError, dedup, feature_scale, load_tokenizer
 
 
 def speechlike(n: int, seed: int) -> np.ndarray:
@@ -118,6 +118,7 @@ def test_stage_units_rejects_and_reload(tmp_path):
         assert r["quantizer"] == tok.quantizer_id and r["encoder"] == tok.encoder.name
         (u, d), = tok.encode([sf.read(row["path"], dtype="float32")[0]])
         assert u.tolist() == r["units"] and d.tolist() == r["durations"]  # load_tokenizer reproduces the stage
+    assert tok.scale is not None and tok.scale.shape == (80,)  # standardize is on by default
     meta = json.loads((tmp_path / "tokenize" / "quantizer.json").read_text())
     assert meta["k"] == 8 and meta["dim"] == 80
 
@@ -145,9 +146,26 @@ def test_stage_is_deterministic_and_resumes(tmp_path):
 
 def test_stage_dedup_off_keeps_frames(tmp_path):
     write_corpus(tmp_path, n=3, bad=False)
-    stage.run(make_ctx(tmp_path, **{"tokenize.dedup": False}))
+    stage.run(make_ctx(tmp_path, **{"tokenize.dedup": False, "tokenize.standardize": False}))
     for r in read_jsonl(tmp_path / "tokenize" / "units.jsonl"):
         assert len(r["units"]) == r["n_frames"] and set(r["durations"]) == {1}
+    assert json.loads((tmp_path / "tokenize" / "tokenizer.json").read_text())["feature_scale"] is None
+    assert load_tokenizer(tmp_path / "tokenize").scale is None
+
+
+def test_feature_scale_standardises_and_is_applied_before_assign():
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((500, 4)) * [1, 10, 0.1, 3]).astype(np.float32)
+    s = feature_scale(X)
+    np.testing.assert_allclose((X * s).std(0), 1, rtol=1e-4)
+    enc = LogMelEncoder()
+    w = speechlike(16000, 1)
+    f = enc.encode([w])[0]
+    C = f[:6] * 3.0
+    tok = Tokenizer(enc, Quantizer(C), dedup=False, scale=np.full(80, 3.0, np.float32))
+    assert tok.encode([w])[0][0].tolist() == Quantizer(C).assign(f * 3.0).tolist()
+    with pytest.raises(TokenizerError, match="feature scale"):
+        Tokenizer(enc, Quantizer(C), scale=np.ones(3, np.float32))
 
 
 def test_joblib_kmeans_round_trip(tmp_path):

@@ -22,7 +22,7 @@ from alignslm.audio import SAMPLE_RATE, AudioError, read_audio
 from alignslm.encoders import ENCODERS, Encoder, build_encoder
 from alignslm.quantizer import Quantizer, load_quantizer, train_quantizer
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
-from alignslm.tokenizer import QUANTIZER_NPY, Tokenizer
+from alignslm.tokenizer import QUANTIZER_NPY, SCALE_NPY, TOKENIZER_JSON, Tokenizer, feature_scale
 
 UNITS_JSONL = "units.jsonl"
 
@@ -86,8 +86,8 @@ def _encode_safe(enc: Encoder, wavs: list[np.ndarray], ids: list[str], ctx: Stag
         return out
 
 
-def _fit_quantizer(ctx: StageContext, enc: Encoder, rows: list[dict],
-                   timing: dict[str, float]) -> tuple[Quantizer, dict[str, np.ndarray]]:
+def _fit_quantizer(ctx: StageContext, enc: Encoder, rows: list[dict], timing: dict[str, float]
+                   ) -> tuple[Quantizer, np.ndarray | None, dict[str, np.ndarray]]:
     """K-means on up to fit_max_frames frames of the train split; returns the features it encoded too."""
     t = ctx.cfg.tokenize
     pool = [r for r in rows if r.get("split", "train") == "train"] or rows
@@ -112,25 +112,26 @@ def _fit_quantizer(ctx: StageContext, enc: Encoder, rows: list[dict],
         raise RuntimeError(f"only {n} usable frames in the train split to fit K={t.n_units} units; "
                            "add audio or lower tokenize.n_units")
     X = np.concatenate(list(feats.values()))[: t.fit_max_frames]  # (N, D)
+    scale = feature_scale(X) if t.standardize else None
+    if scale is not None:
+        X = X * scale
     logger.info("tokenize: fitting K=%d on %d frames from %d utterances", t.n_units, X.shape[0], len(feats))
     q = train_quantizer(np.ascontiguousarray(X, dtype=np.float32), t.n_units, t.fit_iters, ctx.seed("kmeans"))
-    q.meta.update({"encoder": enc.name, "n_utterances": len(feats)})
-    return q, feats
+    q.meta.update({"encoder": enc.name, "n_utterances": len(feats), "feature_scale": scale is not None})
+    return q, scale, feats
 
 
-def _quantizer(ctx: StageContext, enc: Encoder, rows: list[dict],
-               timing: dict[str, float]) -> tuple[Quantizer, dict[str, np.ndarray]]:
-    """The given quantizer (checked), the one a previous attempt trained, or a new one."""
+def _quantizer(ctx: StageContext, enc: Encoder, rows: list[dict], timing: dict[str, float]
+               ) -> tuple[Quantizer, np.ndarray | None, dict[str, np.ndarray]]:
+    """The given quantizer (raw features), the one a previous attempt trained, or a new one."""
     t = ctx.cfg.tokenize
-    saved = ctx.out / QUANTIZER_NPY
     if t.quantizer:
-        q = load_quantizer(Path(t.quantizer).expanduser(), trust_pickle=t.trust_pickle)
-    elif saved.is_file():
-        logger.info("tokenize: resuming with the quantizer trained earlier (%s)", saved)
-        q = load_quantizer(saved)
-    else:
-        return _fit_quantizer(ctx, enc, rows, timing)
-    return q, {}
+        return load_quantizer(Path(t.quantizer).expanduser(), trust_pickle=t.trust_pickle), None, {}
+    if (ctx.out / TOKENIZER_JSON).is_file():  # written after the fit: a resumed run keeps the same units
+        logger.info("tokenize: resuming with the quantizer trained earlier (%s)", ctx.out / QUANTIZER_NPY)
+        scale = np.load(ctx.out / SCALE_NPY) if (ctx.out / SCALE_NPY).is_file() else None
+        return load_quantizer(ctx.out / QUANTIZER_NPY), scale, {}
+    return _fit_quantizer(ctx, enc, rows, timing)
 
 
 def run(ctx: StageContext) -> dict:
@@ -146,8 +147,8 @@ def run(ctx: StageContext) -> dict:
         Tokenizer(enc, load_quantizer(Path(t.quantizer).expanduser(), trust_pickle=t.trust_pickle), t.dedup)
     timing = {"encode_s": 0.0, "quantize_s": 0.0, "audio_s": 0.0}
     t0 = time.perf_counter()
-    q, cache = _quantizer(ctx, enc, rows, timing)
-    tok = Tokenizer(enc, q, dedup=t.dedup)
+    q, scale, cache = _quantizer(ctx, enc, rows, timing)
+    tok = Tokenizer(enc, q, dedup=t.dedup, scale=scale)
     tok.save(ctx.out)  # before the shards, so a resumed run uses the same centroids
     fit_s = time.perf_counter() - t0
 
