@@ -120,3 +120,167 @@ def score_histogram(scores: Sequence[float | None], bins: Sequence[float] = (0.5
     x = _finite(scores)
     counts, _ = np.histogram(x, bins=np.asarray(bins))
     return {"bins": list(bins), "counts": counts.tolist(), "missing": len(scores) - int(x.size)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation on held-out prompts, through the pipeline's own components
+# --------------------------------------------------------------------------------------------------
+
+
+def held_out_prompts(manifest: Sequence[Mapping], units: Mapping[str, Mapping], frame_rate: float, n: int,
+                     seconds: float, word_boundary: bool, rejects: Any = None) -> list[dict]:
+    """Up to ``n`` prompts from the test split, then dev (sorted by utt_id): never from train.
+
+    Utterances that cannot give a prompt are recorded in ``rejects`` (when given) and skipped.
+    """
+    from alignslm.prompts import PromptError, make_prompt
+
+    rank = {"test": 0, "dev": 1}
+    pool = sorted((r for r in manifest if r.get("split") in rank), key=lambda r: (rank[r["split"]], r["utt_id"]))
+    out: list[dict] = []
+    for r in pool:
+        if len(out) >= n:
+            break
+        u = units.get(r["utt_id"])
+        if u is None:
+            continue  # rejected by the tokenize stage (its rejects.jsonl says why)
+        try:
+            p = make_prompt(u["units"], u.get("durations"), frame_rate, seconds, r.get("words"), word_boundary)
+        except PromptError as e:
+            if rejects is not None:
+                rejects.add(r["utt_id"], f"prompt: {e}")
+            continue
+        words_ = [w["word"] for w in (r.get("words") or []) if float(w["end"]) <= p.end_s + 1e-6]
+        out.append({"prompt_id": r["utt_id"], "prompt": p.units, "prompt_end_s": p.end_s, "path": r["path"],
+                    "split": r["split"], "reference": " ".join(words_) if words_ else None})
+    return out
+
+
+class GenerationSetup:
+    """Held-out prompts + the model-independent components (vocoder, ASR, judge), loaded once.
+
+    :meth:`evaluate` samples ``sample.n_continuations`` continuations per prompt with the given unit LM and
+    fixed seeds (the same for every model), vocodes, transcribes and judges them (alignslm.sampler,
+    alignslm.vocoder, alignslm.asr, alignslm.judge), and returns (summary, examples).
+    """
+
+    def __init__(self, cfg: Any, prompts: list[dict], vocoder: Any, asr: Any, backend: Any, out: Any,
+                 seeds: list[int]):
+        from alignslm.judge import LLMScoreJudge, PerplexityJudge
+
+        self.cfg, self.prompts, self.vocoder, self.asr, self.out = cfg, prompts, vocoder, asr, out
+        self.seeds = seeds  # prompt-major, one per continuation
+        self.judge = LLMScoreJudge(backend, expected=cfg.judge.expected_score,
+                                   max_new_tokens=getattr(cfg.judge, "max_new_tokens", 96))
+        self.ppl = PerplexityJudge(backend)
+        self.prompt_texts, self.prompt_wer, self.prompt_paths = self._prompt_side()
+
+    @classmethod
+    def build(cls, ctx: Any) -> GenerationSetup:
+        from alignslm.asr import load_asr
+        from alignslm.judge import load_backend
+        from alignslm.rundir import read_json, read_jsonl
+        from alignslm.vocoder import load_vocoder
+
+        cfg = ctx.cfg
+        manifest = read_jsonl(ctx.inputs["corpus"] / "manifest.jsonl")
+        units = {r["utt_id"]: r for r in read_jsonl(ctx.inputs["tokenize"] / "units.jsonl")}
+        frame_rate = float(read_json(ctx.inputs["tokenize"] / "tokenizer.json")["frame_rate"])
+        prompts = held_out_prompts(manifest, units, frame_rate, cfg.eval.n_prompts, cfg.sample.prompt_seconds,
+                                   getattr(cfg.sample, "word_boundary", True), ctx.rejects)
+        if not prompts:
+            raise ValueError(f"no held-out (test/dev) utterance of {ctx.inputs['corpus']}/manifest.jsonl gives "
+                             f"a {cfg.sample.prompt_seconds} s prompt; lower sample.prompt_seconds or set "
+                             "eval.n_prompts=0")
+        n = cfg.sample.n_continuations
+        seeds = [ctx.seed("generation", p["prompt_id"], k) for p in prompts for k in range(n)]
+        dev = str(cfg.run.device)
+        return cls(cfg, prompts, load_vocoder(ctx.inputs["vocoder"], device=dev),
+                   load_asr(cfg.asr, device="cuda" if dev.startswith("cuda") else "cpu"),
+                   load_backend(cfg.judge, ctx.out / "judge_cache.jsonl", device=dev), ctx.out, seeds)
+
+    def protocol(self) -> dict:
+        s = self.cfg.sample
+        return {"n_prompts": len(self.prompts), "n_continuations": s.n_continuations,
+                "prompt_split": "/".join(sorted({p["split"] for p in self.prompts})),
+                "prompt_seconds": s.prompt_seconds,
+                "sampling": {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
+                             "max_new_units": s.max_new_units},
+                "judge": f"{self.cfg.judge.backend}:{self.cfg.judge.model_path or 'SmolLM2-135M-Instruct'} "
+                         f"({'expected digit score' if self.cfg.judge.expected_score else 'parsed score'})",
+                "prompt_wer_n": sum(p["reference"] is not None for p in self.prompts)}
+
+    def _prompt_side(self) -> tuple[list[str], float | None, list[str]]:
+        """Transcripts of the original prompt audio (the judge's context) and the resynthesis WER."""
+        from alignslm.audio import read_audio, write_wav
+        from alignslm.textmetrics import wer
+
+        orig, paths = [], []
+        for p in self.prompts:
+            x = read_audio(p["path"])[: int(round(p["prompt_end_s"] * 16000))]  # (T,)
+            path = self.out / "prompts" / f"{p['prompt_id']}.wav"
+            write_wav(path, x)
+            orig.append(x)
+            paths.append(str(path))
+        texts = self.asr.transcribe(orig)
+        with_ref = [i for i, p in enumerate(self.prompts) if p["reference"]]
+        pwer = None
+        if with_ref:
+            resynth = self.vocoder.vocode([self.prompts[i]["prompt"] for i in with_ref])
+            hyps = self.asr.transcribe(list(resynth))
+            pwer = wer([self.prompts[i]["reference"] for i in with_ref], hyps)
+        return texts, pwer, paths
+
+    def evaluate(self, ctx: Any, name: str, lm: Any) -> tuple[dict, list[dict]]:
+        from alignslm.sampler import SamplingParams, generate
+
+        s, n = self.cfg.sample, self.cfg.sample.n_continuations
+        params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, max_new=s.max_new_units)
+        conts = generate(lm, [p["prompt"] for p in self.prompts], n=n, params=params, seeds=self.seeds,
+                         batch_size=s.batch_size)  # [P][n] unit lists
+        rows = [{"prompt_id": p["prompt_id"], "k": k, "seed": self.seeds[i * n + k], "continuation": conts[i][k],
+                 "prompt_text": self.prompt_texts[i], "prompt_path": self.prompt_paths[i], "reject": None}
+                for i, p in enumerate(self.prompts) for k in range(n)]
+        self._audio_and_text(rows, name)
+        self._judge(rows)
+        for r in rows:
+            if r["reject"]:
+                ctx.rejects.add(f"{name}/{r['prompt_id']}/{r['k']}", r["reject"])
+        from alignslm.rundir import write_jsonl
+
+        write_jsonl(self.out / name / "generations.jsonl", rows)
+        summary = summarize_generations(rows, self.cfg.eval.bootstrap, 0, self.prompt_wer)
+        summary["score_histogram"] = score_histogram([r.get("score") for r in rows])
+        examples = [r for r in rows if r["k"] == 0][: self.cfg.eval.n_examples]
+        return summary, [{k: r.get(k) for k in ("prompt_id", "k", "prompt_text", "text", "score", "path",
+                                                "prompt_path")} for r in examples]
+
+    def _audio_and_text(self, rows: list[dict], name: str) -> None:
+        from alignslm.audio import write_wav
+
+        ok = [r for r in rows if r["continuation"]]
+        for r in rows:
+            if not r["continuation"]:
+                r["reject"] = "empty continuation (EOS first): nothing to vocode"
+        wavs = self.vocoder.vocode([r["continuation"] for r in ok]) if ok else []
+        for r, w in zip(ok, wavs):
+            r["path"] = str(self.out / name / "audio" / f"{r['prompt_id']}_k{r['k']}.wav")
+            write_wav(r["path"], w)
+        results = self.asr.transcribe_detailed(list(wavs)) if ok else []
+        for r, a in zip(ok, results):
+            r["text"] = a.text
+            if a.error or not a.text.strip():
+                r["reject"] = f"asr: {a.error or 'empty transcript'}"
+
+    def _judge(self, rows: list[dict]) -> None:
+        from alignslm.textmetrics import auto_bleu
+
+        ok = [r for r in rows if not r["reject"]]
+        if not ok:
+            return
+        args = ([r["prompt_text"] for r in ok], [r["text"] for r in ok])
+        for r, j, pp in zip(ok, self.judge.score(*args), self.ppl.score(*args)):
+            r["score"], r["raw"], r["perplexity"] = j.score, j.raw, pp.perplexity
+            r["autobleu"] = auto_bleu(r["text"], 2)
+            if j.score is None:
+                r["reject"] = f"judge: {j.error or 'no score'}"

@@ -1,0 +1,198 @@
+"""The evaluate stage: every model (base, round-1, ...) on sWUGGY, sBLIMP, sSC, tSC and on generation.
+
+Reads ctx.inputs: benchmarks (benchmarks.json -> root), tokenize (the tokenizer), unitlm, vocoder, corpus
+(held-out prompts), train_1..train_R (round-N/train/adapter: cumulative, so base + that adapter alone is the
+round-N policy).  Writes ``evaluate/results.json`` plus, per model, ``<model>/scores_<bench>.json``
+(utterance scores), ``<model>/generations.jsonl`` (per continuation) and ``submissions/<model>/`` (a
+ZeroSpeech 2021 submission).  Every check runs before any scoring; a finished model is not redone.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from alignslm.evaluate import (
+    SCORE_MODES,
+    EvalInputError,
+    check_benchmark,
+    check_unit_counts,
+    headline,
+    score_benchmarks,
+    tokenize_items,
+)
+from alignslm.genmetrics import GenerationSetup, compare_models
+from alignslm.rundir import StageContext, read_json, read_jsonl, write_json, write_jsonl
+
+
+def check(cfg: Any) -> list[str]:
+    problems = []
+    if cfg.eval.score not in SCORE_MODES:
+        problems.append(f"eval.score must be one of {SCORE_MODES}, got {cfg.eval.score!r}")
+    if cfg.eval.batch_size < 1:
+        problems.append("eval.batch_size must be >= 1")
+    if cfg.eval.n_prompts < 0 or cfg.eval.bootstrap < 0:
+        problems.append("eval.n_prompts and eval.bootstrap must be >= 0")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmarks
+# --------------------------------------------------------------------------------------------------
+
+
+def load_benchmarks(ctx: StageContext, root: Path, split: str) -> dict:
+    """name -> BenchmarkSet (alignslm.benchdata.load_all: all four, complete, or one error listing all).
+
+    Files the loader rejected (not 16 kHz mono, empty) are recorded as rejects here too; their pairs were
+    dropped by the loader and are counted in the results (``dropped_pairs``).  Only files of the remaining
+    pairs are tokenised and scored.
+    """
+    from alignslm.benchdata import load_all
+
+    benches = load_all(root, split)
+    for name, bset in benches.items():
+        for fid, reason in bset.rejects:
+            ctx.rejects.add(f"{name}/{fid}", f"benchmark audio: {reason}")
+        used = {p[k] for p in bset.pairs for k in ("correct_file", "incorrect_file")}
+        bset.items = [(f, p) for f, p in bset.items if f in used]
+    return benches
+
+
+def _voices(bset: Any) -> list[str]:
+    return sorted({str(p.get("voice")) for p in bset.pairs if p.get("voice") is not None})
+
+
+def _tokenized(ctx: StageContext, tok: Any, benches: dict) -> tuple[dict, float]:
+    """Benchmark units, tokenised once for every model and cached in ``units/<bench>.jsonl``."""
+    units, t0 = {}, time.perf_counter()
+    for name, bset in benches.items():
+        cache = ctx.out / "units" / f"{name}.jsonl"
+        if cache.is_file():
+            units[name] = {r["id"]: r["units"] for r in read_jsonl(cache)}
+            if set(units[name]) == {str(f) for f, _ in bset.items}:
+                continue
+        units[name] = tokenize_items(tok, bset.items, ctx.cfg.tokenize.batch_size)
+        write_jsonl(cache, ({"id": k, "units": v} for k, v in units[name].items()))
+    return units, time.perf_counter() - t0
+
+
+def models_to_evaluate(ctx: StageContext) -> dict[str, list[Path]]:
+    """model name -> adapters: base has none; round-N uses its own (cumulative) adapter."""
+    models: dict[str, list[Path]] = {"base": []}
+    rounds = sorted(int(k.split("_")[1]) for k in ctx.inputs if k.startswith("train_"))
+    for r in rounds:
+        models[f"round-{r}"] = [ctx.inputs[f"train_{r}"]]
+    return models
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+
+
+def run(ctx: StageContext) -> dict:
+    from alignslm.tokenizer import load_tokenizer
+
+    cfg = ctx.cfg
+    problems = check(cfg)
+    if problems:
+        raise EvalInputError("; ".join(problems))
+    root = Path(read_json(ctx.inputs["benchmarks"] / "benchmarks.json")["root"])
+    benches = load_benchmarks(ctx, root, cfg.benchmarks.split)
+    for name, bset in benches.items():
+        check_benchmark(name, bset.items, bset.pairs)
+    models = models_to_evaluate(ctx)
+    for name, adapters in models.items():
+        for a in adapters:
+            if not ((a / "adapter" / "adapter_config.json").is_file() or (a / "adapter_config.json").is_file()):
+                raise EvalInputError(f"model {name}: no LoRA adapter in {a} (expected adapter/adapter_config.json)")
+    tok = load_tokenizer(ctx.inputs["tokenize"], device=_device(cfg), batch_size=cfg.tokenize.batch_size)
+    tok_src = str(ctx.inputs["tokenize"] / "tokenizer.json")
+    meta = read_json(ctx.inputs["unitlm"] / "unitlm.json")
+    if meta.get("n_units") is not None:  # cheap check before any model loads
+        check_unit_counts(meta["n_units"], tok.n_units, str(ctx.inputs["unitlm"] / "unitlm.json"), tok_src)
+    lm = _load(ctx, [])
+    check_unit_counts(lm.n_units, tok.n_units, lm.source, tok_src)
+    units, tok_s = _tokenized(ctx, tok, benches)
+    gen = GenerationSetup.build(ctx) if cfg.eval.n_prompts > 0 else None
+
+    results: dict[str, Any] = {"models": {},
+                               "dropped_pairs": {k: len(b.dropped) for k, b in benches.items()},
+                               "timing": {"tokenize_benchmarks_s": round(tok_s, 2)}}
+    for name, adapters in models.items():
+        done = ctx.out / name / "model.json"
+        if done.is_file():
+            results["models"][name] = read_json(done)
+            continue
+        lm = lm if name == "base" else _load(ctx, adapters)
+        check_unit_counts(lm.n_units, tok.n_units, lm.source, tok_src)
+        res = _evaluate_model(ctx, name, lm, units, benches, gen)
+        res["adapters"] = [str(a) for a in adapters]
+        write_json(done, res)
+        results["models"][name] = res
+    results["comparisons"] = _comparisons(results["models"], cfg.eval.bootstrap, ctx.seed("compare"))
+    results["protocol"] = _protocol(cfg, benches, tok, gen)
+    results["demo"] = cfg.benchmarks.root is None
+    write_json(ctx.out / "results.json", results)
+    base = headline(results["models"]["base"]["benchmarks"])
+    return {f"base_{k}": v for k, v in base.items() if v is not None} | {"models": len(models)}
+
+
+def _load(ctx: StageContext, adapters: list[Path]) -> Any:
+    from alignslm.unitlm import load_unitlm
+
+    return load_unitlm(ctx.inputs["unitlm"], adapters=adapters, merge=True, support=ctx.cfg.unitlm.support,
+                       device=_device(ctx.cfg), dtype=ctx.cfg.unitlm.dtype)
+
+
+def _device(cfg: Any) -> str:
+    from alignslm.unitlm import resolve_device
+
+    return str(resolve_device(cfg.run.device))
+
+
+def _evaluate_model(ctx: StageContext, name: str, lm: Any, units: dict, benches: dict, gen: Any) -> dict:
+    cfg = ctx.cfg
+    t0 = time.perf_counter()
+    bench = score_benchmarks(lm, units, benches, cfg.eval.score, cfg.eval.batch_size,
+                             submission_dir=ctx.out / "submissions" / name, split=cfg.benchmarks.split)
+    score_s = time.perf_counter() - t0
+    for bname, r in bench.items():
+        write_json(ctx.out / name / f"scores_{bname}.json", {"scores": r.pop("scores"),
+                                                             "by_pair": r.pop("by_pair", None),
+                                                             "per_pair": r.pop("per_pair", None)})
+    out: dict[str, Any] = {"benchmarks": bench, "timing": {"score_s": round(score_s, 2)}}
+    if gen is not None:
+        t1 = time.perf_counter()
+        out["generation"], out["examples"] = gen.evaluate(ctx, name, lm)
+        out["timing"]["generation_s"] = round(time.perf_counter() - t1, 2)
+    else:
+        out["generation"], out["examples"] = None, []
+    return out
+
+
+def _comparisons(models: dict, n_boot: int, seed: int) -> dict:
+    out = {}
+    base = models["base"]
+    for name, m in models.items():
+        if name == "base":
+            continue
+        c = compare_models(base.get("generation") or {}, m.get("generation") or {}, n_boot, seed)
+        c["benchmarks"] = {k: m["benchmarks"][k]["all"] - base["benchmarks"][k]["all"]
+                           for k in m["benchmarks"] if k in base["benchmarks"]}
+        out[name] = c
+    return out
+
+
+def _protocol(cfg: Any, benches: dict, tok: Any, gen: Any) -> dict:
+    p = {"score": cfg.eval.score, "bos_eos": True, "support": cfg.unitlm.support, "split": cfg.benchmarks.split,
+         "voices": {k: _voices(b) for k, b in benches.items()},
+         "pairs": {k: len(b.pairs) for k, b in benches.items()},
+         "tokenizer": {k: v for k, v in tok.describe().items() if isinstance(v, (str, int, float, bool))},
+         "bootstrap": cfg.eval.bootstrap}
+    if gen is not None:
+        p.update(gen.protocol())
+    return p
+

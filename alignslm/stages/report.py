@@ -1,0 +1,26 @@
+"""The report stage: ``report/report.md``, ``report/headline.md`` (printed by the CLI at the end),
+``report/results.json`` and PNG plots, from ``evaluate/results.json`` and the round directories
+(``round-N/judge/judgments.jsonl``, ``round-N/train/train_log.jsonl``).  See alignslm.report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignslm.report import build_report
+from alignslm.rundir import StageContext, read_json
+
+
+def check(cfg: Any) -> list[str]:
+    return [] if cfg.eval.n_examples >= 0 else ["eval.n_examples must be >= 0"]
+
+
+def run(ctx: StageContext) -> dict:
+    src = ctx.inputs["evaluate"] / "results.json"
+    if not src.is_file():
+        raise FileNotFoundError(f"{src} not found: run the evaluate stage first "
+                                "(python -m alignslm.run --stage evaluate)")
+    results = read_json(src)
+    rounds = sum(1 for k in ctx.inputs if k.startswith("train_"))
+    demo = bool(results.get("demo", ctx.cfg.benchmarks.root is None))
+    return build_report(results, ctx.run_dir, ctx.out, rounds, ctx.cfg.eval.n_examples, demo=demo)
