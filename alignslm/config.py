@@ -83,7 +83,7 @@ class TokenizeConfig:
     standardize: bool = opt(True, "When training a quantizer: scale each feature dimension by 1/std (fit subset).")
     dedup: bool = opt(True, "Collapse runs of equal units (keep run lengths as durations).")
     batch_size: int = opt(16, "Utterances per encoder batch.")
-    shard_size: int = opt(256, "Utterances per output shard (resume granularity).")
+    shard_size: int = opt(64, "Utterances per output shard (resume granularity).")
 
 
 @dataclass(frozen=True)
