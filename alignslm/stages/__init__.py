@@ -6,8 +6,14 @@ The artifact contract between stages (paths relative to the run directory; round
 
 corpus/manifest.jsonl      utt_id, path (absolute wav, 16 kHz mono), text, words [{word,start,end}] (s),
                            voice, rate, topic, story_id, split (train|dev|test), duration (s),
-                           sentences [str] (demo only; a real manifest may carry only utt_id, path)
-benchmarks/benchmarks.json {"root": <dir with lexical/ syntactic/ ssc/ tsc/ in the official layouts>}
+                           sentences [str] (demo only; a real manifest may carry only utt_id, path);
+                           demo also: sentence_spans [[start,end]] (s) or null; a word eSpeak joined
+                           to the previous one ("in the") carries approx: true (interpolated onset)
+corpus/stories.jsonl       (demo) story_id, utt_id, topic, sentences, text, verb, obj, number, result, split
+benchmarks/benchmarks.json {"root": <dir with lexical/ syntactic/ ssc/ tsc/ in the official layouts>,
+                           "split", "source": demo|real, "sets": {name: counts}}; read the sets with
+                           alignslm.benchdata (load_zerospeech / load_storycloze / load_all);
+                           demo root also has texts.jsonl (benchmark, file, text, correct)
 tokenize/units.jsonl       utt_id, units [int], durations [int], n_frames, encoder, quantizer
 tokenize/quantizer.npy     centroids (K, D) float32 + quantizer.json (k, dim, source, versions)
 tokenize/tokenizer.json    what alignslm.tokenizer.load_tokenizer(dir) needs to tokenise new audio
