@@ -403,7 +403,8 @@ class DPOTrainer:
             lr = self.sched.get_last_lr()[0]
             st, norm = self.train_step(self._micro_batches(examples, step, steps_per_epoch))
             last = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "lr": lr,
-                    **metrics_from_stats(st), "grad_norm": norm, "seconds": round(time.perf_counter() - t0, 4)}
+                    **metrics_from_stats(st), "grad_norm": norm, "seconds": round(time.perf_counter() - t0, 4),
+                    "time": time.time()}
             if self.rank == 0:
                 with open(log_path, "a") as f:
                     f.write(_json(last) + "\n")
