@@ -25,6 +25,7 @@ from alignslm.rundir import StageContext, read_jsonl, run_sharded
 from alignslm.tokenizer import QUANTIZER_NPY, SCALE_NPY, TOKENIZER_JSON, Tokenizer, feature_scale
 
 UNITS_JSONL = "units.jsonl"
+CACHE_MAX_BYTES = 512 * 2**20
 
 
 def check(cfg: Any) -> list[str]:
@@ -118,6 +119,8 @@ def _fit_quantizer(ctx: StageContext, enc: Encoder, rows: list[dict], timing: di
     logger.info("tokenize: fitting K=%d on %d frames from %d utterances", t.n_units, X.shape[0], len(feats))
     q = train_quantizer(np.ascontiguousarray(X, dtype=np.float32), t.n_units, t.fit_iters, ctx.seed("kmeans"))
     q.meta.update({"encoder": enc.name, "n_utterances": len(feats), "feature_scale": scale is not None})
+    if X.nbytes > CACHE_MAX_BYTES:  # keep the fit features for the main pass only while they are small
+        feats = {}
     return q, scale, feats
 
 
@@ -127,11 +130,21 @@ def _quantizer(ctx: StageContext, enc: Encoder, rows: list[dict], timing: dict[s
     t = ctx.cfg.tokenize
     if t.quantizer:
         return load_quantizer(Path(t.quantizer).expanduser(), trust_pickle=t.trust_pickle), None, {}
+    if ctx.rank != 0:  # rank 0 fits; the others wait for its tokenizer.json
+        _wait_for_file(ctx.out / TOKENIZER_JSON)
     if (ctx.out / TOKENIZER_JSON).is_file():  # written after the fit: a resumed run keeps the same units
         logger.info("tokenize: resuming with the quantizer trained earlier (%s)", ctx.out / QUANTIZER_NPY)
         scale = np.load(ctx.out / SCALE_NPY) if (ctx.out / SCALE_NPY).is_file() else None
         return load_quantizer(ctx.out / QUANTIZER_NPY), scale, {}
     return _fit_quantizer(ctx, enc, rows, timing)
+
+
+def _wait_for_file(path: Path, timeout_s: float = 4 * 3600) -> None:
+    t0 = time.time()
+    while not path.is_file():
+        if time.time() - t0 > timeout_s:
+            raise RuntimeError(f"{path} never appeared: did rank 0 fail while fitting the quantizer?")
+        time.sleep(1.0)
 
 
 def run(ctx: StageContext) -> dict:
