@@ -17,6 +17,9 @@ benchmarks/benchmarks.json {"root": <dir with lexical/ syntactic/ ssc/ tsc/ in t
 tokenize/units.jsonl       utt_id, units [int], durations [int], n_frames, encoder, quantizer
 tokenize/quantizer.npy     centroids (K, D) float32 + quantizer.json (k, dim, source, versions)
 tokenize/tokenizer.json    what alignslm.tokenizer.load_tokenizer(dir) needs to tokenise new audio
+                           (encoder, encoder_path, layer, pool, frame_rate, n_units, dedup, ...)
+tokenize/feature_scale.npy (D,) float32, optional: frames are multiplied by it before the nearest-centroid
+                           search (the centroids live in the scaled space); use load_tokenizer, not the .npy
 unitlm/unitlm.json         {"path": <HF model dir>, "offset", "n_units", ...}; load with alignslm.unitlm
 vocoder/vocoder.json       {"kind", "path", ...}; load with alignslm.vocoder.load_vocoder(dir)
 round-N/sample/samples.jsonl     prompt_id, utt_id, k, seed, prompt [int], continuation [int],
