@@ -2,7 +2,8 @@
 
 Fast tier: the implementation switch and the fallback when the extension is missing.
 Integration tier: a wheel built with `python -m build --wheel --no-isolation` installs and imports in a
-fresh venv; `pip install -e .` (isolated build: pybind11 and cmake from the package index) builds it;
+fresh venv (build tools as installed here: --skip-dependency-check); `pip install -e .` (isolated
+build: pybind11 and cmake from the package index) builds it;
 ALIGNSLM_SKIP_CPP_BUILD=1 and a broken compiler still install (numpy path); ALIGNSLM_FORCE_CPP_BUILD=1
 makes the broken build fatal.
 """
@@ -79,6 +80,7 @@ SOURCES = ["pyproject.toml", "setup.py", "CMakeLists.txt", "README.md", "csrc", 
 def copy_source(dst: Path) -> Path:
     """A clean copy of the project (no built .so, no caches), like a fresh checkout."""
     src = dst / "src"
+    src.mkdir(parents=True)
     ignore = shutil.ignore_patterns("*.so", "__pycache__", "*.egg-info", "build", "runs")
     for name in SOURCES:
         p = ROOT / name
@@ -94,7 +96,10 @@ def copy_source(dst: Path) -> Path:
 def make_venv(tmp: Path) -> Path:
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
-    return venv / "bin" / "python"
+    py = venv / "bin" / "python"
+    # the venv's bundled setuptools may predate built-in bdist_wheel; use the one --no-build-isolation expects
+    subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", "setuptools"], capture_output=True, timeout=120)
+    return py
 
 
 def pip(python: Path, *args: str, env: dict | None = None, cwd: Path | None = None):
@@ -102,7 +107,7 @@ def pip(python: Path, *args: str, env: dict | None = None, cwd: Path | None = No
                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
 
 
-IMPORT_CHECK = NO_EDITABLE + """
+IMPORT_CHECK = """
 import alignslm, numpy as np
 from alignslm import quantizer as q
 ext = q._C.__file__ if q._C is not None else None
@@ -112,8 +117,9 @@ print(alignslm.__file__, ext, q.IMPL)
 """
 
 
-def check_installed(python: Path, tmp: Path, want_ext: bool) -> None:
-    r = run_py(IMPORT_CHECK, python=str(python), cwd=tmp, env={"ALIGNSLM_IMPL": ""})
+def check_installed(python: Path, tmp: Path, want_ext: bool, editable: bool = False) -> None:
+    code = IMPORT_CHECK if editable else NO_EDITABLE + IMPORT_CHECK  # an editable venv has its own hook
+    r = run_py(code, python=str(python), cwd=tmp, env={"ALIGNSLM_IMPL": ""})
     assert r.returncode == 0, r.stderr
     pkg, ext, impl = r.stdout.split()
     assert pkg.startswith(str(tmp)), f"imported {pkg}, not the installed copy under {tmp}"
@@ -126,9 +132,10 @@ def check_installed(python: Path, tmp: Path, want_ext: bool) -> None:
 @pytest.mark.integration
 def test_wheel_builds_installs_and_imports_in_fresh_venv(tmp_path):
     src = copy_source(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist")],
-                       cwd=src, env={**os.environ, "ALIGNSLM_FORCE_CPP_BUILD": "1"}, capture_output=True, text=True,
-                       timeout=600)
+    cmd = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
+           "--outdir", str(tmp_path / "dist")]
+    r = subprocess.run(cmd, cwd=src, env={**os.environ, "ALIGNSLM_FORCE_CPP_BUILD": "1"}, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("alignslm-*.whl")
     assert "-py3-none-any" not in wheel.name  # a platform wheel: it carries the extension
@@ -146,7 +153,7 @@ def test_editable_install_builds_extension(tmp_path):
     r = pip(py, "-e", str(src), env={"ALIGNSLM_FORCE_CPP_BUILD": "1"})  # isolated build: deps from the index
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert list((src / "alignslm").glob("_C*.so")), "editable install did not build alignslm/_C in place"
-    check_installed(py, tmp_path, want_ext=True)
+    check_installed(py, tmp_path, want_ext=True, editable=True)
 
 
 @pytest.mark.integration
