@@ -193,6 +193,9 @@ class TrainConfig:
     checkpoint_every: int = opt(50, "Steps between checkpoints.")
     weight_decay: float = opt(0.0, "AdamW weight decay on the LoRA parameters.")
     max_grad_norm: float = opt(1.0, "Gradient clipping (global L2 norm of the LoRA gradients).")
+    share_prompt: bool = opt(
+        True, "One row prompt+chosen+rejected per pair (prompt computed once, 4-D attention mask); "
+        "off automatically with FlashAttention-2, which takes no custom masks.")
 
 
 @dataclass(frozen=True)
