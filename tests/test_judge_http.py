@@ -1,0 +1,198 @@
+"""The OpenAI-compatible backend and the LLM score judge against a real local HTTP server (http.server).
+
+The server's reply depends on the continuation text, so one batch exercises every failure at once:
+HTTP 500, a timeout, invalid JSON, two different scores, an unparseable reply, a flaky endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from alignslm.judge import LLMScoreJudge, PerplexityJudge, parse_score
+from alignslm.judge_http import OpenAIBackend
+
+SECRET = "sk-test-SECRET-0123456789"
+
+
+class Scripted(BaseHTTPRequestHandler):
+    log: list = []
+    seen: dict = {}
+
+    def log_message(self, *a):  # silence http.server
+        pass
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Scripted.log.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        if self.path.endswith("/completions") and "messages" not in body:
+            return self._completion(body)
+        msgs = body["messages"]
+        user = msgs[-1]["content"] if msgs[-1]["role"] == "user" else ""
+        first = msgs[1]["content"]
+        cont = re.search(r'Continuation: "(.*)"', first).group(1)
+        retry = len(msgs) > 2 and "did not end" in user
+        n = Scripted.seen[cont] = Scripted.seen.get(cont, 0) + 1
+        if "FAIL500" in cont:
+            return self._send(500, b'{"error": "boom"}')
+        if "SLOW" in cont:
+            time.sleep(1.5)
+        if "BADJSON" in cont:
+            return self._send(200, b"{not json")
+        if "FLAKY" in cont and n == 1:
+            return self._send(503, b"busy")
+        if body.get("logprobs"):
+            return self._json({"choices": [{"message": {"content": "Score: 4"}, "logprobs": {"content": [
+                {"token": "Score", "logprob": -0.01, "top_logprobs": []},
+                {"token": ":", "logprob": -0.01, "top_logprobs": []},
+                {"token": " 4", "logprob": -0.2, "top_logprobs": [
+                    {"token": " 4", "logprob": -0.2}, {"token": " 5", "logprob": -2.0},
+                    {"token": " 3", "logprob": -2.5}, {"token": "x", "logprob": -3.0}]}]}}]})
+        if "TWO" in cont:
+            text = "Score: 3" if retry else "Maybe Score: 2, or rather Score: 5."
+        elif "GARBLE" in cont:
+            text = "I cannot decide."
+        else:
+            text = "The continuation follows the prompt well.\nScore: 4"
+        return self._json({"choices": [{"message": {"role": "assistant", "content": text}}]})
+
+    def _completion(self, body):
+        text = body["prompt"]
+        toks, offs, lps, pos = [], [], [], 0
+        for w in text.split(" "):
+            toks.append(w)
+            offs.append(pos)
+            lps.append(None if pos == 0 else -1.0)
+            pos += len(w) + 1
+        return self._json({"choices": [{"text": "", "logprobs": {"tokens": toks, "text_offset": offs,
+                                                                  "token_logprobs": lps}}]})
+
+    def _json(self, obj):
+        self._send(200, json.dumps(obj).encode())
+
+    def _send(self, code, data):
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture()
+def server():
+    Scripted.log, Scripted.seen = [], {}
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+    srv.server_close()
+
+
+def backend(url, tmp_path, **kw):
+    args = {"concurrency": 4, "timeout_s": 0.5, "retries": 1, "backoff_s": 0.01,
+            "cache_path": tmp_path / "cache.jsonl"}
+    args.update(kw)
+    return OpenAIBackend(url, "judge-model", api_key_env="ALIGNSLM_TEST_KEY", **args)
+
+
+def test_parse_score():
+    assert parse_score("Good.\nScore: 4") == 4
+    assert parse_score("**Score:** 5") == 5
+    assert parse_score("Score: 3/5") == 3
+    assert parse_score("score is 2") == 2
+    assert parse_score("Score: 4. Final answer, Score: 4") == 4
+    assert parse_score("Score: 2 ... no, Score: 5") is None  # two different scores
+    assert parse_score("Score: 7") is None and parse_score("Score: 3.5") is None
+    assert parse_score("It is fine.") is None and parse_score("") is None
+    assert parse_score(" 4 ") == 4
+
+
+def test_every_failure_is_recorded_and_the_run_goes_on(server, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("ALIGNSLM_TEST_KEY", SECRET)
+    caplog.set_level(logging.DEBUG, logger="alignslm")
+    be = backend(server, tmp_path)
+    judge = LLMScoreJudge(be)
+    conts = ["the pan is clean", "FAIL500 x", "SLOW x", "BADJSON x", "TWO scores", "GARBLE x", "FLAKY x"]
+    res = judge.score(["Anna washed the pan."] * len(conts), conts)
+    by = dict(zip(conts, res))
+    assert by["the pan is clean"].score == 4.0 and by["the pan is clean"].error is None
+    assert by["FAIL500 x"].score is None and "HTTP 500" in by["FAIL500 x"].error
+    assert by["SLOW x"].score is None and "timeout" in by["SLOW x"].error
+    assert by["BADJSON x"].score is None and "invalid JSON" in by["BADJSON x"].error
+    assert by["TWO scores"].score == 3.0 and by["TWO scores"].retried  # retried once, then parsed
+    assert by["GARBLE x"].score is None and by["GARBLE x"].retried and "unparseable" in by["GARBLE x"].error
+    assert by["FLAKY x"].score == 4.0  # 503 then success: retry with backoff
+    assert all(r.score != 0 for r in res)
+    assert Scripted.seen["FAIL500 x"] == 2  # 1 + retries=1
+    # the key is sent, and never logged nor written
+    assert all(e["auth"] == f"Bearer {SECRET}" for e in Scripted.log)
+    assert SECRET not in caplog.text and "HTTP 500" in caplog.text
+    assert SECRET not in (tmp_path / "cache.jsonl").read_text()
+
+
+def test_cache_avoids_second_request(server, tmp_path):
+    be = backend(server, tmp_path)
+    LLMScoreJudge(be).score(["p", "p"], ["a", "b"])
+    n = len(Scripted.log)
+    be2 = backend(server, tmp_path)  # a resumed run reads the same cache file
+    res = LLMScoreJudge(be2).score(["p", "p"], ["a", "b"])
+    assert [r.score for r in res] == [4.0, 4.0]
+    assert len(Scripted.log) == n and be2.stats["cache_hits"] == 2
+    other = OpenAIBackend(server, "another-model", cache_path=tmp_path / "cache.jsonl", retries=0)
+    LLMScoreJudge(other).score(["p"], ["a"])  # keyed by model: asked again
+    assert len(Scripted.log) == n + 1
+
+
+def test_client_error_is_not_retried(tmp_path):
+    class NotFound(BaseHTTPRequestHandler):
+        calls = 0
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            NotFound.calls += 1
+            self.send_response(404)
+            self.end_headers()
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        be = OpenAIBackend(f"http://127.0.0.1:{srv.server_address[1]}/v1", "m", retries=3, backoff_s=0.01)
+        (text, err), = be.chat([[{"role": "user", "content": "hi"}]], 4)
+        assert text is None and "HTTP 404" in err and NotFound.calls == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_dead_endpoint_gives_errors_not_exceptions(tmp_path):
+    be = OpenAIBackend("http://127.0.0.1:9/v1", "m", retries=1, backoff_s=0.01, timeout_s=0.5)
+    res = LLMScoreJudge(be).score(["p", "q"], ["a", "b"])
+    assert all(r.score is None and "connection failed" in r.error for r in res)
+
+
+def test_expected_score_from_logprobs(server, tmp_path):
+    res = LLMScoreJudge(backend(server, tmp_path), expected=True).score(["p"], ["fine"])
+    probs = res[0].probs
+    assert probs[0] == 0 and probs[1] == 0 and abs(sum(probs) - 1) < 1e-9
+    # P(5)/P(4) = exp(-2.0 + 0.2), P(3)/P(4) = exp(-2.5 + 0.2); "x" is not a digit and is ignored
+    assert probs[4] / probs[3] == pytest.approx(0.16530, rel=1e-3)
+    assert probs[2] / probs[3] == pytest.approx(0.10026, rel=1e-3)
+    assert res[0].score == pytest.approx(sum((i + 1) * p for i, p in enumerate(probs)))
+    assert 3.9 < res[0].score < 4.1
+
+
+def test_perplexity_from_echo(server, tmp_path):
+    res = PerplexityJudge(backend(server, tmp_path)).score(["one two"], ["three four"])
+    assert res[0].perplexity == pytest.approx(2.718281828, rel=1e-6)  # every echoed token at log-prob -1
