@@ -248,3 +248,119 @@ def test_summarize_generations_counts_rejects_and_averages_per_prompt():
     assert h["counts"] == [1, 0, 1, 0, 1] and h["missing"] == 1
     cmp_ = gm.compare_models(s, s, n_boot=50)
     assert cmp_["score"]["diff"] == 0.0 and cmp_["score"]["n"] == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# The evaluate and report stages on tiny real artifacts (log-mel tokenizer, tiny LLaMA, a LoRA adapter)
+# --------------------------------------------------------------------------------------------------
+
+
+def _tone(f: float, seconds: float = 0.4) -> np.ndarray:
+    t = np.arange(int(16000 * seconds), dtype=np.float32) / 16000
+    return (0.2 * np.sin(2 * np.pi * f * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def _write_benchmarks(root: Path) -> None:
+    import csv
+
+    for kind, cols in (("lexical", ["filename", "correct", "id", "voice", "frequency", "word", "phones", "length"]),
+                       ("syntactic", ["filename", "correct", "id", "voice", "type", "subtype", "transcription"])):
+        d = root / kind / "dev"
+        d.mkdir(parents=True)
+        rows_c, rows_i = [], []
+        for pid in range(4):
+            for v in ("A", "B"):
+                for correct, rows in ((1, rows_c), (0, rows_i)):
+                    fid = f"{kind[:3]}{pid}{v}{correct}"
+                    write_wav(d / f"{fid}.wav", _tone(200 + 40 * pid + 300 * correct + 15 * (v == "B")))
+                    extra = [pid * 7, "w", "w", 3] if kind == "lexical" else ["agr", "s1", "a b c"]
+                    rows.append([fid, correct, pid, v, *extra])
+        with open(d / "gold.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(cols)
+            w.writerows(rows_c + rows_i)
+    for kind in ("ssc", "tsc"):
+        for sid in range(3):
+            for label, f0 in (("correct", 330), ("incorrect", 520)):
+                write_wav(root / kind / f"{sid}_{label}.wav", _tone(f0 + 20 * sid, 0.8))
+
+
+def _stage_inputs(tmp: Path, unitlm_dir: Path, k: int = N_UNITS) -> dict[str, Path]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from alignslm.encoders import LogMelEncoder
+    from alignslm.quantizer import Quantizer
+    from alignslm.tokenizer import Tokenizer
+
+    _write_benchmarks(tmp / "bench")
+    (tmp / "benchmarks").mkdir()
+    (tmp / "benchmarks" / "benchmarks.json").write_text(json.dumps({"root": str(tmp / "bench")}))
+    cents = np.random.default_rng(0).normal(size=(k, 80)).astype(np.float32)
+    Tokenizer(LogMelEncoder(), Quantizer(cents)).save(tmp / "tokenize")
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(unitlm_dir / "hf")
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    peft.save_pretrained(tmp / "round-1" / "train" / "adapter")
+    return {"benchmarks": tmp / "benchmarks", "tokenize": tmp / "tokenize", "unitlm": unitlm_dir,
+            "train_1": tmp / "round-1" / "train"}
+
+
+def _ctx(tmp: Path, inputs: dict, name: str = "evaluate", *overrides: str):
+    from alignslm.config import load_config
+    from alignslm.rundir import StageContext
+
+    cfg = load_config(None, ["eval.n_prompts=0", "eval.score=sum", "run.device=cpu", *overrides])
+    return StageContext(name=name, cfg=cfg, run_dir=tmp, out=tmp / name, inputs=inputs, progress=False)
+
+
+def test_evaluate_and_report_stages(tmp_path, unitlm_dir):
+    from alignslm.stages import evaluate as st_eval
+    from alignslm.stages import report as st_report
+
+    inputs = _stage_inputs(tmp_path, unitlm_dir)
+    summary = st_eval.run(_ctx(tmp_path, inputs))
+    assert summary["models"] == 2 and 0.0 <= summary["base_sWUGGY"] <= 1.0
+    res = json.loads((tmp_path / "evaluate" / "results.json").read_text())
+    base, r1 = res["models"]["base"], res["models"]["round-1"]
+    assert set(base["benchmarks"]) == {"lexical", "syntactic", "ssc", "tsc"}
+    assert base["benchmarks"]["lexical"]["n_pairs"] == 8 and base["benchmarks"]["lexical"]["n_ids"] == 4
+    assert base["benchmarks"]["ssc"]["n_pairs"] == 3
+    assert res["protocol"]["score"] == "sum" and res["protocol"]["voices"]["lexical"] == ["A", "B"]
+    s0 = json.loads((tmp_path / "evaluate" / "base" / "scores_lexical.json").read_text())["scores"]
+    s1 = json.loads((tmp_path / "evaluate" / "round-1" / "scores_lexical.json").read_text())["scores"]
+    assert s0.keys() == s1.keys() and any(abs(s0[k] - s1[k]) > 1e-6 for k in s0)  # the adapter is applied
+    sub = ev.read_submission(tmp_path / "evaluate" / "submissions" / "round-1" / "lexical" / "dev.txt")
+    assert sub == pytest.approx(s1)
+    diff = res["comparisons"]["round-1"]["benchmarks"]["tsc"]
+    assert diff == pytest.approx(r1["benchmarks"]["tsc"]["all"] - base["benchmarks"]["tsc"]["all"])
+    out = st_report.run(_ctx(tmp_path, {"evaluate": tmp_path / "evaluate", "train_1": inputs["train_1"]},
+                             "report"))
+    assert out["models"] == 2
+    head = (tmp_path / "report" / "headline.md").read_text().splitlines()
+    assert head[2].startswith("| base | ") and head[3].startswith("| round 1 | ")
+
+
+def test_evaluate_stage_refuses_mismatched_units_before_scoring(tmp_path, unitlm_dir):
+    from alignslm.stages import evaluate as st_eval
+
+    inputs = _stage_inputs(tmp_path, unitlm_dir, k=N_UNITS + 5)
+    with pytest.raises(ev.EvalInputError, match=r"unitlm\.json\) has 20 units but the quantizer .*tokenizer"
+                                                 r"\.json\) produces 25"):
+        st_eval.run(_ctx(tmp_path, inputs))
+    assert not list((tmp_path / "evaluate").rglob("scores_*.json"))
+
+
+def test_evaluate_stage_names_missing_wavs_before_scoring(tmp_path, unitlm_dir):
+    from alignslm.benchdata import BenchmarkError
+    from alignslm.stages import evaluate as st_eval
+
+    inputs = _stage_inputs(tmp_path, unitlm_dir)
+    (tmp_path / "bench" / "syntactic" / "dev" / "syn2A0.wav").unlink()
+    (tmp_path / "bench" / "tsc" / "1_incorrect.wav").unlink()
+    with pytest.raises(BenchmarkError) as e:
+        st_eval.run(_ctx(tmp_path, inputs))
+    assert "syn2A0.wav" in str(e.value) and "story 1" in str(e.value)
+    assert not list((tmp_path / "evaluate").rglob("scores_*.json"))
