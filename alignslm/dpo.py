@@ -6,7 +6,9 @@
 
 What one optimizer step does:
   1. For each of ``grad_accum`` micro-batches of ``batch_size`` pairs (per rank), chosen and rejected
-     sequences go through the model in ONE forward pass: ``[chosen_1..B, rejected_1..B]``, right-padded.
+     go through the model in ONE forward pass: ``[chosen_1..B, rejected_1..B]`` right-padded, or (the
+     default, ``share_prompt``) one row ``prompt + chosen + rejected`` per pair whose prompt is computed
+     once for both completions, with a 4-D attention mask and restarted positions (see Batch).
   2. Sequence log-probs = sum over completion tokens of log-softmax over the unit LM's support
      (``UnitLM.support_ids``: units + EOS, or the whole vocabulary -- the same support as sampling),
      computed from the last hidden states by kernels.logprobs (lm_head fused, chunked).
@@ -37,7 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from alignslm import logger
-from alignslm.kernels.logprobs import fused_linear_sequence_logprobs
+from alignslm.kernels.logprobs import fused_linear_token_logprobs
 from alignslm.losses import metrics_from_stats, pair_stats, preference_loss
 from alignslm.rundir import atomic_path, hash_str, read_jsonl, write_jsonl
 
@@ -115,30 +117,77 @@ def prepare_pairs(rows: list[dict], lm: Any, max_length: int, rejects: Any = Non
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # (2B, T): [chosen_1..B, rejected_1..B], right-padded
-    attention_mask: torch.Tensor  # (2B, T)
-    targets: torch.Tensor  # (2B, T-1) = input_ids[:, 1:]
-    loss_mask: torch.Tensor  # (2B, T-1) 1 on completion tokens
+    """One micro-batch of B pairs in one forward pass, and where its 2B completions' tokens are.
+
+    ``shared=False``: 2B rows ``[prompt+chosen_1..B, prompt+rejected_1..B]``, right-padded.
+    ``shared=True``:  B rows ``prompt + chosen + rejected`` -- the prompt is computed once; a 4-D mask
+    lets rejected tokens see the prompt but not the chosen ones, and rejected positions restart after
+    the prompt, so every completion token sees exactly the context it has in the unshared layout.
+    Token k of completion s is predicted by ``hidden[row_b[k], row_pred[k]]``; ``row_seq`` in [0, 2B)
+    says which sum it belongs to (chosen b -> b, rejected b -> B + b).
+    """
+
+    input_ids: torch.Tensor  # (R, W) R = 2B (unshared) or B (shared)
+    attention_mask: torch.Tensor  # (R, W) padding mask, or (R, 1, W, W) additive mask (shared)
+    position_ids: torch.Tensor  # (R, W)
+    row_b: torch.Tensor  # (N,) row of each completion token's predictor
+    row_pred: torch.Tensor  # (N,) position of its predictor
+    row_tgt: torch.Tensor  # (N,) its token id
+    row_seq: torch.Tensor  # (N,) its sequence in [0, 2B)
     lengths: torch.Tensor  # (2B,) completion lengths
     idx: torch.Tensor  # (B,) example indices (for cached reference log-probs)
 
     def to(self, device: torch.device) -> Batch:
         return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
+    def forward_args(self) -> tuple[torch.Tensor, ...]:
+        return (self.input_ids, self.attention_mask, self.position_ids, self.row_b, self.row_pred, self.row_tgt,
+                self.row_seq, self.lengths)
 
-def collate(examples: Sequence[Example], pad_id: int) -> Batch:
-    seqs = [e.prompt + e.chosen for e in examples] + [e.prompt + e.rejected for e in examples]
-    comp = [len(e.chosen) for e in examples] + [len(e.rejected) for e in examples]
-    width = max(len(s) for s in seqs)
+
+def collate(examples: Sequence[Example], pad_id: int, shared: bool = False) -> Batch:
+    """Pad B examples into one forward pass (see Batch)."""
+    nb = len(examples)
+    if shared:
+        seqs = [e.prompt + e.chosen + e.rejected for e in examples]
+    else:
+        seqs = [e.prompt + e.chosen for e in examples] + [e.prompt + e.rejected for e in examples]
+    width = max(len(x) for x in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros(len(seqs), width, dtype=torch.long)
-    cmask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, (s, c) in enumerate(zip(seqs, comp)):
-        ids[i, :len(s)] = torch.tensor(s)
-        attn[i, :len(s)] = 1
-        cmask[i, len(s) - c:len(s)] = 1
-    return Batch(ids, attn, ids[:, 1:].contiguous(), cmask[:, 1:].contiguous(), torch.tensor(comp),
-                 torch.tensor([e.idx for e in examples]))
+    pos = torch.zeros(len(seqs), width, dtype=torch.long)
+    rows: list[tuple[int, int, int, int]] = []  # (row, predictor position, target, sequence)
+    for i, x in enumerate(seqs):
+        ids[i, :len(x)] = torch.tensor(x)
+        pos[i, :len(x)] = torch.arange(len(x))
+    for b, e in enumerate(examples):
+        p, c, r = len(e.prompt), len(e.chosen), len(e.rejected)
+        if shared:
+            pos[b, p + c:p + c + r] = torch.arange(p, p + r)
+            rows += [(b, p + k - 1, e.chosen[k], b) for k in range(c)]
+            rows += [(b, (p - 1) if k == 0 else (p + c + k - 1), e.rejected[k], nb + b) for k in range(r)]
+        else:
+            rows += [(b, p + k - 1, e.chosen[k], b) for k in range(c)]
+            rows += [(nb + b, p + k - 1, e.rejected[k], nb + b) for k in range(r)]
+    lens = torch.tensor([len(x) for x in seqs])
+    attn = (torch.arange(width)[None, :] < lens[:, None]).long()  # (R, W)
+    if shared:
+        attn = _shared_mask(examples, width)
+    rb, rp, rt, rs = torch.tensor(rows, dtype=torch.long).t()
+    comp = [len(e.chosen) for e in examples] + [len(e.rejected) for e in examples]
+    return Batch(ids, attn, pos, rb, rp, rt, rs, torch.tensor(comp), torch.tensor([e.idx for e in examples]))
+
+
+def _shared_mask(examples: Sequence[Example], width: int) -> torch.Tensor:
+    """(B, 1, W, W) additive float32 mask: causal, rejected tokens blind to chosen ones, pads see themselves."""
+    seg = torch.full((len(examples), width), 3, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, 3 pad
+    for b, e in enumerate(examples):
+        p, c, r = len(e.prompt), len(e.chosen), len(e.rejected)
+        seg[b, :p], seg[b, p:p + c], seg[b, p + c:p + c + r] = 0, 1, 2
+    causal = torch.ones(width, width, dtype=torch.bool).tril()  # (W, W) key j <= query i
+    qs, ks = seg[:, :, None], seg[:, None, :]  # (B, W, 1), (B, 1, W)
+    ok = causal & (qs != 3) & ((ks == 0) | (ks == qs))  # (B, W, W)
+    ok |= torch.eye(width, dtype=torch.bool)  # no empty rows (pads attend themselves)
+    return torch.zeros(ok.shape, dtype=torch.float32).masked_fill_(~ok, torch.finfo(torch.float32).min)[:, None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,20 +218,24 @@ class SequenceLogps(nn.Module):
                 lut[sup] = torch.arange(sup.numel())
                 self.register_buffer("lut", lut, persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
-                loss_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                row_b: torch.Tensor, row_pred: torch.Tensor, row_tgt: torch.Tensor, row_seq: torch.Tensor,
+                lengths: torch.Tensor) -> torch.Tensor:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        decoder = base.get_decoder()
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (2B, T, H)
+        if attention_mask.dim() == 4:  # additive mask in the model's dtype
+            attention_mask = attention_mask.to(base.get_input_embeddings().weight.dtype)
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                    use_cache=False)[0]  # (R, W, H)
         head = base.get_output_embeddings()
         weight, bias = head.weight, head.bias  # (V, H), (V,)
+        targets = row_tgt
         if self.lut is not None:  # non-contiguous support: gather its rows, re-index the targets
             weight = weight.index_select(0, self.sup)  # (S, H)
             bias = bias.index_select(0, self.sup) if bias is not None else None
-            t = targets.clamp(0, self.lut.numel() - 1)
-            targets = torch.where(loss_mask.bool() & (targets < self.lut.numel()), self.lut[t], -1)
-        return fused_linear_sequence_logprobs(hidden[:, :-1], weight, targets, loss_mask, bias=bias,
-                                              lo=self.lo or 0, hi=self.hi)  # (2B,)
+            targets = torch.where(targets < self.lut.numel(), self.lut[targets.clamp(max=self.lut.numel() - 1)], -1)
+        tok = fused_linear_token_logprobs(hidden[row_b, row_pred], weight, targets, bias=bias, lo=self.lo or 0,
+                                          hi=self.hi)  # (N,)
+        return torch.zeros(lengths.numel(), dtype=torch.float32, device=tok.device).index_add(0, row_seq, tok)
 
 
 def _support_ids(lm: Any) -> torch.Tensor | None:
@@ -258,6 +311,11 @@ class DPOTrainer:
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ref_cache: torch.Tensor | None = None  # (n_examples, 2) when precomputed
+        attn = getattr(lm.model.config, "_attn_implementation", "sdpa")
+        self.shared = bool(getattr(cfg, "share_prompt", False)) and attn in ("sdpa", "eager")
+
+    def _collate(self, examples: list[Example]) -> Batch:
+        return collate(examples, self.lm.pad_id, shared=self.shared).to(self.device)
 
     def _wrap_ddp(self, module: nn.Module) -> nn.Module:
         if self.world == 1:
@@ -275,7 +333,7 @@ class DPOTrainer:
             ref = self.ref_cache[batch.idx.cpu()].to(self.device)  # (B, 2)
             return ref[:, 0], ref[:, 1]
         with torch.no_grad(), self.peft.disable_adapter():
-            logps = self.module(batch.input_ids, batch.attention_mask, batch.targets, batch.loss_mask)
+            logps = self.module(*batch.forward_args())
         return logps.chunk(2)
 
     def precompute_reference(self, examples: list[Example]) -> None:
@@ -293,8 +351,8 @@ class DPOTrainer:
         mine = examples[self.rank::self.world]
         with torch.no_grad(), ctx:
             for s in range(0, len(mine), self.cfg.batch_size):
-                b = collate(mine[s:s + self.cfg.batch_size], self.lm.pad_id).to(self.device)
-                c, r = self.module(b.input_ids, b.attention_mask, b.targets, b.loss_mask).chunk(2)
+                b = self._collate(mine[s:s + self.cfg.batch_size])
+                c, r = self.module(*b.forward_args()).chunk(2)
                 cache[b.idx] = torch.stack([c, r], 1)
         if self.world > 1:
             dist.all_reduce(cache)
@@ -317,7 +375,7 @@ class DPOTrainer:
         return out
 
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logps = self.ddp(batch.input_ids, batch.attention_mask, batch.targets, batch.loss_mask)  # (2B,)
+        logps = self.ddp(*batch.forward_args())  # (2B,)
         pc, pr = logps.chunk(2)
         rc, rr = self._reference(batch)
         lc, lr_ = batch.lengths.chunk(2)
@@ -330,7 +388,7 @@ class DPOTrainer:
         self.opt.zero_grad(set_to_none=True)
         stats = []
         for m, exs in enumerate(micro):
-            batch = collate(exs, self.lm.pad_id).to(self.device)
+            batch = self._collate(exs)
             last = m == len(micro) - 1
             sync = contextlib.nullcontext() if (last or self.world == 1) else self.ddp.no_sync()
             with sync:
@@ -425,7 +483,7 @@ class DPOTrainer:
         stats = []
         with torch.no_grad():
             for s in range(0, len(examples), self.cfg.batch_size):
-                batch = collate(examples[s:s + self.cfg.batch_size], self.lm.pad_id).to(self.device)
+                batch = self._collate(examples[s:s + self.cfg.batch_size])
                 stats.append(self._loss(batch)[1] if self.world == 1 else self._eval_loss(batch))
         return metrics_from_stats(torch.cat(stats))
 

@@ -261,6 +261,24 @@ def default_chunk_rows(vocab: int, budget_bytes: int = 1 << 26) -> int:
     return max(16, budget_bytes // (8 * max(1, vocab)))
 
 
+def fused_linear_token_logprobs(rows: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                bias: torch.Tensor | None = None, lo: int = 0, hi: int | None = None,
+                                chunk_rows: int | None = None, impl: str | None = None) -> torch.Tensor:
+    """``(N, H)`` hidden rows, ``(V, H)`` lm_head, ``(N,)`` target ids -> ``(N,)`` fp32 token log-probs.
+
+    The softmax runs over ``weight[lo:hi]``; the logits are built ``chunk_rows`` rows at a time.
+    """
+    hi = weight.shape[0] if hi is None else hi
+    if targets.numel() and (int(targets.min()) < lo or int(targets.max()) >= hi):
+        bad = targets[(targets < lo) | (targets >= hi)][0].item()
+        raise ValueError(f"target id {bad} is outside the softmax support [{lo}, {hi}); "
+                         "map units with UnitLM.units_to_ids or use support='full'")
+    w = weight[lo:hi]  # (Vs, H)
+    b = bias[lo:hi] if bias is not None else None
+    chunk = chunk_rows or default_chunk_rows(hi - lo)
+    return _FusedLinearLogprobs.apply(rows, w, b, (targets - lo).long(), chunk, pick_impl(rows.device, impl))
+
+
 def fused_linear_sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                    mask: torch.Tensor, bias: torch.Tensor | None = None, lo: int = 0,
                                    hi: int | None = None, chunk_rows: int | None = None,
@@ -271,10 +289,7 @@ def fused_linear_sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, t
     rows at a time over the support ``weight[lo:hi]``.
     """
     hi = weight.shape[0] if hi is None else hi
-    b_idx, t_idx, tgt = _select_rows(targets, mask, lo, hi)
-    rows = hidden[b_idx, t_idx]  # (N, H)
-    w = weight[lo:hi]  # (Vs, H)
-    b = bias[lo:hi] if bias is not None else None
-    chunk = chunk_rows or default_chunk_rows(hi - lo)
-    tok = _FusedLinearLogprobs.apply(rows, w, b, tgt, chunk, pick_impl(hidden.device, impl))  # (N,)
+    b_idx, t_idx, _ = _select_rows(targets, mask, lo, hi)
+    tok = fused_linear_token_logprobs(hidden[b_idx, t_idx], weight, targets[b_idx, t_idx], bias, lo, hi,
+                                      chunk_rows, impl)  # (N,)
     return torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device).index_add(0, b_idx, tok)

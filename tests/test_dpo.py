@@ -129,19 +129,37 @@ def test_truncation_keeps_prompt_end_and_counts():
     assert all(len(e.prompt) + max(len(e.chosen), len(e.rejected)) <= 8 for e in ex)
 
 
-def test_collate_concatenates_chosen_then_rejected():
+def test_collate_layouts():
     lm = tiny_lm()
     ex, _ = prepare_pairs([{"prompt": [0, 1], "chosen": [2, 3, 4], "rejected": [5]},
                            {"prompt": [6], "chosen": [7], "rejected": [8, 9]}], lm, 64)
-    b = collate(ex, lm.pad_id)
-    assert b.input_ids.shape == (4, 6)
+    b = collate(ex, lm.pad_id)  # [chosen_1, chosen_2, rejected_1, rejected_2]
+    assert b.input_ids.shape == (4, 6) and b.attention_mask[2].tolist() == [1, 1, 1, 1, 0, 0]
     assert b.input_ids[0].tolist() == [1, 2, 3, 4, 5, 6] and b.input_ids[2].tolist() == [1, 2, 3, 7, 0, 0]
-    assert b.loss_mask[0].tolist() == [0, 0, 1, 1, 1] and b.loss_mask[2].tolist() == [0, 0, 1, 0, 0]
     assert b.lengths.tolist() == [3, 1, 1, 2]
+    rows = list(zip(b.row_b.tolist(), b.row_pred.tolist(), b.row_tgt.tolist(), b.row_seq.tolist()))
+    assert rows[3] == (2, 2, 7, 2)  # rejected of pair 1 = sequence 2: token 7 predicted at position 2 of row 2
+    s = collate(ex, lm.pad_id, shared=True)  # one row per pair: prompt + chosen + rejected
+    assert s.input_ids[0].tolist() == [1, 2, 3, 4, 5, 6, 7] and s.position_ids[0].tolist() == [0, 1, 2, 3, 4, 5, 3]
+    assert s.attention_mask.shape == (2, 1, 7, 7)
+    allowed = (s.attention_mask[0, 0] == 0).int()
+    assert allowed[6].tolist() == [1, 1, 1, 0, 0, 0, 1]  # the rejected token sees the prompt, not chosen
+    assert allowed[5].tolist() == [1, 1, 1, 1, 1, 1, 0]
+    rows = list(zip(s.row_b.tolist(), s.row_pred.tolist(), s.row_tgt.tolist(), s.row_seq.tolist()))
+    assert rows[3] == (0, 2, 7, 2)  # first rejected token predicted from the last prompt position
+
+
+def _ref_logps(lm, b):
+    """Definition: UnitLM.token_logprobs on the full logits of the unshared batch."""
+    with torch.no_grad():
+        logits = lm.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.double()
+    tok = lm.token_logprobs(logits[b.row_b, b.row_pred], b.row_tgt)  # (N,)
+    return torch.zeros(b.lengths.numel(), dtype=torch.float64).index_add(0, b.row_seq, tok.double())
 
 
 @pytest.mark.parametrize("support,eos", [("units", 1), ("full", 1), ("units", 25)])
-def test_concatenated_forward_equals_unitlm_token_logprobs(support, eos):
+@pytest.mark.parametrize("shared", [False, True])
+def test_one_forward_equals_unitlm_token_logprobs(support, eos, shared):
     """Same support as sampling: UnitLM.token_logprobs on full logits is the definition. eos=25 makes the
     units support non-contiguous ({2..21} + {25}); completions end with EOS so it is scored too."""
     base = tiny_lm(extra_vocab=5)
@@ -149,17 +167,35 @@ def test_concatenated_forward_equals_unitlm_token_logprobs(support, eos):
     ex, _ = prepare_pairs(synthetic_pairs(5), lm, 64)
     for e in ex:
         e.chosen.append(eos)
-    b = collate(ex, lm.pad_id)
-    ours = SequenceLogps(lm.model, _support_ids(lm))(b.input_ids, b.attention_mask, b.targets, b.loss_mask)
-    with torch.no_grad():
-        logits = lm.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1].double()
-    tok = lm.token_logprobs(logits, b.targets)  # (2B, T-1), -inf outside the support (only at pads here)
-    ref = torch.where(b.loss_mask.bool(), tok.double(), 0.0).sum(-1)
+    ref = _ref_logps(lm, collate(ex, lm.pad_id))
+    ours = SequenceLogps(lm.model, _support_ids(lm))(*collate(ex, lm.pad_id, shared=shared).forward_args())
     assert torch.isfinite(ref).all() and (ours.double() - ref).abs().max().item() < 1e-4
-    single = collate(ex[:1], lm.pad_id)  # padding with other pairs does not change a sequence's log-prob
-    alone = SequenceLogps(lm.model, _support_ids(lm))(single.input_ids, single.attention_mask, single.targets,
-                                                      single.loss_mask)
-    assert alone[0].item() == pytest.approx(ours[0].item(), abs=1e-5)
+    alone = SequenceLogps(lm.model, _support_ids(lm))(*collate(ex[:1], lm.pad_id, shared=shared).forward_args())
+    assert alone[0].item() == pytest.approx(ours[0].item(), abs=1e-5)  # padding with other pairs changes nothing
+
+
+def test_shared_prompt_gradients_equal_unshared_on_opt():
+    """TWIST-1.3B is an OPT model (learned positions): the shared layout must give the same LoRA gradients."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    cfg = OPTConfig(vocab_size=OFFSET + N_UNITS, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                    num_attention_heads=2, max_position_embeddings=128, word_embed_proj_dim=32, pad_token_id=0,
+                    bos_token_id=1, eos_token_id=1, dropout=0.0, attention_dropout=0.0)
+    model = get_peft_model(OPTForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                           init_lora_weights=False))
+    lm = UnitLM(model, offset=OFFSET, n_units=N_UNITS, bos_id=1, eos_id=1, pad_id=0)
+    ex, _ = prepare_pairs(synthetic_pairs(4, seed=3), lm, 64)
+    grads, outs = [], []
+    for shared in (False, True):
+        model.zero_grad()
+        out = SequenceLogps(model, lm.support_ids)(*collate(ex, 0, shared=shared).forward_args())
+        (out * torch.linspace(-1, 1, out.numel())).sum().backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5) and grads[0].abs().sum() > 0
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -211,14 +247,12 @@ def test_adapter_saved_as_safetensors_and_reloads_same_policy(tmp_path):
     tr, _, ex = _run(tmp_path, rows, cfg)
     path = tr.save_adapter(tmp_path / "adapter")
     assert (path / "adapter_model.safetensors").exists() and (path / "adapter_config.json").exists()
-    b = collate(ex, 0)
-    ours = tr.module(b.input_ids, b.attention_mask, b.targets, b.loss_mask)
+    b = collate(ex, 0).forward_args()
+    ours = tr.module(*b)
     loaded = PeftModel.from_pretrained(tiny_lm().model, str(path))
-    theirs = SequenceLogps(loaded, tr.lm.support_ids)(b.input_ids, b.attention_mask, b.targets,
-                                                               b.loss_mask)
+    theirs = SequenceLogps(loaded, tr.lm.support_ids)(*b)
     assert torch.allclose(ours, theirs, atol=1e-5)
-    base = SequenceLogps(tiny_lm().model, tr.lm.support_ids)(b.input_ids, b.attention_mask, b.targets,
-                                                                     b.loss_mask)
+    base = SequenceLogps(tiny_lm().model, tr.lm.support_ids)(*b)
     assert (ours - base).abs().max().item() > 1e-3  # training did change the policy
 
 

@@ -47,9 +47,8 @@ def stage_ctx(run, cfg, r):
 def policy_logps(run, r, rows):
     lm = load_unitlm(run / "unitlm", adapters=train_stage.policy_adapters(run, r))
     ex, _ = prepare_pairs(rows, lm, 64)
-    b = collate(ex, lm.pad_id)
     with torch.no_grad():
-        return SequenceLogps(lm.model, lm.support_ids)(b.input_ids, b.attention_mask, b.targets, b.loss_mask)
+        return SequenceLogps(lm.model, lm.support_ids)(*collate(ex, lm.pad_id).forward_args())
 
 
 @pytest.mark.parametrize("reference", ["base", "previous_round"])
