@@ -22,7 +22,6 @@ import csv
 import math
 import os
 import random
-import shutil
 import string
 from collections import Counter
 from pathlib import Path
@@ -42,7 +41,7 @@ from alignslm.demo.stories import (
     subject,
     topics,
 )
-from alignslm.demo.tts import engine, synthesize_many
+from alignslm.demo.tts import engine, place_wav, synthesize_many
 from alignslm.rundir import write_jsonl
 
 VOWELS = ("a", "e", "i", "o", "u", "ee", "oo", "ai", "oa", "ou")
@@ -202,16 +201,6 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def _place(src: str, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def word_frequencies(seed: int, n_stories: int = 2000, n_topics: int | None = None) -> Counter:
     """Word counts in the demo corpus of this seed (the 'frequency' column, as LibriSpeech counts are)."""
     c: Counter = Counter()
@@ -312,7 +301,7 @@ def write_demo_benchmarks(root: Path, *, n_pairs: int, seed: int, voices: list[s
                               "correct": int(label == "correct")})
     synth = synthesize_many([(t, v, r) for t, v, r, _ in jobs], cache_dir, workers)
     for (_, _, _, dst), s in zip(jobs, synth):
-        _place(s["path"], dst)
+        place_wav(s["path"], dst)
     _write_csv(root / "lexical" / split / "gold.csv",
                ("filename", "correct", "id", "voice", "frequency", "word", "phones", "length"), lex)
     _write_csv(root / "syntactic" / split / "gold.csv",

@@ -4,15 +4,13 @@ train/dev/test split by story, and manifest rows in the contract of alignslm.sta
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from alignslm import logger
 from alignslm.demo.stories import Story, generate_stories, rng_for
-from alignslm.demo.tts import synthesize_many
+from alignslm.demo.tts import place_wav, synthesize_many
 
 SPLITS = ("train", "dev", "test")
 
@@ -52,16 +50,6 @@ def sentence_spans(sentences: list[str], words: list[dict]) -> list[list[float]]
     return spans
 
 
-def _place(src: str, dst: Path) -> None:
-    """Hard-link a cached wav into the run directory (copy across file systems)."""
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def build_demo_corpus(out: Path, *, n_stories: int, seed: int, n_topics: int | None,
                       voices: Sequence[str], rates: Sequence[int], split: Sequence[float],
                       cache_dir: str | Path, workers: int = 1) -> tuple[list[dict], list[dict]]:
@@ -80,7 +68,7 @@ def build_demo_corpus(out: Path, *, n_stories: int, seed: int, n_topics: int | N
     for s, lab, syn in zip(stories, labels, synth):
         utt_id = s.story_id
         dst = wav_dir / f"{utt_id}.wav"
-        _place(syn["path"], dst)
+        place_wav(syn["path"], dst)
         rows.append({"utt_id": utt_id, "path": str(dst.resolve()), "text": s.text, "words": syn["words"],
                      "voice": syn["voice"], "rate": syn["rate"], "topic": s.topic, "story_id": s.story_id,
                      "split": lab, "duration": syn["duration"], "sentences": s.sentences,

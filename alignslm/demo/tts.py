@@ -17,6 +17,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -284,6 +285,20 @@ def synthesize_many(items: Sequence[tuple[str, str, int]], cache_dir: str | Path
             pool.map(_job, todo, chunksize=16)
     fresh = set(todo)
     return [{**_job(j), "cached": j not in fresh} for j in jobs]
+
+
+def place_wav(src: str | Path, dst: Path) -> None:
+    """Put a cached wav at ``dst``: a hard link (a copy across file systems), renamed into place so that
+    concurrent ranks or a rerun never see a missing or half-written file."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def load_utterance(path: str | Path) -> np.ndarray:
