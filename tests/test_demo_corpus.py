@@ -115,3 +115,13 @@ def test_demo_benchmarks_stage_reads_back_through_the_loaders(tmp_path):
     assert bench_stage.check(ctx.cfg) == []
     real = load_config(overrides=[f"benchmarks.root={tmp_path / 'nowhere'}"])
     assert len(bench_stage.check(real)) == 4
+
+
+def test_a_story_espeak_fails_on_is_a_reject(tmp_path):
+    ctx = _ctx(tmp_path, "corpus", "corpus.n_stories=8", "corpus.voices=[en-us, xx-nope]")
+    summary = corpus_stage.run(ctx)
+    rej = read_jsonl(ctx.out / "rejects.jsonl")
+    rows = read_jsonl(ctx.out / "manifest.jsonl")
+    assert rej and summary["utterances"] == len(rows) == 8 - len(rej)
+    assert all("no voice 'xx-nope'" in r["reason"] for r in rej)
+    assert {r["voice"] for r in rows} == {"en-us"}

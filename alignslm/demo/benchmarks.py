@@ -300,6 +300,10 @@ def write_demo_benchmarks(root: Path, *, n_pairs: int, seed: int, voices: list[s
                 texts.append({"benchmark": kind, "file": f"{k}_{label}", "text": text, "story_id": sid,
                               "correct": int(label == "correct")})
     synth = synthesize_many([(t, v, r) for t, v, r, _ in jobs], cache_dir, workers)
+    failed = [f"{dst.relative_to(root)} ({s['text'][:40]!r}): {s['error']}" for (*_, dst), s in zip(jobs, synth)
+              if "error" in s]
+    if failed:  # a benchmark with holes would be scored on other pairs than intended
+        raise RuntimeError(f"demo benchmarks: {len(failed)} file(s) failed to synthesise: {'; '.join(failed[:5])}")
     for (_, _, _, dst), s in zip(jobs, synth):
         place_wav(s["path"], dst)
     _write_csv(root / "lexical" / split / "gold.csv",

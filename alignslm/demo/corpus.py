@@ -5,7 +5,7 @@ train/dev/test split by story, and manifest rows in the contract of alignslm.sta
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from alignslm import logger
@@ -52,8 +52,10 @@ def sentence_spans(sentences: list[str], words: list[dict]) -> list[list[float]]
 
 def build_demo_corpus(out: Path, *, n_stories: int, seed: int, n_topics: int | None,
                       voices: Sequence[str], rates: Sequence[int], split: Sequence[float],
-                      cache_dir: str | Path, workers: int = 1) -> tuple[list[dict], list[dict]]:
-    """Generate, speak and place the corpus under ``out/wavs``. Returns (manifest rows, story rows)."""
+                      cache_dir: str | Path, workers: int = 1,
+                      reject: Callable[[str, str], None] | None = None) -> tuple[list[dict], list[dict]]:
+    """Generate, speak and place the corpus under ``out/wavs``. Returns (manifest rows, story rows).
+    A story eSpeak fails on is passed to ``reject(utt_id, reason)`` (an error when there is none)."""
     if n_stories < 1:
         raise ValueError(f"corpus.n_stories must be >= 1, got {n_stories}")
     if not voices or not rates:
@@ -67,6 +69,11 @@ def build_demo_corpus(out: Path, *, n_stories: int, seed: int, n_topics: int | N
     rows, story_rows = [], []
     for s, lab, syn in zip(stories, labels, synth):
         utt_id = s.story_id
+        if "error" in syn:
+            if reject is None:
+                raise RuntimeError(f"speech synthesis failed for story {utt_id}: {syn['error']}")
+            reject(utt_id, f"speech synthesis failed: {syn['error']}")
+            continue
         dst = wav_dir / f"{utt_id}.wav"
         place_wav(syn["path"], dst)
         rows.append({"utt_id": utt_id, "path": str(dst.resolve()), "text": s.text, "words": syn["words"],

@@ -269,12 +269,16 @@ def _fresh_engine() -> None:
 
 
 def _job(args: tuple[str, str, int, str]) -> dict:
-    return synthesize_cached(*args)
+    try:
+        return synthesize_cached(*args)
+    except TTSError as e:  # one bad item must not stop the batch: the caller rejects it
+        return {"text": args[0], "voice": args[1], "rate": args[2], "error": str(e)}
 
 
 def synthesize_many(items: Sequence[tuple[str, str, int]], cache_dir: str | Path, workers: int = 1) -> list[dict]:
     """[(text, voice, rate)] -> synthesize_cached rows, in order; ``workers`` > 1 uses a process pool
-    (each worker initialises its own engine)."""
+    (each worker initialises its own engine).  An item eSpeak fails on comes back as a row with
+    ``error`` (and no path)."""
     jobs = [(t, v, int(r), str(cache_dir)) for t, v, r in items]
     todo = [j for j in jobs if not all(p.exists() for p in cache_paths(j[3], j[0], j[1], j[2]))]
     if workers > 1 and len(todo) > 50:

@@ -32,7 +32,10 @@ def run(ctx: StageContext) -> dict:
 
     rows, stories = build_demo_corpus(
         ctx.out, n_stories=c.n_stories, seed=ctx.cfg.run.seed, n_topics=c.n_topics, voices=c.voices,
-        rates=c.rates, split=c.split, cache_dir=ctx.cfg.run.cache_dir, workers=min(2, os.cpu_count() or 1))
+        rates=c.rates, split=c.split, cache_dir=ctx.cfg.run.cache_dir, workers=min(2, os.cpu_count() or 1),
+        reject=ctx.rejects.add)
+    if not rows:
+        raise RuntimeError(f"demo corpus: every story failed to synthesise (see {ctx.rejects.path})")
     write_jsonl(ctx.out / "stories.jsonl", stories)
     write_jsonl(ctx.out / "manifest.jsonl", rows)
     summary = _summary(rows, time.time() - t0, source="demo")
