@@ -249,14 +249,12 @@ class TransformersBackend:
             text = "\n\n".join(m["content"] for m in conv) + "\n\n"
         return text + prefix
 
-    def _find_digit_ids(self) -> list[int] | None:
-        """Token ids of the five digits after the score prefix (each 'Score: d' = common prefix + 1 token)."""
+    def _find_digit_ids(self) -> tuple[list[int], list[int]] | None:
+        """(prefix ids, the five digit ids) such that ids('Score: d') = prefix + [digit_d] for every d."""
         seqs = [self.tok.encode(SCORE_PREFIX + d, add_special_tokens=False) for d in DIGITS]
-        base = self.tok.encode(SCORE_PREFIX, add_special_tokens=False)
-        if all(len(s) == len(base) + 1 and s[:-1] == base for s in seqs):
-            return [s[-1] for s in seqs]
-        if all(len(s) == len(seqs[0]) and s[:-1] == seqs[0][:-1] for s in seqs):
-            return [s[-1] for s in seqs]
+        n = len(seqs[0])
+        if all(len(s) == n and s[:-1] == seqs[0][:-1] for s in seqs) and len({s[-1] for s in seqs}) == 5:
+            return seqs[0][:-1], [s[-1] for s in seqs]
         logger.warning("judge: digits after %r are not single tokens; expected score unavailable", SCORE_PREFIX)
         return None
 
@@ -284,17 +282,31 @@ class TransformersBackend:
         if self._digit_ids is None:
             return [(None, "the tokenizer splits the digits; use free generation (judge.expected_score=false)")
                     ] * len(conversations)
+        prefix, digit_ids = self._digit_ids
         out: list[tuple[list[float] | None, str | None]] = []
-        self.tok.padding_side = "left"
         for b in self._batches(len(conversations)):
-            texts = [self._template(conversations[i], SCORE_PREFIX) for i in b]
-            # the prefix ends with a space that the tokenizer keeps as its own token before a digit
-            enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            # template ids + the forced prefix ids: no tokenizer merge across the boundary
+            seqs = [self.tok.encode(self._template(conversations[i]), add_special_tokens=False) + prefix for i in b]
+            ids, mask = self._pad(seqs, left=True)  # (B, T)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)  # positions start at 0 after the left padding
             with torch.no_grad():
-                logits = self.model(**enc).logits[:, -1, :]  # (B, V), left padding: last position is real
-            probs = torch.softmax(logits[:, self._digit_ids].float(), dim=-1)  # (B, 5)
-            out.extend((p.tolist(), None) for p in probs)
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                    position_ids=pos.to(self.device)).logits
+            probs = torch.softmax(logits[:, -1, digit_ids].float(), dim=-1)  # (B, 5); last position is real
+            out.extend((p.tolist(), None) for p in probs.cpu())
         return out
+
+    def _pad(self, seqs: list[list[int]], left: bool) -> tuple[Any, Any]:
+        import torch
+
+        T = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), T), self.tok.pad_token_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(seqs), T), dtype=torch.long)
+        for j, s in enumerate(seqs):
+            sl = slice(T - len(s), T) if left else slice(0, len(s))
+            ids[j, sl] = torch.tensor(s, dtype=torch.long)
+            mask[j, sl] = 1
+        return ids, mask
 
     def perplexity(self, prompts: list[str], continuations: list[str]) -> list[tuple[float | None, str | None]]:
         import torch
@@ -308,12 +320,7 @@ class TransformersBackend:
                 c = self.tok.encode(" " + continuations[i].strip(), add_special_tokens=False)
                 seqs.append([bos] + p + c)
                 starts.append(1 + len(p))
-            T = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), T), self.tok.pad_token_id, dtype=torch.long)  # (B, T)
-            mask = torch.zeros((len(seqs), T), dtype=torch.long)
-            for j, s in enumerate(seqs):
-                ids[j, :len(s)] = torch.tensor(s)
-                mask[j, :len(s)] = 1
+            ids, mask = self._pad(seqs, left=False)  # (B, T), right padding
             with torch.no_grad():
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)

@@ -1,0 +1,121 @@
+"""The in-process judge backend on a tiny random LLaMA saved in the real HF format (+ the demo GGUF, integration)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from alignslm.judge import (  # noqa: E402
+    AutoBleuJudge,
+    LLMScoreJudge,
+    PerplexityJudge,
+    TransformersBackend,
+    default_judge_model,
+    expected_from_probs,
+    load_judge,
+    rubric_messages,
+)
+
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny_judge")
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["Score: 1", "Score: 2", "Score: 3", "Score: 4", "Score: 5", "The cook washed the pan.",
+              "The farmer fed the pig on the farm.", "Beginning Continuation very likely unlikely relevant"]
+    tok.train_from_iterator(corpus * 20, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    fast.chat_template = TEMPLATE
+    fast.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                      bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return TransformersBackend(tiny_dir, batch_size=2)
+
+
+def test_digit_probs_and_expected_score(tiny):
+    judge = LLMScoreJudge(tiny, expected=True)
+    res = judge.score(["The cook washed the pan.", "A"], ["Now the pan is clean.", "The farmer fed the pig."])
+    for r in res:
+        assert r.error is None and len(r.probs) == 5 and sum(r.probs) == pytest.approx(1.0, abs=1e-5)
+        assert 1.0 <= r.score <= 5.0 and r.score == pytest.approx(expected_from_probs(r.probs))
+    # batching with left padding does not change a row's probabilities
+    alone = judge.score(["A"], ["The farmer fed the pig."])[0]
+    assert alone.probs == pytest.approx(res[1].probs, abs=1e-5)
+
+
+def test_perplexity_matches_a_manual_forward(tiny):
+    prompts = ["The cook washed the pan.", "A"]
+    conts = ["The farmer fed the pig on the farm.", "pan"]
+    res = PerplexityJudge(tiny).score(prompts, conts)
+    tok, model = tiny.tok, tiny.model
+    for p, c, r in zip(prompts, conts, res):
+        pi = tok.encode(p, add_special_tokens=False)
+        ci = tok.encode(" " + c, add_special_tokens=False)
+        ids = torch.tensor([[tok.bos_token_id] + pi + ci])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)  # (T-1, V)
+        nll = -lp[torch.arange(len(pi), len(pi) + len(ci)), torch.tensor(ci)].mean().item()
+        assert r.perplexity == pytest.approx(math.exp(nll), rel=1e-4)
+        assert r.score is None
+
+
+def test_unparseable_generation_is_missing_not_zero(tiny):
+    # a random model does not answer "Score: N": retried once, then recorded as missing
+    res = LLMScoreJudge(tiny, expected=False, max_new_tokens=4).score(["A"], ["B"])
+    assert res[0].score is None and res[0].retried and "unparseable" in res[0].error
+    assert "[retry]" in res[0].raw
+
+
+def test_autobleu_judge_and_rubric():
+    res = AutoBleuJudge().score(["p", "p"], ["go to the farm go to the farm", "the cat sat"])
+    assert res[0].score == pytest.approx(6 / 7) and res[1].score == 0.0
+    msgs = rubric_messages("Anna cooks.", "She eats.")
+    assert "very unlikely and irrelevant to the prompt" in msgs[1]["content"]
+    assert "very likely and highly relevant" in msgs[1]["content"]
+    assert msgs[1]["content"].rstrip().endswith("Score: N")
+    with pytest.raises(ValueError, match="one prompt per continuation"):
+        AutoBleuJudge().score(["p"], [])
+
+
+def test_load_judge_modes(tiny_dir):
+    from alignslm.config import load_config
+
+    cfg = load_config(overrides=[f"judge.model_path={tiny_dir}", "judge.mode=perplexity"]).judge
+    assert isinstance(load_judge(cfg), PerplexityJudge)
+    with pytest.raises(ValueError, match="judge.mode"):
+        load_judge(load_config(overrides=["judge.mode=vibes"]).judge)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TransformersBackend(tiny_dir / "nope")
+
+
+@pytest.mark.integration
+def test_demo_gguf_judge_ranks_sensibly():
+    be = TransformersBackend(default_judge_model())  # Q4_1 GGUF, dequantised by transformers
+    assert be._digit_ids is not None
+    p = ["Anna the cook washed the dirty pan in the kitchen."] * 2
+    c = ["Now the pan is clean and she puts it on the shelf.", "the. on shelf pan is now clean puts she it the and"]
+    ppl = PerplexityJudge(be).score(p, c)
+    assert ppl[0].perplexity < ppl[1].perplexity
+    exp = LLMScoreJudge(be, expected=True).score(p, c)
+    assert all(1 <= r.score <= 5 for r in exp)
