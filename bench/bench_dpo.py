@@ -9,7 +9,10 @@ growth after the model is loaded.  Before timing, the first-step losses of both 
 agree in scale (the two trainers shuffle differently, so step 1 sees different pairs).
 
 Providers:
-  ours          alignslm.dpo.DPOTrainer (fp32, reference via disabled adapter, fused chunked lm_head)
+  ours          alignslm.dpo.DPOTrainer (fp32, reference via disabled adapter, fused chunked lm_head,
+                shared-prompt layout)
+  ours-precompute  the same with reference log-probs computed once before training (train.precompute_ref;
+                the one-off pass is not in the per-step time, it costs about one epoch of reference forwards)
   trl           TRL DPOTrainer with matched settings: fp32, no gradient checkpointing
   trl-defaults  TRL DPOTrainer as configured by default (bf16 autocast, gradient checkpointing)
 """
@@ -71,7 +74,7 @@ def _intervals(times: list[float], warmup: int) -> list[float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_ours(model_dir: str, steps: int, out: Path) -> dict:
+def run_ours(model_dir: str, steps: int, out: Path, precompute: bool = False) -> dict:
     import dataclasses
 
     import torch
@@ -87,7 +90,7 @@ def run_ours(model_dir: str, steps: int, out: Path) -> dict:
         e.chosen.append(lm.eos_id)
         e.rejected.append(lm.eos_id)
     cfg = dataclasses.replace(TrainConfig(), lora_r=SHAPE["r"], lora_alpha=SHAPE["alpha"], batch_size=SHAPE["batch"],
-                              lr=1e-4, warmup_steps=0, epochs=1, checkpoint_every=10_000)
+                              lr=1e-4, warmup_steps=0, epochs=1, checkpoint_every=10_000, precompute_ref=precompute)
     per_epoch = -(-len(ex) // SHAPE["batch"])
     cfg = dataclasses.replace(cfg, epochs=-(-steps // per_epoch))
     tr = DPOTrainer(lm, cfg, out, seed=0)
@@ -139,8 +142,8 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     out = Path(tempfile.mkdtemp(prefix=f"bench_dpo_{args.worker}_"))
-    if args.worker == "ours":
-        res = run_ours(args.model, args.steps, out)
+    if args.worker.startswith("ours"):
+        res = run_ours(args.model, args.steps, out, precompute=args.worker == "ours-precompute")
     else:
         res = run_trl(args.model, args.steps, out, defaults=args.worker == "trl-defaults")
     print("RESULT " + json.dumps(res))
@@ -166,13 +169,13 @@ def main() -> None:
     ap.add_argument("--worker")
     ap.add_argument("--model")
     ap.add_argument("--steps", type=int, default=0)
-    ap.add_argument("--providers", default="ours,trl,trl-defaults")
+    ap.add_argument("--providers", default="ours,trl,trl-defaults,ours-precompute")
     args = ap.parse_args()
     if args.worker:
         return worker(args)
     from harness import append_rows, print_table, row
 
-    steps, repeats, warm = (8, 1, 2) if args.quick else (14, 3, 3)
+    steps, repeats, warm = (8, 1, 2) if args.quick else (10, 2, 2)
     providers = args.providers.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
