@@ -122,7 +122,7 @@ if HAS_TRITON:
                 x = tl.load(x_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
                 p = tl.exp(x - lse)
                 g = tl.where(offs == t, 1.0 - p, -p)
-                tl.store(g_ptr + offs, g, mask=offs < V)
+                tl.store(g_ptr + offs, g.to(G.dtype.element_ty), mask=offs < V)
 
 
 def _rows_triton(x: torch.Tensor, t: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -130,7 +130,8 @@ def _rows_triton(x: torch.Tensor, t: torch.Tensor, with_grad: bool) -> tuple[tor
     if x.stride(1) != 1:
         x = x.contiguous()
     out = torch.empty(n, dtype=torch.float32, device=x.device)
-    g = torch.empty(n, v, dtype=torch.float32, device=x.device) if with_grad else out
+    # the gradient is written in the logits' dtype (bf16 logits -> bf16 gradient, as torch autograd would)
+    g = torch.empty(n, v, dtype=x.dtype, device=x.device) if with_grad else out
     if n == 0:
         return out, (g if with_grad else None)
     block = min(4096, triton.next_power_of_2(v))
@@ -212,7 +213,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         for s in range(0, h.shape[0], ctx.chunk):
             e = min(h.shape[0], s + ctx.chunk)
             _, g = _rows(_chunk_logits(h[s:e], w, b), t[s:e], True, ctx.impl)
-            g = g * go[s:e].unsqueeze(1)  # (n_c, Vs)
+            g = g.float() * go[s:e].unsqueeze(1)  # (n_c, Vs)
             if gh is not None:
                 gh[s:e] = (g.to(w.dtype) @ w).to(h.dtype)
             if gw is not None:
