@@ -109,9 +109,18 @@ class UnitLMConfig:
 class VocoderConfig:
     kind: str = opt("demo", "demo (trained here) | hifigan (unit HiFi-GAN checkpoint directory).")
     path: str | None = opt(None, "HiFi-GAN directory (generator.pt + config.json).")
-    steps: int = opt(3000, "Demo vocoder: training steps.")
+    steps: int = opt(600, "Demo vocoder: training steps (0 = the per-unit mean spectra alone).")
     batch_size: int = opt(16, "Utterances per vocoding batch.")
     speaker: int | None = opt(None, "HiFi-GAN speaker id when the checkpoint is multi-speaker.")
+    duration: str = opt("auto", "Demo vocoder durations: mean (per-unit mean run length) | conv | auto (lower "
+                                "held-out error).")
+    voice: str | None = opt(None, "Demo vocoder: corpus voice to speak with (None: the most frequent).")
+    dim: int = opt(96, "Demo vocoder: channels of the conv stack.")
+    layers: int = opt(4, "Demo vocoder: residual conv layers.")
+    lr: float = opt(2e-3, "Demo vocoder: peak learning rate.")
+    train_batch: int = opt(8, "Demo vocoder: training crops per step.")
+    gl_iters: int = opt(32, "Demo vocoder: Griffin-Lim iterations.")
+    max_train_utterances: int = opt(2000, "Demo vocoder: at most this many training utterances (memory bound).")
 
 
 @dataclass(frozen=True)
