@@ -125,3 +125,24 @@ def test_a_story_espeak_fails_on_is_a_reject(tmp_path):
     assert rej and summary["utterances"] == len(rows) == 8 - len(rej)
     assert all("no voice 'xx-nope'" in r["reason"] for r in rej)
     assert {r["voice"] for r in rows} == {"en-us"}
+
+
+@pytest.mark.integration
+def test_smoke_corpus_and_benchmarks_through_the_driver(tmp_path):
+    """Smoke sizes through alignslm.pipeline: both stages run, rerun is skipped, the loaders read it all."""
+    from alignslm.pipeline import STAGES, Step, run_step
+    from alignslm.rundir import Manifest
+
+    cfg = load_config(overrides=["run.smoke=true", f"run.run_dir={tmp_path / 'run'}",
+                                 f"run.cache_dir={tmp_path / 'cache'}"])
+    run_dir = Path(cfg.run.run_dir)
+    man = Manifest(run_dir)
+    for name in ("corpus", "benchmarks"):
+        ran, summary = run_step(Step(STAGES[name], None), cfg, run_dir, man, progress=False)
+        assert ran and summary["rejects"] == 0
+        assert run_step(Step(STAGES[name], None), cfg, run_dir, man, progress=False)[0] is False
+    rows = read_jsonl(run_dir / "corpus" / "manifest.jsonl")
+    assert len(rows) == 100 and len({r["topic"] for r in rows}) == 10
+    root = json.loads((run_dir / "benchmarks" / "benchmarks.json").read_text())["root"]
+    assert {k: len(v.pairs) for k, v in load_all(root).items()} == {"lexical": 60, "syntactic": 60, "ssc": 20,
+                                                                     "tsc": 20}
