@@ -57,7 +57,9 @@ class BenchmarkSet:
     dropped: list[dict] = field(default_factory=list)  # pairs removed because a side was rejected
 
     def path_of(self, file_id: str) -> str:
-        return dict(self.items)[file_id]
+        if len(getattr(self, "_paths", ())) != len(self.items):
+            self._paths = dict(self.items)
+        return self._paths[file_id]
 
     def summary(self) -> dict:
         return {"name": self.name, "pairs": len(self.pairs), "files": len(self.items),

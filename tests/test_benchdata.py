@@ -185,3 +185,11 @@ def test_load_all_lists_everything_missing(tmp_path):
     _storycloze(tmp_path, "tSC", ["0", "1"])
     sets = load_all(tmp_path)
     assert {k: len(v.pairs) for k, v in sets.items()} == {"lexical": 3, "syntactic": 2, "ssc": 1, "tsc": 2}
+
+
+def test_path_of(tmp_path):
+    _gold(tmp_path / "syntactic" / "dev", SYN_COLS, SYN_ROWS)
+    bs = load_zerospeech(tmp_path, "syntactic", check_audio=False)
+    assert bs.path_of("s3") == str((tmp_path / "syntactic/dev/s3.wav").resolve())
+    with pytest.raises(KeyError):
+        bs.path_of("nope")
