@@ -364,3 +364,53 @@ def test_evaluate_stage_names_missing_wavs_before_scoring(tmp_path, unitlm_dir):
         st_eval.run(_ctx(tmp_path, inputs))
     assert "syn2A0.wav" in str(e.value) and "story 1" in str(e.value)
     assert not list((tmp_path / "evaluate").rglob("scores_*.json"))
+
+
+@pytest.mark.integration
+def test_evaluate_stage_with_generation_metrics(tmp_path, unitlm_dir):
+    """Held-out prompts from eSpeak NG speech -> sampler -> demo vocoder -> Whisper -> SmolLM2 judge."""
+    from alignslm.demo.tts import synthesize
+    from alignslm.rundir import write_jsonl
+    from alignslm.stages import evaluate as st_eval
+    from alignslm.tokenizer import load_tokenizer
+    from alignslm.vocoder.demo import DemoNet, DemoSpec, DemoVocoder
+
+    inputs = _stage_inputs(tmp_path, unitlm_dir)
+    tok = load_tokenizer(inputs["tokenize"])
+    texts = {"u1": "the farmer fed the hungry goats and then he closed the old gate",
+             "u2": "a girl took her new book to school and read it to the class", "u3": "the end"}
+    manifest, units = [], []
+    for i, (uid, text) in enumerate(texts.items()):
+        utt = synthesize(text, "en-us", 160)
+        write_wav(tmp_path / "corpus" / f"{uid}.wav", utt.audio)
+        manifest.append({"utt_id": uid, "path": str(tmp_path / "corpus" / f"{uid}.wav"), "text": text,
+                         "words": utt.words, "split": ["test", "dev", "test"][i]})
+        (u, d), = tok.encode([utt.audio])
+        units.append({"utt_id": uid, "units": u.tolist(), "durations": d.tolist()})
+    write_jsonl(tmp_path / "corpus" / "manifest.jsonl", manifest)
+    write_jsonl(inputs["tokenize"] / "units.jsonl", units)
+    spec = DemoSpec(n_units=N_UNITS, frame_rate=tok.frame_rate, dim=16, layers=1, gl_iters=4,
+                    mean_durations=[2.0] * N_UNITS)
+    DemoVocoder(DemoNet(spec)).save(tmp_path / "vocoder")
+    (tmp_path / "vocoder" / "vocoder.json").write_text(json.dumps({"kind": "demo", "path": str(tmp_path / "vocoder")}))
+    inputs.update(corpus=tmp_path / "corpus", vocoder=tmp_path / "vocoder")
+    ctx = _ctx(tmp_path, inputs, "evaluate", "eval.n_prompts=3", "sample.n_continuations=2",
+               "sample.max_new_units=30", "sample.prompt_seconds=1.0", "eval.bootstrap=100", "eval.n_examples=2")
+    st_eval.run(ctx)
+    res = json.loads((tmp_path / "evaluate" / "results.json").read_text())
+    assert res["protocol"]["n_prompts"] == 2  # "the end" is too short for a 1 s prompt: a reject
+    assert any("u3" in line for line in (tmp_path / "evaluate" / "rejects.jsonl").read_text().splitlines())
+    for name in ("base", "round-1"):
+        g = res["models"][name]["generation"]
+        assert g["n_continuations"] == 4 and g["n_prompts"] == 2
+        assert g["prompt_wer"] is not None and g["prompt_wer"] >= 0.0
+        rows = [json.loads(x) for x in (tmp_path / "evaluate" / name / "generations.jsonl").read_text().splitlines()]
+        for r in rows:  # every continuation is judged (1..5) or a counted reject with its reason
+            assert (r["reject"] is None and 1.0 <= r["score"] <= 5.0) or r["reject"]
+        assert g["n_rejects"] == sum(bool(r["reject"]) for r in rows)
+        assert all(Path(e["path"]).is_file() for e in res["models"][name]["examples"] if e.get("path"))
+    seeds = [[json.loads(x)["seed"] for x in (tmp_path / "evaluate" / n / "generations.jsonl").read_text().splitlines()]
+             for n in ("base", "round-1")]
+    assert seeds[0] == seeds[1]  # the same prompts and seeds for every model
+    c = res["comparisons"]["round-1"]["score"]
+    assert c["n"] <= 2 and (c["diff"] is None or c["lo"] <= c["diff"] <= c["hi"])
