@@ -24,6 +24,10 @@
 
 #include "kernel_api.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace KM_NS {
 
 constexpr int W = KM_W;
@@ -39,6 +43,19 @@ static inline __attribute__((always_inline)) vf load(const float* p) {
   return v;
 }
 static inline __attribute__((always_inline)) void store(float* p, vf v) { memcpy(p, &v, sizeof(v)); }
+static inline __attribute__((always_inline)) vf bcast(float x) {  // GCC builds vf{x,...} badly: intrinsics
+#if defined(__AVX512F__) && KM_W == 16
+  return (vf)_mm512_set1_ps(x);
+#elif defined(__AVX__) && KM_W == 8
+  return (vf)_mm256_set1_ps(x);
+#elif defined(__SSE__) && KM_W == 4
+  return (vf)_mm_set1_ps(x);
+#else
+  vf v;
+  for (int l = 0; l < W; ++l) v[l] = x;
+  return v;
+#endif
+}
 static inline __attribute__((always_inline)) vi loadi(const int32_t* p) {
   vi v;
   memcpy(&v, p, sizeof(v));
@@ -85,7 +102,7 @@ static inline __attribute__((always_inline)) void micro(const float* Ap, const f
     for (int v = 0; v < NV; ++v) b[v] = load(Bp + d * NR + v * W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      vf a = vf{} + Ap[d * MR + r];  // broadcast
+      vf a = bcast(Ap[d * MR + r]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
@@ -124,7 +141,7 @@ void assign_block(const float* X, int64_t n, int64_t D, const float* Bp, const f
   const int64_t P = Kpad / NR;
   const int64_t mcp = (mc + MR - 1) / MR * MR;
   float* Ap = work;                         // [mcp/MR][kc][MR]
-  float* T = Ap + mcp * kc;                 // [mcp][Kpad] partial dot products
+  float* T = Ap + mcp * kc;                 // [mcp/MR][P][MR][NR] partial dot products, tile-contiguous
   float* bv = T + mcp * Kpad;               // [mcp][W] running lane minima
   int32_t* bi = reinterpret_cast<int32_t*>(bv + mcp * W);  // [mcp][W]
   for (int64_t i0 = 0; i0 < n; i0 += mc) {
@@ -141,7 +158,7 @@ void assign_block(const float* X, int64_t n, int64_t D, const float* Bp, const f
       for (int64_t p = 0; p < P; ++p) {
         const float* B = Bp + (p * D + d0) * NR;
         for (int64_t mp = 0; mp < nmp; ++mp) {
-          micro(Ap + mp * k * MR, B, k, T + mp * MR * Kpad + p * NR, Kpad, first, last, c2 + p * NR,
+          micro(Ap + mp * k * MR, B, k, T + (mp * P + p) * (MR * NR), NR, first, last, c2 + p * NR,
                 (int32_t)(p * NR), bv + mp * MR * W, bi + mp * MR * W);
         }
       }
