@@ -48,7 +48,7 @@ import torch
 from alignslm import logger
 from alignslm.dpo import DPOTrainer, prepare_pairs
 from alignslm.losses import LOSSES
-from alignslm.rundir import StageContext, read_jsonl, write_json
+from alignslm.rundir import StageContext, barrier, read_jsonl, write_json
 
 REFERENCES = ("base", "previous_round")
 
@@ -166,6 +166,7 @@ def run(ctx: StageContext) -> dict:
               "reference": cfg.curriculum.reference, "support": cfg.unitlm.support, "counts": counts}
     if ctx.rank == 0:
         write_json(ctx.out / "policy.json", policy)
+    barrier()  # every rank returns once the adapter is on disk
     return {"steps": result["steps"], "pairs": counts["pairs_used"], "dropped": counts["dropped"],
             "truncated_prompt": counts["truncated_prompt"], "truncated_completion": counts["truncated_completion"],
             "reference": cfg.curriculum.reference, "loss": t.loss, "beta": t.beta,
