@@ -31,6 +31,7 @@ from alignslm.textmetrics import compression_ratio
 
 HOP = 160  # samples per feature frame (10 ms)
 MAX_FRAMES = 3000  # Whisper's 30 s window
+HEADROOM = 8  # tokens decoded past a clip's budget
 
 
 class ASRError(RuntimeError):
@@ -174,16 +175,17 @@ class ASR:
         for b, f in enumerate(feats):
             batch[b, :, :min(n, f.shape[1])] = f[:, :n]
         secs = [f.shape[1] * HOP / SAMPLE_RATE for f in feats]
-        max_new = int(math.ceil(max(secs) * self.max_tokens_per_s)) + 4
+        # decoding may run HEADROOM tokens past the budget, so that a runaway output is seen exceeding it
+        max_new = int(math.ceil(max(secs) * self.max_tokens_per_s)) + 4 + HEADROOM
         max_length = min(448, len(self.prompt) + max_new)
         out = self.model.generate(
             ctranslate2.StorageView.from_array(batch), [self.prompt] * len(feats),
             beam_size=self.beam_size, max_length=max_length, return_scores=True,
             return_no_speech_prob=True, no_repeat_ngram_size=self.no_repeat_ngram_size,
             repetition_penalty=self.repetition_penalty)
-        return [self._guard(r, sec, max_new) for r, sec in zip(out, secs)]
+        return [self._guard(r, sec) for r, sec in zip(out, secs)]
 
-    def _guard(self, r: Any, seconds: float, max_new: int) -> ASRResult:
+    def _guard(self, r: Any, seconds: float) -> ASRResult:
         ids = [t for t in r.sequences_ids[0] if t < self.tokenizer.eot]
         text = self.tokenizer.decode(ids).strip()
         n_tok = len(ids)
@@ -194,7 +196,7 @@ class ASR:
         own_budget = int(math.ceil(seconds * self.max_tokens_per_s)) + 4
         if res.no_speech_prob > self.no_speech_max and avg_lp < -1.0:
             res.text, res.error = "", f"no speech (no_speech_prob {res.no_speech_prob:.2f})"
-        elif n_tok >= min(max_new, own_budget):
+        elif n_tok > own_budget:
             res.text, res.error = "", (f"runaway output: {n_tok} tokens for {seconds:.1f}s of audio "
                                        f"(limit {self.max_tokens_per_s} tokens/s)")
         elif res.compression_ratio > self.compression_ratio_max:
