@@ -56,12 +56,12 @@ def load_vocoder(source: Any, device: str | None = None) -> Vocoder:
         meta = json.loads((d / "vocoder.json").read_text())
         kind = meta.get("kind")
         if kind == "hifigan":
-            return HifiganVocoder.from_dir(meta["path"], speaker=meta.get("speaker"),
+            return HifiganVocoder.from_dir(d / meta["path"], speaker=meta.get("speaker"),
                                            batch_size=int(meta.get("batch_size", 16)), device=_device(device))
         if kind == "demo":
             from alignslm.vocoder.demo import DemoVocoder
 
-            return DemoVocoder.load(meta.get("path") or d, batch_size=int(meta.get("batch_size", 16)),
+            return DemoVocoder.load(d / meta.get("path", "."), batch_size=int(meta.get("batch_size", 16)),
                                     device=_device(device))
         raise CheckpointError(f"{d / 'vocoder.json'}: unknown kind {kind!r} (demo | hifigan)")
     if (d / "generator.pt").is_file():

@@ -1,0 +1,419 @@
+"""The demo vocoder: deduplicated units (+ durations) -> log-magnitude spectrogram -> Griffin-Lim waveform.
+
+Trained from scratch on the demo corpus in minutes on a CPU, with no pretrained weights:
+
+- durations: each unit's mean run length in the training units (``mean``), or a small conv predictor over
+  the unit sequence (``conv``); ``auto`` keeps whichever has the lower held-out error;
+- units are repeated by their durations to the tokenizer's frame rate; each frame gets the unit embedding,
+  a voice embedding (the corpus' eSpeak voice; one fixed voice at inference) and its position within its
+  run; a residual conv stack (masked, so a padded batch equals one-at-a-time) predicts ``r`` STFT frames
+  of log-magnitude per unit frame (``r`` = hop of the units / hop of the STFT), trained with L1;
+- the waveform is rebuilt by fast Griffin-Lim (momentum 0.99, zero initial phase: deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alignslm import logger
+from alignslm.rundir import atomic_path, write_json
+from alignslm.vocoder.hifigan import CheckpointError, check_durations, check_units, length_batches
+
+
+@dataclass
+class DemoSpec:
+    """Everything needed to rebuild the model (saved as demo.json next to demo.pt)."""
+
+    n_units: int
+    frame_rate: float  # unit frames per second
+    voices: list[str] = field(default_factory=lambda: ["default"])
+    voice: str = "default"  # the voice used at inference
+    sample_rate: int = 16_000
+    n_fft: int = 512
+    hop: int = 160
+    dim: int = 192
+    layers: int = 5
+    kernel: int = 5
+    duration: str = "mean"  # mean | conv
+    mean_durations: list[float] = field(default_factory=list)
+    gl_iters: int = 32
+
+    @property
+    def samples_per_frame(self) -> int:
+        return int(round(self.sample_rate / self.frame_rate))
+
+    @property
+    def r(self) -> int:
+        """STFT frames per unit frame."""
+        return self.samples_per_frame // self.hop
+
+
+def choose_hop(sample_rate: int, frame_rate: float, target: int = 160) -> int:
+    """An STFT hop near ``target`` that divides the samples per unit frame."""
+    spf = sample_rate / frame_rate
+    if abs(spf - round(spf)) > 1e-6:
+        raise ValueError(f"frame rate {frame_rate} Hz does not give a whole number of samples at {sample_rate} Hz")
+    spf = int(round(spf))
+    r = max(1, round(spf / target))
+    while spf % r:
+        r += 1
+    return spf // r
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, k: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.conv = nn.Conv1d(dim, dim, k, padding=k // 2)
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # x (B, T, D), m (B, T, 1)
+        h = self.conv(F.gelu(self.norm(x)).mul(m).transpose(1, 2)).transpose(1, 2)
+        return x + h * m
+
+
+class DurationNet(nn.Module):
+    """Unit sequence -> log run length per unit (two masked convs)."""
+
+    def __init__(self, n_units: int, dim: int = 64, k: int = 3):
+        super().__init__()
+        self.emb = nn.Embedding(n_units, dim)
+        self.blocks = nn.ModuleList(_Block(dim, k) for _ in range(2))
+        self.proj = nn.Linear(dim, 1)
+
+    def forward(self, units: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, N)
+        m = mask.unsqueeze(2).float()
+        x = self.emb(units) * m
+        for b in self.blocks:
+            x = b(x, m)
+        return self.proj(x).squeeze(2)
+
+
+class DemoNet(nn.Module):
+    """Frame-level units -> log-magnitude STFT frames, (B, T) -> (B, T * r, n_fft // 2 + 1)."""
+
+    def __init__(self, spec: DemoSpec):
+        super().__init__()
+        self.spec = spec
+        self.unit = nn.Embedding(spec.n_units, spec.dim)
+        self.voice = nn.Embedding(len(spec.voices), spec.dim)
+        self.pos = nn.Linear(2, spec.dim)
+        self.blocks = nn.ModuleList(_Block(spec.dim, spec.kernel) for _ in range(spec.layers))
+        self.norm = nn.LayerNorm(spec.dim)
+        n_bins = spec.r * (spec.n_fft // 2 + 1)
+        self.out = nn.Linear(spec.dim, n_bins)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        # per (voice, unit) mean log-magnitude frames: the context-free base the conv stack corrects
+        self.table = nn.Embedding(len(spec.voices) * spec.n_units, n_bins)
+        self.dur = DurationNet(spec.n_units)
+
+    def forward(self, units: torch.Tensor, pos: torch.Tensor, voice: torch.Tensor, mask: torch.Tensor
+                ) -> torch.Tensor:
+        """units (B, T) long, pos (B, T, 2), voice (B,), mask (B, T) bool -> log-magnitude (B, T*r, F)."""
+        m = mask.unsqueeze(2).float()  # (B, T, 1)
+        x = (self.unit(units) + self.pos(pos) + self.voice(voice)[:, None, :]) * m  # (B, T, D)
+        for b in self.blocks:
+            x = b(x, m)
+        base = self.table(voice[:, None] * self.spec.n_units + units)  # (B, T, r * F)
+        y = base + self.out(self.norm(x))  # (B, T, r * F)
+        b_, t_ = units.shape
+        return y.view(b_, t_ * self.spec.r, -1)
+
+
+def expand(units: list[int], durations: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Run-length expansion: (N,) units + (N,) durations -> (T,) frame units, (T, 2) position features."""
+    d = np.asarray(durations, dtype=np.int64)
+    frames = np.repeat(np.asarray(units, dtype=np.int64), d)  # (T,)
+    starts = np.repeat(np.cumsum(d) - d, d)
+    idx = np.arange(frames.size) - starts  # position within the run
+    run = np.repeat(d, d).astype(np.float32)
+    pos = np.stack([(idx + 0.5) / run, np.log(run)], axis=1).astype(np.float32)  # (T, 2)
+    return frames, pos
+
+
+# --------------------------------------------------------------------------------------------------
+# Spectrograms and Griffin-Lim
+# --------------------------------------------------------------------------------------------------
+
+
+def log_magnitude(wav: torch.Tensor, n_fft: int, hop: int, n_frames: int) -> torch.Tensor:
+    """(B, S) -> (B, n_frames, F) log(|STFT| + 1e-4), centred frames, zero padding at the edges."""
+    win = torch.hann_window(n_fft, device=wav.device)
+    s = torch.stft(wav, n_fft, hop, window=win, center=True, pad_mode="constant", return_complex=True)
+    return torch.log(s.abs() + 1e-4).transpose(1, 2)[:, :n_frames]
+
+
+def griffin_lim(mag: torch.Tensor, lengths: torch.Tensor, n_fft: int, hop: int, iters: int,
+                momentum: float = 0.99) -> torch.Tensor:
+    """Fast Griffin-Lim. mag (B, N, F) (zero beyond each item), lengths (B,) samples -> (B, >= N * hop).
+
+    The signal is cut to each item's length every iteration, so a padded batch equals one-at-a-time.
+    """
+    # zero frames past the end, so istft's window normalisation near an item's end sees the same frames
+    # whether or not longer items share the batch
+    mag = F.pad(mag, (0, 0, 0, n_fft // hop + 1))
+    b, n, _ = mag.shape
+    total = n * hop
+    win = torch.hann_window(n_fft, device=mag.device)
+    smask = (torch.arange(total, device=mag.device)[None, :] < lengths[:, None]).float()  # (B, S)
+    spec_mag = mag.transpose(1, 2)  # (B, F, N)
+    angles = torch.ones_like(spec_mag, dtype=torch.complex64)
+    prev = torch.zeros_like(angles)
+    for _ in range(iters):
+        wav = torch.istft(spec_mag * angles, n_fft, hop, window=win, center=True, length=total) * smask
+        rebuilt = torch.stft(wav, n_fft, hop, window=win, center=True, pad_mode="constant",
+                             return_complex=True)[:, :, :n]
+        angles = rebuilt - (momentum / (1 + momentum)) * prev
+        prev = rebuilt
+        angles = angles / (angles.abs() + 1e-16)
+    return torch.istft(spec_mag * angles, n_fft, hop, window=win, center=True, length=total) * smask
+
+
+# --------------------------------------------------------------------------------------------------
+# The vocoder
+# --------------------------------------------------------------------------------------------------
+
+
+class DemoVocoder:
+    """``vocode(units_list, durations=None) -> [waveform]`` with the trained :class:`DemoNet`."""
+
+    kind = "demo"
+
+    def __init__(self, net: DemoNet, batch_size: int = 16):
+        self.net = net.eval()
+        self.spec = net.spec
+        self.sample_rate = self.spec.sample_rate
+        self.n_units = self.spec.n_units
+        self.batch_size = batch_size
+        self.voice_id = self.spec.voices.index(self.spec.voice) if self.spec.voice in self.spec.voices else 0
+
+    @classmethod
+    def load(cls, directory: str | Path, batch_size: int = 16, device: str = "cpu") -> DemoVocoder:
+        d = Path(directory)
+        if not (d / "demo.json").is_file() or not (d / "demo.pt").is_file():
+            raise CheckpointError(f"{d}: a demo vocoder directory holds demo.json and demo.pt (run the vocoder stage)")
+        spec = DemoSpec(**json.loads((d / "demo.json").read_text()))
+        net = DemoNet(spec)
+        state = torch.load(d / "demo.pt", map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=True)
+        return cls(net.to(device), batch_size=batch_size)
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        write_json(d / "demo.json", asdict(self.spec))
+        with atomic_path(d / "demo.pt") as tmp:
+            torch.save(self.net.state_dict(), tmp)
+
+    @torch.inference_mode()
+    def predict_durations(self, units_list: list[list[int]]) -> list[list[int]]:
+        """Run lengths per unit (frames at the tokenizer's rate), >= 1."""
+        if self.spec.duration == "mean":
+            table = np.asarray(self.spec.mean_durations)
+            return [np.maximum(1, np.round(table[np.asarray(u)])).astype(int).tolist() for u in units_list]
+        dev = self.net.unit.weight.device
+        out: list[list[int]] = [[] for _ in units_list]
+        for idx in length_batches([len(u) for u in units_list], 64):
+            units, mask = _pad([units_list[i] for i in idx], dev)
+            logd = self.net.dur(units, mask)  # (B, N)
+            d = torch.clamp(torch.round(torch.exp(logd)), min=1).long().cpu()
+            for j, i in enumerate(idx):
+                out[i] = d[j, : len(units_list[i])].tolist()
+        return out
+
+    @torch.inference_mode()
+    def vocode(self, units_list: list[list[int]], durations: list[list[int]] | None = None,
+               batch_size: int | None = None) -> list[np.ndarray]:
+        """A batch of unit sequences of different lengths -> one trimmed float32 waveform each."""
+        check_units(units_list, self.n_units)
+        check_durations(units_list, durations)
+        if durations is None:
+            durations = self.predict_durations(units_list)
+        out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(units_list)
+        frames = [int(sum(d)) for d in durations]
+        for idx in length_batches(frames, batch_size or self.batch_size):
+            wav = self._synth([units_list[i] for i in idx], [durations[i] for i in idx])
+            for j, i in enumerate(idx):
+                out[i] = wav[j, : frames[i] * self.spec.samples_per_frame].copy()
+        return out
+
+    def _synth(self, units_list: list[list[int]], durations: list[list[int]]) -> np.ndarray:
+        dev = self.net.unit.weight.device
+        ex = [expand(u, d) for u, d in zip(units_list, durations)]
+        t = max(f.size for f, _ in ex)
+        units = torch.zeros(len(ex), t, dtype=torch.long)
+        pos = torch.zeros(len(ex), t, 2)
+        for j, (f, p) in enumerate(ex):
+            units[j, : f.size] = torch.from_numpy(f)
+            pos[j, : f.size] = torch.from_numpy(p)
+        n = torch.tensor([f.size for f, _ in ex])
+        mask = torch.arange(t)[None, :] < n[:, None]
+        voice = torch.full((len(ex),), self.voice_id, dtype=torch.long)
+        logmag = self.net(units.to(dev), pos.to(dev), voice.to(dev), mask.to(dev))  # (B, T*r, F)
+        fmask = (torch.arange(t * self.spec.r, device=dev)[None, :] < (n.to(dev) * self.spec.r)[:, None])
+        mag = torch.exp(logmag) * fmask.unsqueeze(2)
+        wav = griffin_lim(mag.float(), n.to(dev) * self.spec.samples_per_frame, self.spec.n_fft, self.spec.hop,
+                          self.spec.gl_iters)
+        return wav.clamp(-1, 1).cpu().numpy()
+
+
+def _pad(seqs: list[list[int]], dev: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    n = torch.tensor([len(s) for s in seqs])
+    x = torch.zeros(len(seqs), int(n.max()), dtype=torch.long)
+    for j, s in enumerate(seqs):
+        x[j, : len(s)] = torch.tensor(s)
+    return x.to(dev), (torch.arange(x.shape[1])[None, :] < n[:, None]).to(dev)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Utterance:
+    units: list[int]
+    durations: list[int]
+    wav: np.ndarray  # (S,) int16, padded/cut to n_frames * samples_per_frame
+    voice: int
+
+
+def mean_durations(utts: list[Utterance], n_units: int) -> list[float]:
+    """Each unit's mean run length over the training data (the global mean for unseen units)."""
+    tot = np.zeros(n_units)
+    cnt = np.zeros(n_units)
+    for u in utts:
+        np.add.at(tot, np.asarray(u.units), np.asarray(u.durations, dtype=np.float64))
+        np.add.at(cnt, np.asarray(u.units), 1.0)
+    glob = tot.sum() / max(1.0, cnt.sum())
+    return np.where(cnt > 0, tot / np.maximum(cnt, 1), glob).round(4).tolist()
+
+
+def duration_error(pred: list[list[int]], true: list[list[int]]) -> float:
+    """Mean absolute error in frames per unit."""
+    p = np.concatenate([np.asarray(x) for x in pred])
+    t = np.concatenate([np.asarray(x) for x in true])
+    return float(np.abs(p - t).mean())
+
+
+def unit_spectra(utts: list[Utterance], spec: DemoSpec) -> torch.Tensor:
+    """Mean log-magnitude STFT frames per (voice, unit): (V * K, r * F); unseen pairs get the unit's
+    mean over voices, then the global mean."""
+    n_bins, k, v = spec.r * (spec.n_fft // 2 + 1), spec.n_units, len(spec.voices)
+    tot = torch.zeros(v * k, n_bins, dtype=torch.float64)
+    cnt = torch.zeros(v * k, dtype=torch.float64)
+    for u in utts:
+        frames, _ = expand(u.units, u.durations)
+        wav = torch.from_numpy(u.wav.astype(np.float32) / 32767.0)[None]
+        lm = log_magnitude(wav, spec.n_fft, spec.hop, frames.size * spec.r)[0]  # (T*r, F)
+        lm = lm.reshape(frames.size, n_bins).double()  # (T, r*F)
+        idx = torch.from_numpy(frames) + u.voice * k
+        tot.index_add_(0, idx, lm)
+        cnt.index_add_(0, idx, torch.ones(frames.size, dtype=torch.float64))
+    per_unit = tot.view(v, k, n_bins).sum(0) / cnt.view(v, k).sum(0).clamp(min=1)[:, None]  # (K, r*F)
+    glob = tot.sum(0) / cnt.sum().clamp(min=1)
+    per_unit[cnt.view(v, k).sum(0) == 0] = glob
+    out = torch.where(cnt[:, None] > 0, tot / cnt.clamp(min=1)[:, None], per_unit.repeat(v, 1))
+    return out.float()
+
+
+def _batch(utts: list[Utterance], spec: DemoSpec, crop: int, rng: np.random.Generator
+           ) -> tuple[torch.Tensor, ...]:
+    """Random crops of ``crop`` unit frames: units, pos, voice, mask, target log-magnitude."""
+    spf, b = spec.samples_per_frame, len(utts)
+    units = torch.zeros(b, crop, dtype=torch.long)
+    pos = torch.zeros(b, crop, 2)
+    mask = torch.zeros(b, crop, dtype=torch.bool)
+    wav = torch.zeros(b, crop * spf)
+    for j, u in enumerate(utts):
+        f, p = expand(u.units, u.durations)
+        i0 = int(rng.integers(0, max(1, f.size - crop + 1)))
+        n = min(crop, f.size - i0)
+        units[j, :n] = torch.from_numpy(f[i0:i0 + n])
+        pos[j, :n] = torch.from_numpy(p[i0:i0 + n])
+        mask[j, :n] = True
+        wav[j, : n * spf] = torch.from_numpy(u.wav[i0 * spf:(i0 + n) * spf].astype(np.float32) / 32767.0)
+    target = log_magnitude(wav, spec.n_fft, spec.hop, crop * spec.r)  # (B, crop*r, F)
+    voice = torch.tensor([u.voice for u in utts])
+    return units, pos, voice, mask, target
+
+
+def _dur_batch(utts: list[Utterance], crop: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+    seqs, durs = [], []
+    for u in utts:
+        i0 = int(rng.integers(0, max(1, len(u.units) - crop + 1)))
+        seqs.append(u.units[i0:i0 + crop])
+        durs.append(u.durations[i0:i0 + crop])
+    units, mask = _pad(seqs, "cpu")
+    d = torch.ones(units.shape, dtype=torch.float32)
+    for j, x in enumerate(durs):
+        d[j, : len(x)] = torch.tensor(x, dtype=torch.float32)
+    return units, mask, torch.log(d)
+
+
+def train(utts: list[Utterance], held_out: list[Utterance], spec: DemoSpec, steps: int, *, lr: float = 2e-3,
+          batch_size: int = 16, crop: int = 96, seed: int = 0, duration: str = "auto") -> tuple[DemoVocoder, dict]:
+    """Train the spectrogram and duration nets; pick the duration model; return the vocoder and a summary."""
+    if not utts:
+        raise ValueError("the demo vocoder needs training utterances (units + audio); none were found")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    spec.mean_durations = mean_durations(utts, spec.n_units)
+    net = DemoNet(spec)
+    with torch.no_grad():
+        net.table.weight.copy_(unit_spectra(utts, spec))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
+    t0, losses = time.time(), []
+    net.train()
+    for step in range(steps):
+        pick = rng.integers(0, len(utts), size=batch_size)
+        units, pos, voice, mask, target = _batch([utts[i] for i in pick], spec, crop, rng)
+        pred = net(units, pos, voice, mask)  # (B, crop*r, F)
+        fm = mask.repeat_interleave(spec.r, dim=1).unsqueeze(2).float()  # (B, crop*r, 1)
+        spec_loss = ((pred - target).abs() * fm).sum() / (fm.sum() * target.shape[2])
+        du, dm, dlog = _dur_batch([utts[i] for i in pick], 64, rng)
+        dur_loss = (((net.dur(du, dm) - dlog) ** 2) * dm).sum() / dm.sum()
+        opt.zero_grad(set_to_none=True)
+        (spec_loss + dur_loss).backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(spec_loss.detach()))
+        if step % 100 == 0 or step == steps - 1:
+            logger.info("demo vocoder step %d/%d: L1(log-mag) %.3f, duration MSE %.3f (%.0fs)", step + 1, steps,
+                        spec_loss.item(), dur_loss.item(), time.time() - t0)
+    voc = DemoVocoder(net.eval())
+    summary = {"train_seconds": round(time.time() - t0, 1), "steps": steps,
+               "final_l1": float(np.mean(losses[-20:])), "train_utterances": len(utts)}
+    summary.update(_pick_duration(voc, held_out or utts[: max(1, len(utts) // 10)], duration))
+    return voc, summary
+
+
+def _pick_duration(voc: DemoVocoder, held_out: list[Utterance], duration: str) -> dict:
+    true = [u.durations for u in held_out]
+    units = [u.units for u in held_out]
+    err = {}
+    for kind in ("mean", "conv"):
+        voc.spec.duration = kind
+        err[kind] = duration_error(voc.predict_durations(units), true)
+    voc.spec.duration = min(err, key=err.get) if duration == "auto" else duration
+    logger.info("demo vocoder durations: held-out MAE mean-per-unit %.3f, conv %.3f frames -> %s",
+                err["mean"], err["conv"], voc.spec.duration)
+    return {"duration_model": voc.spec.duration, "duration_mae_mean": round(err["mean"], 4),
+            "duration_mae_conv": round(err["conv"], 4)}
