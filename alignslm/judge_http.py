@@ -119,7 +119,7 @@ class OpenAIBackend:
                            self._scrub(last))
         with self._lock:
             self.stats["failures"] += 1
-        raise HTTPJudgeError(self._scrub(f"{path}: {last} (after {self.retries + 1} attempts)"))
+        raise HTTPJudgeError(self._scrub(f"endpoint error: {last} at {path} (after {self.retries + 1} attempts)"))
 
     def _remember(self, key: str, reply: dict) -> None:
         with self._lock:

@@ -196,3 +196,43 @@ def test_expected_score_from_logprobs(server, tmp_path):
 def test_perplexity_from_echo(server, tmp_path):
     res = PerplexityJudge(backend(server, tmp_path)).score(["one two"], ["three four"])
     assert res[0].perplexity == pytest.approx(2.718281828, rel=1e-6)  # every echoed token at log-prob -1
+
+
+def test_judge_stage_records_every_bad_item(server, tmp_path, monkeypatch, caplog):
+    from alignslm.config import load_config
+    from alignslm.rundir import StageContext, read_jsonl, write_jsonl
+    from alignslm.stages import judge as judge_stage
+
+    monkeypatch.setenv("ALIGNSLM_TEST_KEY", SECRET)
+    caplog.set_level(logging.DEBUG, logger="alignslm")
+    tdir = tmp_path / "round-1" / "transcribe"
+    texts = ["the pan is clean", "", "   \t", "#### 1234 !!! ..", "x", "FAIL500 x", "TWO scores", "GARBLE x",
+             "go to the farm go to the farm"]
+    rows = [{"prompt_id": "p0", "k": k, "prompt_text": "Anna washed the pan.", "text": t,
+             "error": "bad audio: corrupt" if t == "x" else None} for k, t in enumerate(texts)]
+    write_jsonl(tdir / "transcripts.jsonl", rows)
+    cfg = load_config(overrides=["judge.backend=openai", f"judge.url={server}", "judge.retries=1",
+                                 "judge.backoff_s=0.01", "judge.timeout_s=0.5", "judge.shard_size=4",
+                                 "judge.expected_score=false", "judge.api_key_env=ALIGNSLM_TEST_KEY"])
+    assert judge_stage.check(cfg) == []
+    ctx = StageContext(name="judge", cfg=cfg, run_dir=tmp_path, out=tmp_path / "round-1" / "judge", round=1,
+                       inputs={"transcribe": tdir}, progress=False)
+    s = judge_stage.run(ctx)
+    out = read_jsonl(ctx.out / "judgments.jsonl")
+    assert [r["k"] for r in out] == list(range(len(texts)))
+    scores = [r["score"] for r in out]
+    assert scores == [4.0, None, None, None, None, None, 3.0, None, 4.0]
+    assert out[0]["autobleu"] == 0.0 and out[8]["autobleu"] == pytest.approx(6 / 7)
+    assert out[1]["error"] == "empty transcript" and out[2]["error"] == "empty transcript"
+    assert out[3]["error"].startswith("garbage") and out[4]["error"].startswith("transcription failed")
+    assert "HTTP 500" in out[5]["error"] and "unparseable" in out[7]["error"]
+    assert s["items"] == 9 and s["judged"] == 3 and s["missing"] == 6
+    assert s["missing_by_reason"] == {"empty transcript": 2, "garbage transcript": 1, "transcription failed": 1,
+                                      "endpoint error": 1, "unparseable judge reply": 1}
+    assert s["score_histogram"]["4"] == 2 and s["score_histogram"]["3"] == 1 and s["retried"] == 2
+    assert len(read_jsonl(ctx.out / "rejects.jsonl")) == 6
+    # the key appears nowhere in the run directory, nor in the logs
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert SECRET not in f.read_text(errors="ignore"), f
+    assert SECRET not in caplog.text
