@@ -92,3 +92,36 @@ def test_build_pairs_rows_and_summary():
 
 def test_score_histogram_rounds_expected_scores():
     assert score_histogram([1.0, 1.49, 1.5, 4.6, 5.0, 0.2]) == {"1": 3, "2": 1, "3": 0, "4": 0, "5": 2}
+
+
+def test_pairs_stage(tmp_path):
+    from alignslm.rundir import StageContext, read_jsonl, write_jsonl
+    from alignslm.stages import pairs as pairs_stage
+
+    sdir, jdir = tmp_path / "round-2" / "sample", tmp_path / "round-2" / "judge"
+    samples, judg = [], []
+    scores = {"p0": [5, 2, 4.2, None], "p1": [3, 3, 3, 3], "p2": [4, 1, 2, 5]}
+    for pid, ss in scores.items():
+        for k, sc in enumerate(ss):
+            samples.append({"prompt_id": pid, "utt_id": "u", "k": k, "seed": 0, "prompt": [7, 8],
+                            "continuation": [k, k + 10], "prompt_end_s": 1.0})
+            if (pid, k) != ("p2", 3):  # one continuation was never judged
+                judg.append({"prompt_id": pid, "k": k, "score": sc, "perplexity": None,
+                             "autobleu": 0.5 if (pid, k) == ("p2", 0) else 0.0, "raw": "", "prompt_text": "pt",
+                             "text": f"{pid} t{k}"})
+    write_jsonl(sdir / "samples.jsonl", samples)
+    write_jsonl(jdir / "judgments.jsonl", judg)
+    cfg = load_config(overrides=["curriculum.thresholds=[[3,1],[4,2]]"])
+    ctx = StageContext(name="pairs", cfg=cfg, run_dir=tmp_path, out=tmp_path / "round-2" / "pairs", round=2,
+                       inputs={"sample": sdir, "judge": jdir}, progress=False)
+    s = pairs_stage.run(ctx)
+    rows = read_jsonl(ctx.out / "pairs.jsonl")
+    # round 2: s_c = 4, s_r = 2. p0: 5 vs 2. p1: nothing. p2: the 4 repeats itself (auto-BLEU 0.5) -> no chosen
+    assert [(r["prompt_id"], r["chosen_k"], r["rejected_k"]) for r in rows] == [("p0", 0, 1)]
+    assert rows[0]["prompt"] == [7, 8] and rows[0]["chosen"] == [0, 10] and rows[0]["rejected"] == [1, 11]
+    assert rows[0]["chosen_text"] == "p0 t0" and rows[0]["prompt_text"] == "pt"
+    assert s["chosen_min"] == 4.0 and s["prompts_without_pair"] == 2 and s["unjudged"] == 1
+    assert s["autobleu_filtered"] == 1 and s["missing_metric"] == 1
+    assert (ctx.out / "score_histogram.png").stat().st_size > 1000
+    assert read_jsonl(ctx.out / "rejects.jsonl")[0]["id"] == "p2/3"
+    assert pairs_stage.check(cfg) == []
