@@ -121,6 +121,8 @@ class VocoderConfig:
     train_batch: int = opt(8, "Demo vocoder: training crops per step.")
     gl_iters: int = opt(32, "Demo vocoder: Griffin-Lim iterations.")
     max_train_utterances: int = opt(2000, "Demo vocoder: at most this many training utterances (memory bound).")
+    threads: int = opt(1, "torch CPU threads while training / vocoding (0 = torch's default); the small "
+                          "convolutions here run fastest on 1 thread of a shared CPU.")
 
 
 @dataclass(frozen=True)
