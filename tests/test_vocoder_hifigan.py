@@ -179,3 +179,13 @@ def test_incomplete_or_unsafe_checkpoints_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="missing key"):
         (tmp_path / "hg" / "config.json").write_text(json.dumps({"upsample_rates": [2]}))
         load_codegenerator(d)
+
+
+@pytest.mark.gpu
+def test_batch_vocode_matches_single_on_gpu(tmp_path):
+    torch.backends.cudnn.allow_tf32 = False
+    voc = load_vocoder(_save(tmp_path, TINY, _weight_normed(TINY)), device="cuda")
+    units = _rand_units(9, 1, 40, seed=5)
+    batched = voc.vocode(units, batch_size=9)
+    for i, u in enumerate(units):
+        np.testing.assert_allclose(batched[i], voc.vocode([u], batch_size=1)[0], atol=1e-4, err_msg=f"item {i}")

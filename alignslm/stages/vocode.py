@@ -86,7 +86,10 @@ def run(ctx: StageContext) -> dict:
                         "seconds": round(w.size / SAMPLE_RATE, 3), "prompt_path": prompt_rel})
         return out
 
-    merged = run_sharded(ctx, rows, max(bs * 4, 1), process, AUDIO_JSONL)
+    from alignslm.vocoder.demo import torch_threads
+
+    with torch_threads(ctx.cfg.vocoder.threads):
+        merged = run_sharded(ctx, rows, max(bs * 4, 1), process, AUDIO_JSONL)
     secs = [r["seconds"] for r in merged]
     return {"continuations": len(merged), "audio_seconds": round(float(np.sum(secs)), 1) if secs else 0.0,
             "mean_seconds": round(float(np.mean(secs)), 3) if secs else 0.0}

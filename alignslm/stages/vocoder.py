@@ -132,7 +132,7 @@ def _run_demo(ctx: StageContext, meta: dict) -> dict:
     logger.info("vocoder: training the demo vocoder on %d utterances (%.0f s), %d steps", len(utts),
                 sum(u.wav.size for u in utts) / SAMPLE_RATE, v.steps)
     voc, summary = train(utts, held, spec, v.steps, lr=v.lr, batch_size=v.train_batch, seed=ctx.seed("train"),
-                         duration=v.duration)
+                         duration=v.duration, threads=v.threads)
     voc.batch_size = v.batch_size
     voc.save(ctx.out)
     write_json(ctx.out / VOCODER_JSON, {"kind": "demo", "path": ".", "batch_size": v.batch_size,
