@@ -194,9 +194,13 @@ class GenerationSetup:
                              "eval.n_prompts=0")
         n = cfg.sample.n_continuations
         seeds = [ctx.seed("generation", p["prompt_id"], k) for p in prompts for k in range(n)]
-        dev = str(cfg.run.device)
-        return cls(cfg, prompts, load_vocoder(ctx.inputs["vocoder"], device=dev),
-                   load_asr(cfg.asr, device="cuda" if dev.startswith("cuda") else "cpu"),
+        import ctranslate2
+
+        from alignslm.unitlm import resolve_device
+
+        dev = str(resolve_device(cfg.run.device))
+        asr_dev = "cuda" if dev.startswith("cuda") and ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        return cls(cfg, prompts, load_vocoder(ctx.inputs["vocoder"], device=dev), load_asr(cfg.asr, device=asr_dev),
                    load_backend(cfg.judge, ctx.out / "judge_cache.jsonl", device=dev), ctx.out, seeds)
 
     def protocol(self) -> dict:
