@@ -39,6 +39,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new: int = 150
     greedy: bool = False
+    min_new: int = 0  # EOS is impossible before this many new units (like generate's min_new_tokens)
 
 
 def validate(lm: UnitLM, prompts: Sequence[Sequence[int]], params: SamplingParams, n: int,
@@ -48,6 +49,8 @@ def validate(lm: UnitLM, prompts: Sequence[Sequence[int]], params: SamplingParam
         check_params(params.temperature, params.top_k, params.top_p)
     if params.max_new < 1:
         raise SamplingError(f"max_new must be >= 1, got {params.max_new} (sample.max_new_units)")
+    if not 0 <= params.min_new <= params.max_new:
+        raise SamplingError(f"min_new must be in [0, max_new={params.max_new}], got {params.min_new}")
     if n < 1:
         raise SamplingError(f"n (continuations per prompt) must be >= 1, got {n} (sample.n_continuations)")
     if seeds is not None and len(seeds) != len(prompts) * n:
@@ -122,11 +125,15 @@ def _generate_batch(lm: UnitLM, prompts: list[list[int]], n: int, params: Sampli
     seed_t = torch.tensor(seeds, dtype=torch.long, device=dev)
     sup = lm.support_ids.to(dev)  # (S,)
     is_stop = _stop_table(lm, dev)  # (V,) bool
+    eos_col = (sup == lm.eos_id).nonzero().flatten() if lm.eos_id is not None else sup[:0]  # (0|1,)
     out = torch.full((B, params.max_new), -1, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     stepper = _Stepper(model, static, step_mask, B, dev)
     for t in range(params.max_new):
-        tok = _pick(logits[:, sup], params, seed_t, t)  # (B,) index into the support
+        x = logits[:, sup]  # (B, S)
+        if t < params.min_new:
+            x[:, eos_col] = float("-inf")
+        tok = _pick(x, params, seed_t, t)  # (B,) index into the support
         tok = sup[tok]  # (B,) token id
         stop = is_stop[tok]
         out[:, t] = torch.where(done | stop, torch.full_like(tok, -1), tok)
@@ -171,10 +178,20 @@ def _new_dynamic_cache(model: torch.nn.Module) -> object:
 
 
 def _expand_cache(model: torch.nn.Module, cache: object, n: int, max_len: int) -> object:
-    """A StaticCache holding every row of ``cache`` repeated ``n`` times (row-major: p0 x n, p1 x n, ...)."""
-    from transformers import StaticCache
+    """A preallocated cache holding every row of ``cache`` repeated ``n`` times (p0 x n, p1 x n, ...).
 
-    static = StaticCache(config=model.config, max_cache_len=max_len)
+    CUDA: transformers' ``StaticCache`` (full-length buffers, fixed addresses: CUDA-graph capturable).
+    CPU: the same buffers, but attention reads only the filled prefix (:class:`_PrefixLayer`), which
+    saves the work over the empty tail that a GPU hides.
+    """
+    from transformers import StaticCache
+    from transformers.cache_utils import Cache
+
+    dev = cache.layers[0].keys.device
+    if dev.type == "cuda":
+        static = StaticCache(config=model.config, max_cache_len=max_len)
+    else:
+        static = Cache(layers=[_prefix_layer_cls()(max_cache_len=max_len) for _ in cache.layers])
     if len(static.layers) != len(cache.layers):
         raise RuntimeError(f"{type(model).__name__}: cache layout not supported by the decode loop "
                            f"({len(cache.layers)} dynamic vs {len(static.layers)} static layers)")
@@ -186,7 +203,28 @@ def _expand_cache(model: torch.nn.Module, cache: object, n: int, max_len: int) -
         st.keys[:, :, :Lp].copy_(k)
         st.values[:, :, :Lp].copy_(v)
         st.cumulative_length.fill_(Lp)
+        st.filled = Lp
     return static
+
+
+_PREFIX_CLS: list = []
+
+
+def _prefix_layer_cls() -> type:
+    """A StaticLayer whose update returns only the filled prefix of its buffers (CPU decode)."""
+    if not _PREFIX_CLS:
+        from transformers.cache_utils import StaticLayer
+
+        class _PrefixLayer(StaticLayer):
+            filled = 0
+
+            def update(self, key_states, value_states, *args, **kwargs):  # (B, H, 1, D)
+                keys, values = super().update(key_states, value_states, *args, **kwargs)
+                self.filled += key_states.shape[-2]
+                return keys[:, :, :self.filled], values[:, :, :self.filled]  # (B, H, filled, D)
+
+        _PREFIX_CLS.append(_PrefixLayer)
+    return _PREFIX_CLS[0]
 
 
 class _Stepper:
@@ -198,10 +236,14 @@ class _Stepper:
         self.tok = torch.zeros((B, 1), dtype=torch.long, device=dev)
         self.pos = torch.zeros((B, 1), dtype=torch.long, device=dev)
         self.use_graph = dev.type == "cuda"
+        self.prefix = dev.type != "cuda"  # the cache is made of _PrefixLayer (see _expand_cache)
         self.calls = 0
 
     def _forward(self) -> torch.Tensor:
-        return self.model(input_ids=self.tok, attention_mask=self.mask, position_ids=self.pos, cache=self.cache,
+        mask = self.mask
+        if self.prefix:  # CPU: attention over the filled prefix only (see _PrefixLayer)
+            mask = mask[..., :self.cache.layers[0].filled + 1]  # (B, 1, 1, filled+1)
+        return self.model(input_ids=self.tok, attention_mask=mask, position_ids=self.pos, cache=self.cache,
                           use_cache=True).logits[:, -1]  # (B, V)
 
     def __call__(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
