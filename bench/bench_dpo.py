@@ -13,6 +13,7 @@ Providers:
                 shared-prompt layout)
   ours-precompute  the same with reference log-probs computed once before training (train.precompute_ref;
                 the one-off pass is not in the per-step time, it costs about one epoch of reference forwards)
+  trl-precompute   TRL matched, with precompute_ref_log_probs=True (the peer of ours-precompute)
   trl           TRL DPOTrainer with matched settings: fp32, no gradient checkpointing
   trl-defaults  TRL DPOTrainer as configured by default (bf16 autocast, gradient checkpointing)
 """
@@ -101,7 +102,7 @@ def run_ours(model_dir: str, steps: int, out: Path, precompute: bool = False) ->
             "rss_model": rss_model}
 
 
-def run_trl(model_dir: str, steps: int, out: Path, defaults: bool) -> dict:
+def run_trl(model_dir: str, steps: int, out: Path, defaults: bool, precompute: bool = False) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -118,6 +119,8 @@ def run_trl(model_dir: str, steps: int, out: Path, defaults: bool) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
     rss_model = _rss_mb()
     extra = {} if defaults else {"bf16": False, "gradient_checkpointing": False}
+    if precompute:
+        extra["precompute_ref_log_probs"] = True
     args = DPOConfig(output_dir=str(out), per_device_train_batch_size=SHAPE["batch"], max_steps=steps,
                      learning_rate=1e-4, lr_scheduler_type="linear", warmup_steps=0, logging_steps=1, report_to=[],
                      save_strategy="no", use_cpu=True, seed=0, max_length=None, dataloader_num_workers=0,
@@ -145,7 +148,8 @@ def worker(args: argparse.Namespace) -> None:
     if args.worker.startswith("ours"):
         res = run_ours(args.model, args.steps, out, precompute=args.worker == "ours-precompute")
     else:
-        res = run_trl(args.model, args.steps, out, defaults=args.worker == "trl-defaults")
+        res = run_trl(args.model, args.steps, out, defaults=args.worker == "trl-defaults",
+                      precompute=args.worker == "trl-precompute")
     print("RESULT " + json.dumps(res))
 
 
@@ -169,7 +173,7 @@ def main() -> None:
     ap.add_argument("--worker")
     ap.add_argument("--model")
     ap.add_argument("--steps", type=int, default=0)
-    ap.add_argument("--providers", default="ours,trl,trl-defaults,ours-precompute")
+    ap.add_argument("--providers", default="ours,trl,trl-defaults,ours-precompute,trl-precompute")
     args = ap.parse_args()
     if args.worker:
         return worker(args)
@@ -194,17 +198,19 @@ def main() -> None:
     med = {p: sorted(v)[len(v) // 2] for p, v in sps.items()}
     rss = {p: [r["rss"] for r in res[p]] for p in providers}
     grow = {p: [r["rss"] - r["rss_model"] for r in res[p]] for p in providers}
-    for p in providers:
-        ratio = None if p == "ours" else med["ours"] / med[p]
-        rows.append(row("dpo_step", p, shape, "steps_per_s", "1/s", sps[p], "" if p == "ours" else "ours/" + p,
-                        ratio))
-    for p in providers:
-        r_ = None if p == "ours" else min(rss["ours"]) / min(rss[p])
-        rows.append(row("dpo_step", p, shape, "peak_rss", "MB", rss[p], "" if p == "ours" else "ours/" + p, r_))
-    for p in providers:
-        r_ = None if p == "ours" else min(grow["ours"]) / max(1e-9, min(grow[p]))
-        rows.append(row("dpo_step", p, shape, "rss_growth_after_model_load", "MB", grow[p],
-                        "" if p == "ours" else "ours/" + p, r_))
+    peer = {"ours": "trl", "ours-precompute": "trl-precompute"}  # matched settings
+    for metric, unit, vals, pick in (("steps_per_s", "1/s", sps, None), ("peak_rss", "MB", rss, min),
+                                     ("rss_growth_after_model_load", "MB", grow, min)):
+        for p in providers:
+            ref = peer.get(p) or {"trl": "ours", "trl-defaults": "ours", "trl-precompute": "ours-precompute"}.get(p)
+            num, den = (p, ref) if p in peer else (ref, p)
+            if ref not in providers:
+                ratio, label = None, ""
+            elif pick is None:
+                ratio, label = med[num] / med[den], f"{num}/{den}"
+            else:
+                ratio, label = pick(vals[num]) / max(1e-9, pick(vals[den])), f"{num}/{den}"
+            rows.append(row("dpo_step", p, shape, metric, unit, vals[p], label, ratio))
     print_table(rows)
     print("first-step logps/chosen (batch order differs; same scale expected):", first)
     append_rows(rows)
