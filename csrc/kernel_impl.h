@@ -180,21 +180,43 @@ void assign_block(const float* X, int64_t n, int64_t D, const float* Bp, const f
   }
 }
 
-// Squared norms and the k-means++ candidate distances: out[c][i] = ||x_i - y_c||^2 for c < m (m small).
+static inline __attribute__((always_inline)) float hsum(vf s) {
+  float acc = 0.f;
+  for (int l = 0; l < W; ++l) acc += s[l];
+  return acc;
+}
+
+// k-means++ candidate distances: out[c * ldo + i] = ||x_i - y_c||^2 for c < m (m small).
+// Four candidates at a time share each load of x and give four independent FMA chains.
 void sqdist_few(const float* X, int64_t n, int64_t D, const float* Y, int64_t m, float* out, int64_t ldo) {
+  const int64_t Dv = D / W * W;
   for (int64_t i = 0; i < n; ++i) {
     const float* x = X + i * D;
-    for (int64_t c = 0; c < m; ++c) {
+    int64_t c = 0;
+    for (; c + 4 <= m; c += 4) {
+      const float* y = Y + c * D;
+      vf s0 = vf{}, s1 = vf{}, s2 = vf{}, s3 = vf{};
+      for (int64_t d = 0; d < Dv; d += W) {
+        vf xv = load(x + d);
+        vf t0 = xv - load(y + d), t1 = xv - load(y + D + d), t2 = xv - load(y + 2 * D + d),
+           t3 = xv - load(y + 3 * D + d);
+        s0 += t0 * t0, s1 += t1 * t1, s2 += t2 * t2, s3 += t3 * t3;
+      }
+      float r[4] = {hsum(s0), hsum(s1), hsum(s2), hsum(s3)};
+      for (int j = 0; j < 4; ++j) {
+        for (int64_t d = Dv; d < D; ++d) r[j] += (x[d] - y[j * D + d]) * (x[d] - y[j * D + d]);
+        out[(c + j) * ldo + i] = r[j];
+      }
+    }
+    for (; c < m; ++c) {
       const float* y = Y + c * D;
       vf s = vf{};
-      int64_t d = 0;
-      for (; d + W <= D; d += W) {
+      for (int64_t d = 0; d < Dv; d += W) {
         vf t = load(x + d) - load(y + d);
         s += t * t;
       }
-      float acc = 0.f;
-      for (int l = 0; l < W; ++l) acc += s[l];
-      for (; d < D; ++d) acc += (x[d] - y[d]) * (x[d] - y[d]);
+      float acc = hsum(s);
+      for (int64_t d = Dv; d < D; ++d) acc += (x[d] - y[d]) * (x[d] - y[d]);
       out[c * ldo + i] = acc;
     }
   }
