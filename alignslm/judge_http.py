@@ -1,7 +1,7 @@
 """Judge backend for any OpenAI-compatible HTTP endpoint (vLLM, llama.cpp server, TGI, a hosted API).
 
-- ``/chat/completions`` for free-generation scores; with ``logprobs``/``top_logprobs`` for the expected
-  score where the server supports them; ``/completions`` with ``echo`` + ``logprobs`` for perplexity.
+- ``/chat/completions`` for free-generation scores; ``/completions`` with ``logprobs`` after a forced
+  "Score:" for the expected score, and with ``echo`` + ``logprobs`` for perplexity (where supported).
 - Requests run concurrently (a thread pool), each with a timeout and retries with exponential backoff on
   connection errors, timeouts, HTTP 429/5xx and invalid JSON.  A request that still fails becomes a
   per-item error (the caller records it); the run goes on.
@@ -28,8 +28,6 @@ from typing import Any
 
 from alignslm import logger
 from alignslm.judge import DIGITS, SCORE_PREFIX
-
-EXPECTED_SUFFIX = "\n\nDo not analyse: reply with only the score, in the form 'Score: N'."
 
 
 class HTTPJudgeError(RuntimeError):
@@ -152,12 +150,13 @@ class OpenAIBackend:
         return self._map(one, conversations)
 
     def digit_probs(self, conversations: list[list[dict]]) -> list[tuple[list[float] | None, str | None]]:
+        """P(1..5) of the token after a forced "Score:" through ``/completions`` (chat cannot force a prefix)."""
         def one(conv: list[dict]) -> tuple[list[float] | None, str | None]:
-            conv = conv[:-1] + [{**conv[-1], "content": conv[-1]["content"] + EXPECTED_SUFFIX}]
-            payload = {"model": self.model, "messages": conv, "max_tokens": 6, "temperature": 0.0,
-                       "logprobs": True, "top_logprobs": self.top_logprobs}
+            prompt = "\n\n".join(m["content"] for m in conv) + "\n\n" + SCORE_PREFIX.rstrip()
+            payload = {"model": self.model, "prompt": prompt, "max_tokens": 2, "temperature": 0.0,
+                       "logprobs": self.top_logprobs}
             try:
-                reply = self.post("/chat/completions", payload)
+                reply = self.post("/completions", payload)
             except HTTPJudgeError as e:
                 return None, str(e)
             return _digit_probs_from_logprobs(reply)
@@ -177,24 +176,22 @@ class OpenAIBackend:
 
 
 def _digit_probs_from_logprobs(reply: dict) -> tuple[list[float] | None, str | None]:
-    """P(1..5) at the first generated digit token, from ``choices[0].logprobs.content[*].top_logprobs``."""
+    """P(1..5), renormalised, at the first generated position whose top logprobs hold a digit 1-5."""
     try:
-        content = reply["choices"][0]["logprobs"]["content"]
+        tops = reply["choices"][0]["logprobs"]["top_logprobs"]
     except (KeyError, IndexError, TypeError):
-        content = None
-    if not content:
-        return None, "the endpoint returned no logprobs; set judge.expected_score=false for this server"
-    for tok in content:
-        if tok.get("token", "").strip() in DIGITS:
-            probs = [0.0] * 5
-            for alt in tok.get("top_logprobs") or [tok]:
-                d = alt.get("token", "").strip()
-                if d in DIGITS and alt.get("logprob") is not None:
-                    probs[int(d) - 1] = max(probs[int(d) - 1], math.exp(alt["logprob"]))
-            total = sum(probs)
-            return [p / total for p in probs], None
-    text = "".join(t.get("token", "") for t in content)
-    return None, f"no digit 1-5 among the first tokens after the {SCORE_PREFIX.strip()!r} instruction: {text!r}"
+        tops = None
+    if not tops:
+        return None, "the endpoint returned no top logprobs on /completions; set judge.expected_score=false"
+    for top in tops:
+        probs = [0.0] * 5
+        for tok, lp in (top or {}).items():
+            d = tok.strip()
+            if d in DIGITS and lp is not None:
+                probs[int(d) - 1] = max(probs[int(d) - 1], math.exp(lp))
+        if sum(probs) > 0:
+            return [p / sum(probs) for p in probs], None
+    return None, f"no digit 1-5 among the top logprobs after {SCORE_PREFIX.strip()!r}"
 
 
 def _ppl_from_echo(reply: dict, start: int, end: int) -> tuple[float | None, str | None]:

@@ -47,13 +47,6 @@ class Scripted(BaseHTTPRequestHandler):
             return self._send(200, b"{not json")
         if "FLAKY" in cont and n == 1:
             return self._send(503, b"busy")
-        if body.get("logprobs"):
-            return self._json({"choices": [{"message": {"content": "Score: 4"}, "logprobs": {"content": [
-                {"token": "Score", "logprob": -0.01, "top_logprobs": []},
-                {"token": ":", "logprob": -0.01, "top_logprobs": []},
-                {"token": " 4", "logprob": -0.2, "top_logprobs": [
-                    {"token": " 4", "logprob": -0.2}, {"token": " 5", "logprob": -2.0},
-                    {"token": " 3", "logprob": -2.5}, {"token": "x", "logprob": -3.0}]}]}}]})
         if "TWO" in cont:
             text = "Score: 3" if retry else "Maybe Score: 2, or rather Score: 5."
         elif "GARBLE" in cont:
@@ -64,6 +57,10 @@ class Scripted(BaseHTTPRequestHandler):
 
     def _completion(self, body):
         text = body["prompt"]
+        if not body.get("echo"):  # expected score: top logprobs of the tokens after "Score:"
+            return self._json({"choices": [{"text": " 4", "logprobs": {"tokens": [" ", "4"], "top_logprobs": [
+                {" ": -0.1, "\n": -3.0},
+                {"4": -0.2, " 5": -2.0, "3": -2.5, "x": -3.0}]}}]})
         toks, offs, lps, pos = [], [], [], 0
         for w in text.split(" "):
             toks.append(w)
