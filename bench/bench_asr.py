@@ -2,7 +2,7 @@
 
     python bench/bench_asr.py [--quick] [--clips N]
 
-Clips: demo-world sentences (alignslm.demo.lexicon) spoken by eSpeak NG (several voices and rates),
+Clips: demo stories (alignslm.demo.stories) spoken by eSpeak NG (several voices and rates),
 3-10 s each, with their reference text.  First the WER of our path for several window floors
 (asr.min_window_s) and of the peer; then clips/s of both providers, alternated (A B A B ...).
 Peer: ``faster_whisper.WhisperModel(dir).transcribe(path, beam_size=1, language="en")`` per file,
@@ -12,7 +12,6 @@ same model, same beam size, same threads.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import random
 import sys
 import tempfile
@@ -25,78 +24,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import append_rows, print_table, row, time_alternating  # noqa: E402
 
-# --------------------------------------------------------------------------------------------------
-# A tiny eSpeak NG driver (ctypes), so the bench and the tests do not depend on the demo corpus.
-# --------------------------------------------------------------------------------------------------
 
-_ESPEAK: dict = {}
-_CB_TYPE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-
-
-def _espeak() -> dict:
-    if not _ESPEAK:
-        import espeakng_loader as el
-
-        lib = ctypes.CDLL(el.get_library_path())
-        sr = lib.espeak_Initialize(2, 0, el.get_data_path().encode(), 0)  # 2 = AUDIO_OUTPUT_SYNCHRONOUS
-        if sr <= 0:
-            raise RuntimeError(f"espeak_Initialize failed ({sr})")
-        chunks: list[np.ndarray] = []
-
-        def cb(wav, n, events):  # noqa: ANN001 - C callback
-            if n > 0:
-                chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-            return 0
-
-        keep = _CB_TYPE(cb)
-        lib.espeak_SetSynthCallback(keep)
-        _ESPEAK.update(lib=lib, sr=sr, chunks=chunks, cb=keep)
-    return _ESPEAK
-
-
-def say(text: str, voice: str = "en-us", rate: int = 160) -> np.ndarray:
-    """Speak ``text`` with eSpeak NG; (T,) float32 at 16 kHz."""
-    from scipy.signal import resample_poly
-
-    e = _espeak()
-    e["chunks"].clear()
-    e["lib"].espeak_SetVoiceByName(voice.encode())
-    e["lib"].espeak_SetParameter(1, rate, 0)  # 1 = espeakRATE (words per minute)
-    b = text.encode()
-    e["lib"].espeak_Synth(b, len(b) + 1, 0, 1, 0, 0, None, None)
-    e["lib"].espeak_Synchronize()
-    x = np.concatenate(e["chunks"]).astype(np.float32) / 32768.0
-    return resample_poly(x, 320, 441).astype(np.float32) if e["sr"] == 22050 else x
-
-
-def demo_sentences(n: int, seed: int = 0) -> list[str]:
-    """``n`` texts of one to three demo-world sentences."""
-    from alignslm.demo.lexicon import NAMES, TOPICS
+def demo_clips(n: int, seed: int = 1, min_s: float = 3.0, max_s: float = 10.0) -> list[tuple[str, np.ndarray]]:
+    """(reference text, 16 kHz clip) for demo stories (alignslm.demo) spoken by eSpeak NG, 3-10 s each."""
+    from alignslm.demo.stories import generate_story
+    from alignslm.demo.tts import synthesize
 
     rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        sents = []
-        for _ in range(rng.choice([1, 2, 2, 3])):
-            t = rng.choice(TOPICS)
-            a = rng.choice(t.actions)
-            obj = rng.choice(a.objects)
-            sents.append(f"{rng.choice(NAMES)} the {rng.choice(t.roles)} will {a.verb} the "
-                         f"{rng.choice(t.adjectives)} {obj} {t.prep} the {t.place}.")
-        out.append(" ".join(sents))
-    return out
-
-
-def demo_clips(n: int, seed: int = 0, min_s: float = 3.0, max_s: float = 10.0) -> list[tuple[str, np.ndarray]]:
-    """(reference text, 16 kHz clip) pairs, each clip between ``min_s`` and ``max_s`` seconds."""
-    rng = random.Random(seed)
-    voices = ["en-us", "en", "en-us+f3", "en+m3"]
+    voices, rates = ["en-us", "en", "en-us+f3", "en+m3"], [150, 165, 180]
     out: list[tuple[str, np.ndarray]] = []
-    k = 0
+    i = 0
     while len(out) < n:
-        text = demo_sentences(1, seed=seed * 100_003 + k)[0]
-        k += 1
-        w = say(text, rng.choice(voices), rng.choice([150, 165, 180]))
+        story = generate_story(seed, i)
+        i += 1
+        text = " ".join(story.sentences[-rng.choice([1, 2, 3]):])  # the ending and up to two sentences before
+        w = synthesize(text, rng.choice(voices), rng.choice(rates)).audio
         if min_s <= w.size / 16000 <= max_s:
             out.append((text, w))
     return out
