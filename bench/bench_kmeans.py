@@ -8,7 +8,8 @@ assign: N x D float32 rows to K centroids, providers alternated A B A B (harness
   Peak memory: extra resident memory (ru_maxrss high-water above the inputs) of one call, measured in
   a fresh subprocess per provider.
 fit: alignslm fit(k, iters=10) vs sklearn KMeans(n_init=1, max_iter=10, algorithm="lloyd"); both
-  inertias are computed by the same function and must agree within 1%.
+  inertias are computed by the same function and must agree within 1%. Two settings: (a) Lloyd only,
+  both from the same initial centroids, at N; (b) each with its own k-means++ at --fit-n rows.
 Correctness first: our labels equal sklearn's except at exact ties, or the run stops.
 """
 
@@ -111,28 +112,37 @@ def bench_assign(n: int, d: int, k: int, repeats: int) -> list[dict]:
     return rows
 
 
-def bench_fit(n: int, d: int, k: int, iters: int, repeats: int) -> list[dict]:
+def bench_fit(n: int, d: int, k: int, iters: int, repeats: int, same_init: bool) -> list[dict]:
+    """same_init: both start Lloyd from the same k-means++ centroids (ours), so only Lloyd is timed;
+    else each runs its own k-means++ (sklearn: greedy k-means++ on all rows; ours: on a subsample)."""
     from sklearn.cluster import KMeans
 
     from alignslm import _C
 
     X, _ = data(n, d, k, seed=1)
+    C0 = _C.fit(X, k, 0, 123) if same_init else None
     res: dict[str, list] = {"alignslm": [], "sklearn": []}
-    fns = {"alignslm": lambda: res["alignslm"].append(_C.fit(X, k, iters, len(res["alignslm"]))),
-           "sklearn": lambda: res["sklearn"].append(
-               KMeans(k, n_init=1, max_iter=iters, algorithm="lloyd", random_state=len(res["sklearn"]))
-               .fit(X).cluster_centers_.astype(np.float32))}
-    t = time_alternating(fns, repeats=repeats, warmup=0)
+
+    def ours():
+        res["alignslm"].append(_C.fit(X, k, iters, len(res["alignslm"]), init=C0))
+
+    def theirs():
+        km = KMeans(k, n_init=1, max_iter=iters, algorithm="lloyd", random_state=len(res["sklearn"]),
+                    init=C0 if same_init else "k-means++")
+        res["sklearn"].append(km.fit(X).cluster_centers_.astype(np.float32))
+
+    t = time_alternating({"alignslm": ours, "sklearn": theirs}, repeats=repeats, warmup=0)
     inert = {p: [_C.inertia(X, c) for c in cs] for p, cs in res.items()}
     ratio_i = float(np.median(inert["alignslm"]) / np.median(inert["sklearn"]))
-    print(f"fit inertia alignslm/sklearn = {ratio_i:.4f} (goal 0.99..1.01; <1 is better)")
+    what = "lloyd_same_init" if same_init else "fit_with_init"
+    print(f"{what}: inertia alignslm/sklearn = {ratio_i:.4f} (goal 0.99..1.01; <1 is better)")
     shape = f"N={n},D={d},K={k},iters={iters}"
     sp = float(np.median(t["sklearn"]) / np.median(t["alignslm"]))
-    rows = [row(BENCH, p, shape, "fit_time", "s", v) for p, v in t.items()]
-    rows += [row(BENCH, p, shape, "fit_inertia", "sum sq", v) for p, v in inert.items()]
-    rows.append(row(BENCH, "alignslm", shape, "fit_inertia_ratio", "x", ratio_i, ratio_vs="sklearn",
+    rows = [row(BENCH, p, shape, f"{what}_time", "s", v) for p, v in t.items()]
+    rows += [row(BENCH, p, shape, f"{what}_inertia", "sum sq", v) for p, v in inert.items()]
+    rows.append(row(BENCH, "alignslm", shape, f"{what}_inertia_ratio", "x", ratio_i, ratio_vs="sklearn",
                     ratio=ratio_i))
-    rows.append(row(BENCH, "alignslm", shape, "fit_speedup", "x", sp, ratio_vs="sklearn", ratio=sp))
+    rows.append(row(BENCH, "alignslm", shape, f"{what}_speedup", "x", sp, ratio_vs="sklearn", ratio=sp))
     return rows
 
 
@@ -140,6 +150,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="N=20000 (a smoke run, seconds)")
     ap.add_argument("--skip-fit", action="store_true")
+    ap.add_argument("--skip-assign", action="store_true")
+    ap.add_argument("--fit-n", type=int, default=20_000,
+                    help="rows for the fit benchmark with each library's own k-means++ (sklearn's greedy "
+                         "k-means++ on all rows is slow: ~10 min at 20000 rows on the 2-core VM); 0 skips it")
     ap.add_argument("--no-csv", action="store_true", help="print only, do not append to bench/results.csv")
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--d", type=int, default=768)
@@ -154,9 +168,11 @@ def main() -> None:
 
     print(f"device: {device_name()}; alignslm._C {_C.build_info()}")
     t0 = time.time()
-    rows = bench_assign(n, args.d, args.k, args.repeats or (3 if args.quick else 5))
+    rows = [] if args.skip_assign else bench_assign(n, args.d, args.k, args.repeats or (3 if args.quick else 5))
     if not args.skip_fit:
-        rows += bench_fit(n, args.d, args.k, 10, args.repeats or (1 if args.quick else 2))
+        rows += bench_fit(n, args.d, args.k, 10, args.repeats or (1 if args.quick else 2), same_init=True)
+        if args.fit_n:
+            rows += bench_fit(min(args.fit_n, n), args.d, args.k, 10, 1, same_init=False)
     print_table(rows)
     print(f"total {time.time() - t0:.0f} s")
     if not args.no_csv:
