@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -349,7 +350,9 @@ def _load_joblib(p: Path, trust_pickle: bool) -> Quantizer:
         raise ImportError("loading a scikit-learn .bin quantizer needs joblib and scikit-learn: "
                           "pip install 'alignslm[sklearn]'") from e
     try:
-        obj = joblib.load(p)
+        with warnings.catch_warnings(record=True) as caught:  # sklearn warns when versions differ
+            warnings.simplefilter("always")
+            obj = joblib.load(p)
     except Exception as e:  # joblib/pickle raise many types for a damaged file
         raise ValueError(f"{p}: corrupt or unreadable joblib/pickle k-means file "
                          f"({type(e).__name__}: {e})") from e
@@ -366,7 +369,11 @@ def _load_joblib(p: Path, trust_pickle: bool) -> Quantizer:
         versions["sklearn"] = sklearn.__version__
     except ImportError:
         pass
-    saved_with = getattr(obj, "__sklearn_version__", None) or getattr(obj, "_sklearn_version", None)
+    saved_with = next((getattr(w.message, "original_sklearn_version", None) for w in caught
+                       if hasattr(w.message, "original_sklearn_version")), None)
+    if saved_with:
+        logger.warning("%s was saved with scikit-learn %s (installed: %s); only its centroids are used",
+                       p, saved_with, versions.get("sklearn"))
     meta = {"source": str(p), "format": "sklearn-joblib", "versions": versions}
     if saved_with:
         meta["sklearn_saved_version"] = str(saved_with)
