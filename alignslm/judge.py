@@ -219,22 +219,16 @@ def default_judge_model() -> Path:
 class TransformersBackend:
     """An in-process HF causal LM: a model directory, or a GGUF file dequantised by transformers."""
 
-    def __init__(self, model_path: str | Path, device: str = "cpu", batch_size: int = 8):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    def __init__(self, model_path: str | Path, device: str = "cpu", batch_size: int = 8,
+                 cache_dir: str | Path | None = None):
         p = Path(model_path).expanduser()
         if not p.exists():
             raise FileNotFoundError(f"judge model {p} does not exist (judge.model_path)")
-        kw: dict[str, Any] = {}
-        if p.is_file():
-            if p.suffix != ".gguf":
-                raise ValueError(f"judge model {p}: a file must be a .gguf; otherwise pass a HF model directory")
-            kw = {"gguf_file": p.name}
-            p = p.parent
-        self.name = f"{p}/{kw.get('gguf_file', '')}".rstrip("/")
-        self.tok = AutoTokenizer.from_pretrained(str(p), **kw)
-        self.model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32, **kw).to(device).eval()
+        if p.is_file() and p.suffix != ".gguf":
+            raise ValueError(f"judge model {p}: a file must be a .gguf; otherwise pass a HF model directory")
+        self.name = str(p)
+        self.tok, self.model = _load_lm(p, cache_dir)
+        self.model = self.model.to(device).eval()
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
         self.device = device
@@ -335,11 +329,49 @@ class TransformersBackend:
         return out
 
 
-def load_backend(cfg: Any, run_dir_cache: Path | None = None, device: str = "cpu") -> ChatBackend:
+def _load_lm(p: Path, cache_dir: str | Path | None) -> tuple[Any, Any]:
+    """(tokenizer, float32 model) from a HF directory or a GGUF file.
+
+    Dequantising a GGUF takes tens of seconds on a CPU, so with ``cache_dir`` the dequantised model is
+    saved once (safetensors, keyed by the GGUF's name, size and mtime) and reloaded from there.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if p.is_dir():
+        return AutoTokenizer.from_pretrained(str(p)), AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
+    cached = None
+    if cache_dir is not None:
+        from alignslm.rundir import hash_path
+
+        cached = Path(cache_dir).expanduser() / "judge_models" / f"{p.stem}-{hash_path(p)}"
+        if (cached / "config.json").is_file():
+            logger.info("judge: dequantised %s from the cache %s", p.name, cached)
+            return AutoTokenizer.from_pretrained(str(cached)), AutoModelForCausalLM.from_pretrained(
+                str(cached), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
+    if cached is not None:
+        import shutil
+        import tempfile
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+        tok.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        try:
+            tmp.rename(cached)
+        except OSError:  # another process cached it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tok, model
+
+
+def load_backend(cfg: Any, run_dir_cache: Path | None = None, device: str = "cpu",
+                 cache_dir: str | Path | None = None) -> ChatBackend:
     """The backend named by ``cfg`` = the ``judge`` section."""
     if cfg.backend == "transformers":
         path = Path(cfg.model_path).expanduser() if cfg.model_path else default_judge_model()
-        return TransformersBackend(path, device=device, batch_size=cfg.batch_size)
+        return TransformersBackend(path, device=device, batch_size=cfg.batch_size, cache_dir=cache_dir)
     if cfg.backend == "openai":
         from alignslm.judge_http import OpenAIBackend
 
@@ -352,11 +384,11 @@ def load_backend(cfg: Any, run_dir_cache: Path | None = None, device: str = "cpu
 
 
 def load_judge(cfg: Any, backend: ChatBackend | None = None, cache_path: Path | None = None,
-               device: str = "cpu") -> LLMScoreJudge | PerplexityJudge:
+               device: str = "cpu", cache_dir: str | Path | None = None) -> LLMScoreJudge | PerplexityJudge:
     """The judge for ``cfg.mode`` (score | perplexity) on ``backend`` (built from cfg if None)."""
     if cfg.mode not in ("score", "perplexity"):
         raise ValueError(f"judge.mode={cfg.mode!r}: expected score or perplexity")
-    backend = backend or load_backend(cfg, cache_path, device)
+    backend = backend or load_backend(cfg, cache_path, device, cache_dir)
     if cfg.mode == "perplexity":
         return PerplexityJudge(backend)
     return LLMScoreJudge(backend, expected=cfg.expected_score, max_new_tokens=cfg.max_new_tokens)

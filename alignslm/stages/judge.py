@@ -36,7 +36,8 @@ def transcript_problem(text: str) -> str | None:
 def run(ctx: StageContext) -> dict:
     cfg = ctx.cfg.judge
     rows = read_jsonl(ctx.inputs["transcribe"] / "transcripts.jsonl")
-    judge = load_judge(cfg, cache_path=ctx.out / "http_cache.jsonl", device=_device(ctx.cfg.run.device))
+    judge = load_judge(cfg, cache_path=ctx.out / "http_cache.jsonl", device=_device(ctx.cfg.run.device),
+                       cache_dir=ctx.cfg.run.cache_dir)
     ab = AutoBleuJudge(2)
 
     def process(chunk: list[dict]) -> list[dict]:
