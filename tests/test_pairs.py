@@ -125,3 +125,10 @@ def test_pairs_stage(tmp_path):
     assert (ctx.out / "score_histogram.png").stat().st_size > 1000
     assert read_jsonl(ctx.out / "rejects.jsonl")[0]["id"] == "p2/3"
     assert pairs_stage.check(cfg) == []
+
+
+def test_pairs_mode_must_match_judge_mode():
+    from alignslm.stages import pairs as pairs_stage
+
+    problems = pairs_stage.check(load_config(overrides=["judge.mode=perplexity", "pairs.mode=score"]))
+    assert problems and "judge.mode=perplexity" in problems[0]

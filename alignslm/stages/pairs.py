@@ -11,6 +11,9 @@ from alignslm.rundir import StageContext, read_jsonl, write_json, write_jsonl
 
 
 def run(ctx: StageContext) -> dict:
+    problems = check(ctx.cfg)
+    if problems:
+        raise ValueError("; ".join(problems))
     rules = rules_for_round(ctx.cfg, ctx.round)
     samples = read_jsonl(ctx.inputs["sample"] / "samples.jsonl")
     judged = {(r["prompt_id"], r["k"]): r for r in read_jsonl(ctx.inputs["judge"] / "judgments.jsonl")}
@@ -57,6 +60,9 @@ def _plot(summary: dict, path, round_: int | None) -> None:  # noqa: ANN001
 
 
 def check(cfg) -> list[str]:  # noqa: ANN001 - Config
+    if cfg.pairs.mode != cfg.judge.mode:
+        return [f"pairs.mode={cfg.pairs.mode} but judge.mode={cfg.judge.mode}: the pairs need the judge's metric; "
+                f"set both to score or both to perplexity"]
     try:
         for r in range(1, cfg.curriculum.rounds + 1):
             rules_for_round(cfg, r)
