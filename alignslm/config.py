@@ -103,6 +103,8 @@ class UnitLMConfig:
     lr: float = opt(2e-3, "Demo LM: peak learning rate.")
     warmup: int = opt(100, "Demo LM: warmup steps (then cosine decay).")
     checkpoint_every: int = opt(250, "Demo LM: steps between checkpoints (resume granularity).")
+    threads: int = opt(0, "Demo LM: torch CPU threads while pretraining (0 = torch's default). On a "
+                       "shared/oversubscribed CPU, 1 can be several times faster.")
 
 
 @dataclass(frozen=True)

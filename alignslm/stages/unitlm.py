@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from alignslm import logger
 from alignslm.rundir import StageContext, read_json, read_jsonl, write_json
 from alignslm.unitlm import SUPPORTS, UnitLMError, _special_ids
@@ -68,8 +70,16 @@ def _splits(ctx: StageContext) -> dict[str, str]:
     return {r["utt_id"]: r.get("split", "train") for r in read_jsonl(man)}
 
 
+def _pretrain(ctx: StageContext, k: int, spec: Any, seqs: list) -> tuple[Any, dict]:
+    from alignslm.pretrain import build_model, train
+
+    u = ctx.cfg.unitlm
+    model = build_model(k, u.d_model, u.n_layers, u.n_heads, u.context, seed=spec.seed)
+    return model, train(model, seqs, spec, ckpt_dir=ctx.out / "ckpt")
+
+
 def run(ctx: StageContext) -> dict:
-    from alignslm.pretrain import TrainSpec, build_model, eval_loss, train
+    from alignslm.pretrain import TrainSpec, eval_loss
 
     tok_dir = ctx.inputs["tokenize"]
     k = _quantizer_k(tok_dir)
@@ -87,8 +97,13 @@ def run(ctx: StageContext) -> dict:
     logger.info("unitlm: pretraining on %d train utterances (%d units), %d dev; %d steps", len(train_seqs),
                 sum(map(len, train_seqs)), len(dev_seqs), spec.steps)
     t0 = time.perf_counter()
-    model = build_model(k, u.d_model, u.n_layers, u.n_heads, u.context, seed=spec.seed)
-    summary = train(model, train_seqs, spec, ckpt_dir=ctx.out / "ckpt")
+    threads = torch.get_num_threads()
+    if u.threads > 0:
+        torch.set_num_threads(u.threads)
+    try:
+        model, summary = _pretrain(ctx, k, spec, train_seqs)
+    finally:
+        torch.set_num_threads(threads)
     model_dir = ctx.out / "model"
     tmp = ctx.out / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
