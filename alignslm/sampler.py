@@ -29,6 +29,8 @@ from alignslm import logger
 from alignslm.kernels.sampling import SamplingError, check_params, sample_next
 from alignslm.unitlm import UnitLM, UnitLMError
 
+LAST_BATCH: dict = {}  # facts about the last decoded batch (rows, prompt_len, steps, cuda_graph): logs, tests
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -142,6 +144,7 @@ def _generate_batch(lm: UnitLM, prompts: list[list[int]], n: int, params: Sampli
             break
         step_mask[:, :, :, Lp + t] = 0.0  # open this token's own key column
         logits = stepper(tok.view(B, 1), pos_b + t)  # (B, V)
+    LAST_BATCH.update(rows=B, prompt_len=Lp, steps=t + 1, cuda_graph=stepper.graph is not None)
     return _to_units(lm, out.cpu(), P, n)
 
 

@@ -62,11 +62,12 @@ PROMPTS = [[3, 7, 7, 1, 12], [5], [0, 19, 4, 4, 8, 9, 2, 11, 6]]
 def _hf_generate(lm: UnitLM, prompts, n: int, **kw) -> list[list[list[int]]]:
     ids = [[lm.bos_id, *lm.units_to_ids(p)] for p in prompts]
     Lp = max(map(len, ids))
-    inp = torch.tensor([[lm.pad_id] * (Lp - len(s)) + s for s in ids])
-    att = torch.tensor([[0] * (Lp - len(s)) + [1] * len(s) for s in ids])
+    dev = lm.device
+    inp = torch.tensor([[lm.pad_id] * (Lp - len(s)) + s for s in ids], device=dev)
+    att = torch.tensor([[0] * (Lp - len(s)) + [1] * len(s) for s in ids], device=dev)
+    support = LogitsProcessorList([_Support(lm.support_mask(dev))])
     out = lm.model.generate(input_ids=inp, attention_mask=att, num_return_sequences=n, eos_token_id=lm.eos_id,
-                            pad_token_id=lm.pad_id, logits_processor=LogitsProcessorList([_Support(lm.support_mask())]),
-                            **kw)[:, Lp:]
+                            pad_token_id=lm.pad_id, logits_processor=support, **kw)[:, Lp:].cpu()
     res = []
     for i in range(len(prompts)):
         row = []
@@ -165,3 +166,20 @@ def test_bad_input_before_generation(kw, err, match, monkeypatch):
     with pytest.raises(SamplingError, match="seed"):
         generate(lm, PROMPTS, n=2, params=SamplingParams(max_new=10), seeds=[1, 2])
     assert calls == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_greedy_identical_to_generate_with_cuda_graph():
+    from alignslm import sampler
+
+    model = _llama().cuda()
+    lm = UnitLM(model, offset=3, n_units=N_UNITS, bos_id=1, eos_id=2, pad_id=0)
+    ours = generate(lm, PROMPTS, n=2, params=SamplingParams(greedy=True, max_new=30))
+    assert sampler.LAST_BATCH["cuda_graph"], "the decode step was not captured in a CUDA graph"
+    ref = _hf_generate(lm, PROMPTS, 1, do_sample=False, max_new_tokens=30)
+    assert ours == [[r[0], r[0]] for r in ref]
+    # sampled, twice: reproducible on the device (Triton kernel + graph replays)
+    p = SamplingParams(max_new=20, temperature=1.0, top_k=10, top_p=0.9)
+    a = generate(lm, PROMPTS, n=3, params=p, seeds=list(range(9)))
+    assert a == generate(lm, PROMPTS, n=3, params=p, seeds=list(range(9)))
