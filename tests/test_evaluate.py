@@ -312,7 +312,8 @@ def _ctx(tmp: Path, inputs: dict, name: str = "evaluate", *overrides: str):
     from alignslm.config import load_config
     from alignslm.rundir import StageContext
 
-    cfg = load_config(None, ["eval.n_prompts=0", "eval.score=sum", "run.device=cpu", *overrides])
+    cfg = load_config(None, ["eval.n_prompts=0", "eval.score=sum", "run.device=cpu",
+                             f"run.cache_dir={tmp / 'cache'}", *overrides])
     return StageContext(name=name, cfg=cfg, run_dir=tmp, out=tmp / name, inputs=inputs, progress=False)
 
 
@@ -334,6 +335,8 @@ def test_evaluate_and_report_stages(tmp_path, unitlm_dir):
     assert s0.keys() == s1.keys() and any(abs(s0[k] - s1[k]) > 1e-6 for k in s0)  # the adapter is applied
     sub = ev.read_submission(tmp_path / "evaluate" / "submissions" / "round-1" / "lexical" / "dev.txt")
     assert sub == pytest.approx(s1)
+    cached = list((tmp_path / "cache" / "eval_units").glob("*/lexical.jsonl"))
+    assert len(cached) == 1 and len(cached[0].read_text().splitlines()) == 16  # by wav content
     diff = res["comparisons"]["round-1"]["benchmarks"]["tsc"]
     assert diff == pytest.approx(r1["benchmarks"]["tsc"]["all"] - base["benchmarks"]["tsc"]["all"])
     out = st_report.run(_ctx(tmp_path, {"evaluate": tmp_path / "evaluate", "train_1": inputs["train_1"]},

@@ -9,10 +9,13 @@ ZeroSpeech 2021 submission).  Every check runs before any scoring; a finished mo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+from alignslm import logger
 from alignslm.evaluate import (
     SCORE_MODES,
     EvalInputError,
@@ -23,7 +26,7 @@ from alignslm.evaluate import (
     tokenize_items,
 )
 from alignslm.genmetrics import GenerationSetup, compare_models
-from alignslm.rundir import StageContext, read_json, read_jsonl, write_json, write_jsonl
+from alignslm.rundir import StageContext, hash_str, read_json, read_jsonl, write_json, write_jsonl
 
 
 def check(cfg: Any) -> list[str]:
@@ -65,16 +68,26 @@ def _voices(bset: Any) -> list[str]:
 
 
 def _tokenized(ctx: StageContext, tok: Any, benches: dict) -> tuple[dict, float]:
-    """Benchmark units, tokenised once for every model and cached in ``units/<bench>.jsonl``."""
+    """Benchmark units, tokenised once for every model.
+
+    Cached by tokenizer (encoder + quantizer id) and wav content in ``<run.cache_dir>/eval_units/``, so a
+    re-run (another eval setting, another run with the same tokenizer) does not encode the audio again.
+    """
+    key = hash_str(json.dumps(tok.describe(), sort_keys=True, default=str))
+    cache_dir = Path(ctx.cfg.run.cache_dir).expanduser() / "eval_units" / key
     units, t0 = {}, time.perf_counter()
     for name, bset in benches.items():
-        cache = ctx.out / "units" / f"{name}.jsonl"
-        if cache.is_file():
-            units[name] = {r["id"]: r["units"] for r in read_jsonl(cache)}
-            if set(units[name]) == {str(f) for f, _ in bset.items}:
-                continue
-        units[name] = tokenize_items(tok, bset.items, ctx.cfg.tokenize.batch_size)
-        write_jsonl(cache, ({"id": k, "units": v} for k, v in units[name].items()))
+        digests = {fid: hashlib.sha1(Path(p).read_bytes()).hexdigest() for fid, p in bset.items}
+        cache = cache_dir / f"{name}.jsonl"
+        known = {r["sha1"]: r["units"] for r in read_jsonl(cache)} if cache.is_file() else {}
+        todo = [(f, p) for f, p in bset.items if digests[f] not in known]
+        if todo:
+            new = tokenize_items(tok, todo, ctx.cfg.tokenize.batch_size)
+            known.update({digests[f]: u for f, u in new.items()})
+            write_jsonl(cache, ({"sha1": h, "units": u} for h, u in known.items()))
+        units[name] = {f: known[digests[f]] for f, _ in bset.items}
+        logger.info("evaluate: %s: %d files, %d tokenised now, %d from the cache", name, len(bset.items),
+                    len(todo), len(bset.items) - len(todo))
     return units, time.perf_counter() - t0
 
 
