@@ -256,6 +256,24 @@ def _examples_md(examples: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rounds_table(hists: Mapping[str, Mapping], logs: Mapping[str, Sequence[Mapping]]) -> str:
+    """Per training round: judge scores of its sampled continuations and the last logged reward accuracy."""
+    names = sorted(set(hists) | set(logs))
+    if not names:
+        return "No round directories with judgments or training logs were found.\n"
+    lines = ["| round | continuations judged | missing scores | mean judge score | last reward accuracy |",
+             "|---|---|---|---|---|"]
+    for n in names:
+        h = hists.get(n)
+        mean = None
+        if h and sum(h["counts"]):
+            mean = sum((i + 1) * c for i, c in enumerate(h["counts"])) / sum(h["counts"])
+        acc = next((r[k] for r in reversed(list(logs.get(n, []))) for k in ACC_KEYS if k in r), None)
+        lines.append(f"| {n} | {sum(h['counts']) if h else 'n/a'} | {h['missing'] if h else 'n/a'} | "
+                     f"{_num(mean)} (rounded scores) | {_num(acc, '{:.3f}')} |")
+    return "\n".join(lines) + "\n"
+
+
 def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_examples: int = 3,
                  demo: bool = True) -> dict:
     """Write every report file into ``out``; return a summary dict."""
@@ -275,6 +293,7 @@ def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_exam
     md += ["## Results", "", "Benchmarks in %, judge score 1-5 with a bootstrap 95% CI, bigram auto-BLEU "
            "of the continuation transcripts (lower = less repetition).", "", table,
            "## Each round against the base model", "", comparison_table(results) or "No rounds to compare.\n",
+           "## Training rounds", "", rounds_table(hists, logs),
            "## Details", "", _detail_tables(results), "## Protocol", "", protocol_text(results),
            "## Plots", ""]
     md += [f"![{k}]({p.name})" for k, p in plots.items()]

@@ -74,6 +74,7 @@ def test_build_report_writes_tables_plots_examples(tmp_path):
     copied = out / "examples" / "round-1" / "p0_k0.wav"
     assert copied.is_file() and "(examples/round-1/p0_k0.wav)" in md
     assert "on the mat \\| ok" in md  # table cells escaped
+    assert "| round 1 | 5 | 1 | 2.60 (rounded scores) | 1.000 |" in md
     full = json.loads((out / "results.json").read_text())
     assert full["judge_histograms"]["round 1"]["counts"] == [1, 2, 1, 0, 1]
     assert full["judge_histograms"]["round 1"]["missing"] == 1
