@@ -206,6 +206,8 @@ class TrainConfig:
     checkpoint_every: int = opt(50, "Steps between checkpoints.")
     weight_decay: float = opt(0.0, "AdamW weight decay on the LoRA parameters.")
     max_grad_norm: float = opt(1.0, "Gradient clipping (global L2 norm of the LoRA gradients).")
+    autocast: str = opt("none", "none | bf16: torch.autocast(bfloat16) around the forward passes (a CPU with "
+                        "avx512_bf16/AMX, or a float32 model on a GPU); log-softmax stays float32.")
     share_prompt: bool = opt(
         True, "One row prompt+chosen+rejected per pair (prompt computed once, 4-D attention mask); "
         "off automatically with FlashAttention-2, which takes no custom masks.")

@@ -202,9 +202,11 @@ class SequenceLogps(nn.Module):
     A contiguous support is a slice of lm_head (no copy); any other is gathered and targets re-indexed.
     """
 
-    def __init__(self, model: nn.Module, support_ids: torch.Tensor | None = None):
+    def __init__(self, model: nn.Module, support_ids: torch.Tensor | None = None, autocast: str = "none"):
         super().__init__()
-        self.model = model
+        if autocast not in ("none", "bf16"):
+            raise ValueError(f"train.autocast must be none | bf16, got {autocast!r}")
+        self.model, self.autocast = model, autocast == "bf16"
         self.lo = self.hi = None
         self.register_buffer("lut", None, persistent=False)  # (hi,) token id -> support index, or None
         if support_ids is not None:
@@ -221,6 +223,13 @@ class SequenceLogps(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 row_b: torch.Tensor, row_pred: torch.Tensor, row_tgt: torch.Tensor, row_seq: torch.Tensor,
                 lengths: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self._forward(input_ids, attention_mask, position_ids, row_b, row_pred, row_tgt, row_seq,
+                                 lengths)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 row_b: torch.Tensor, row_pred: torch.Tensor, row_tgt: torch.Tensor, row_seq: torch.Tensor,
+                 lengths: torch.Tensor) -> torch.Tensor:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         if attention_mask.dim() == 4:  # additive mask in the model's dtype
             attention_mask = attention_mask.to(base.get_input_embeddings().weight.dtype)
@@ -306,7 +315,7 @@ class DPOTrainer:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.out.mkdir(parents=True, exist_ok=True)
         self.peft = attach_lora(lm.model, cfg, init_adapter, seed).to(self.device)
-        self.module = SequenceLogps(self.peft, _support_ids(lm)).to(self.device)
+        self.module = SequenceLogps(self.peft, _support_ids(lm), getattr(cfg, "autocast", "none")).to(self.device)
         self.ddp = self._wrap_ddp(self.module)
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)

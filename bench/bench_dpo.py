@@ -14,6 +14,7 @@ Providers:
   ours-precompute  the same with reference log-probs computed once before training (train.precompute_ref;
                 the one-off pass is not in the per-step time, it costs about one epoch of reference forwards)
   trl-precompute   TRL matched, with precompute_ref_log_probs=True (the peer of ours-precompute)
+  ours-bf16 / trl-bf16  bf16 autocast on both (train.autocast=bf16 / bf16=True), no gradient checkpointing
   trl           TRL DPOTrainer with matched settings: fp32, no gradient checkpointing
   trl-defaults  TRL DPOTrainer as configured by default (bf16 autocast, gradient checkpointing)
 """
@@ -75,7 +76,7 @@ def _intervals(times: list[float], warmup: int) -> list[float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_ours(model_dir: str, steps: int, out: Path, precompute: bool = False) -> dict:
+def run_ours(model_dir: str, steps: int, out: Path, precompute: bool = False, autocast: str = "none") -> dict:
     import dataclasses
 
     import torch
@@ -91,7 +92,8 @@ def run_ours(model_dir: str, steps: int, out: Path, precompute: bool = False) ->
         e.chosen.append(lm.eos_id)
         e.rejected.append(lm.eos_id)
     cfg = dataclasses.replace(TrainConfig(), lora_r=SHAPE["r"], lora_alpha=SHAPE["alpha"], batch_size=SHAPE["batch"],
-                              lr=1e-4, warmup_steps=0, epochs=1, checkpoint_every=10_000, precompute_ref=precompute)
+                              lr=1e-4, warmup_steps=0, epochs=1, checkpoint_every=10_000, precompute_ref=precompute,
+                              autocast=autocast)
     per_epoch = -(-len(ex) // SHAPE["batch"])
     cfg = dataclasses.replace(cfg, epochs=-(-steps // per_epoch))
     tr = DPOTrainer(lm, cfg, out, seed=0)
@@ -102,7 +104,8 @@ def run_ours(model_dir: str, steps: int, out: Path, precompute: bool = False) ->
             "rss_model": rss_model}
 
 
-def run_trl(model_dir: str, steps: int, out: Path, defaults: bool, precompute: bool = False) -> dict:
+def run_trl(model_dir: str, steps: int, out: Path, defaults: bool, precompute: bool = False,
+            bf16: bool = False) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -118,7 +121,7 @@ def run_trl(model_dir: str, steps: int, out: Path, defaults: bool, precompute: b
                                "rejected": " " + text(p["rejected"]) + " <s>"} for p in make_pairs()])
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
     rss_model = _rss_mb()
-    extra = {} if defaults else {"bf16": False, "gradient_checkpointing": False}
+    extra = {} if defaults else {"bf16": bf16, "gradient_checkpointing": False}
     if precompute:
         extra["precompute_ref_log_probs"] = True
     args = DPOConfig(output_dir=str(out), per_device_train_batch_size=SHAPE["batch"], max_steps=steps,
@@ -146,10 +149,11 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     out = Path(tempfile.mkdtemp(prefix=f"bench_dpo_{args.worker}_"))
     if args.worker.startswith("ours"):
-        res = run_ours(args.model, args.steps, out, precompute=args.worker == "ours-precompute")
+        res = run_ours(args.model, args.steps, out, precompute=args.worker == "ours-precompute",
+                       autocast="bf16" if args.worker == "ours-bf16" else "none")
     else:
         res = run_trl(args.model, args.steps, out, defaults=args.worker == "trl-defaults",
-                      precompute=args.worker == "trl-precompute")
+                      precompute=args.worker == "trl-precompute", bf16=args.worker == "trl-bf16")
     print("RESULT " + json.dumps(res))
 
 
@@ -188,8 +192,8 @@ def main() -> None:
         for _ in range(repeats):  # A B C A B C ...
             for p in providers:
                 res[p].append(measure(p, model_dir, steps))
-    first = {p: res[p][0]["first_logps"] for p in providers}  # step 1 = same model, same pairs, same order?
-    if abs(first["ours"] - first.get("trl", first["ours"])) > 0.05 * abs(first["ours"]):
+    first = {p: res[p][0]["first_logps"] for p in providers}  # step 1: same model and pairs, before any update
+    if max(first.values()) - min(first.values()) > 0.05 * abs(min(first.values())):
         raise RuntimeError(f"first-step logps/chosen disagree beyond batch-order noise: {first}")
     shape = (f"llama h{SHAPE['hidden']} L{SHAPE['layers']} V{OFFSET + N_UNITS} B{SHAPE['batch']}pairs "
              f"T~{SHAPE['prompt'] + sum(SHAPE['comp']) // 2} lora r{SHAPE['r']}")
@@ -198,11 +202,12 @@ def main() -> None:
     med = {p: sorted(v)[len(v) // 2] for p, v in sps.items()}
     rss = {p: [r["rss"] for r in res[p]] for p in providers}
     grow = {p: [r["rss"] - r["rss_model"] for r in res[p]] for p in providers}
-    peer = {"ours": "trl", "ours-precompute": "trl-precompute"}  # matched settings
+    peer = {"ours": "trl", "ours-precompute": "trl-precompute", "ours-bf16": "trl-bf16"}  # matched settings
     for metric, unit, vals, pick in (("steps_per_s", "1/s", sps, None), ("peak_rss", "MB", rss, min),
                                      ("rss_growth_after_model_load", "MB", grow, min)):
         for p in providers:
-            ref = peer.get(p) or {"trl": "ours", "trl-defaults": "ours", "trl-precompute": "ours-precompute"}.get(p)
+            ref = peer.get(p) or {"trl": "ours", "trl-defaults": "ours", "trl-precompute": "ours-precompute",
+                                   "trl-bf16": "ours-bf16"}.get(p)
             num, den = (p, ref) if p in peer else (ref, p)
             if ref not in providers:
                 ratio, label = None, ""

@@ -265,3 +265,16 @@ def test_reward_accuracy_rises_above_0_9_on_separable_pairs(tmp_path):
     assert tr.evaluate(ex)["rewards/accuracies"] > 0.9
     assert tr.evaluate(held_out)["rewards/accuracies"] > 0.9  # it learned the rule, not the pairs
     assert summary["steps"] == 64
+
+
+def test_bf16_autocast_is_close_to_fp32_and_trains(tmp_path):
+    lm = tiny_lm()
+    ex, _ = prepare_pairs(synthetic_pairs(6), lm, 64)
+    args = collate(ex, lm.pad_id, shared=True).forward_args()
+    fp32 = SequenceLogps(lm.model, lm.support_ids)(*args)
+    bf16 = SequenceLogps(lm.model, lm.support_ids, autocast="bf16")(*args)
+    assert bf16.dtype == torch.float32 and (bf16 - fp32).abs().max().item() < 0.05 * fp32.abs().max().item()
+    with pytest.raises(ValueError, match="autocast"):
+        SequenceLogps(lm.model, lm.support_ids, autocast="fp8")
+    _, summary, _ = _run(tmp_path, synthetic_pairs(8), train_cfg(epochs=1, autocast="bf16"))
+    assert summary["steps"] == 2 and math.isfinite(summary["final"]["loss"])
