@@ -26,10 +26,12 @@ round-N/sample/samples.jsonl     prompt_id, utt_id, k, seed, prompt [int], conti
                                  prompt_end_s (where the prompt was cut in the original audio)
 round-N/vocode/audio.jsonl       prompt_id, k, path (wav of the continuation), seconds,
                                  prompt_path (wav of the prompt, cut from the original audio)
-round-N/transcribe/transcripts.jsonl  prompt_id, k, prompt_text, text
-round-N/judge/judgments.jsonl   prompt_id, k, score (float|null), perplexity, autobleu, raw
+round-N/transcribe/transcripts.jsonl  prompt_id, k, prompt_text, text, error (null, or why text is "")
+round-N/judge/judgments.jsonl   prompt_id, k, score (float|null), perplexity (float|null), autobleu, raw,
+                                error (null, or why the metric is missing), prompt_text, text
 round-N/pairs/pairs.jsonl       prompt_id, prompt, chosen, rejected (unit lists), chosen_score,
-                                rejected_score, prompt_text, chosen_text, rejected_text
+                                rejected_score (the judge.mode metric), metric, prompt_text, chosen_text,
+                                rejected_text; round-N/pairs/summary.json (histogram, pairs per prompt)
 round-N/train/adapter/          peft LoRA adapter (safetensors), CUMULATIVE: base + this adapter alone is the
                                 round-N policy (load_unitlm(unitlm, adapters=[round-N/train]); never a list of
                                 rounds); train_log.jsonl (step, lr, loss, rewards/*, logps/*), policy.json
