@@ -149,14 +149,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device")
-    rows: list[dict] = []
     t0 = time.time()
-    parity(rows)
-    kernel_time(rows)
-    print(f"kernel checks done in {time.time() - t0:.0f}s")
-    twist_tokens_per_s(rows)
-    print_table(rows)
-    append_rows(rows, out / "dpo.csv")
+    for section in (parity, kernel_time, twist_tokens_per_s):  # rows are written after each section
+        rows: list[dict] = []
+        section(rows)
+        if rows:
+            print_table(rows)
+            append_rows(rows, out / "dpo.csv")
+        print(f"{section.__name__} done at {time.time() - t0:.0f}s", flush=True)
 
 
 if __name__ == "__main__":
