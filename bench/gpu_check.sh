@@ -21,10 +21,10 @@ PY
 # 1. kernel parity tests on the device
 files=$(grep -l "pytest.mark.gpu" tests/*.py | tr '\n' ' ')
 echo "gpu test files: $files"
-timeout 240 python3 -m pytest -m gpu $files -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/gpu_tests.txt"
+timeout 120 python3 -m pytest -m gpu $files -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/gpu_tests.txt"
 # 2. benchmarks, each writes CSV rows into OUT
 for f in bench/gpu/*.py; do
   echo "== $f"
-  timeout 180 python3 "$f" "$OUT" 2>&1 | tee "$OUT/$(basename "$f" .py).txt"
+  timeout 110 python3 "$f" "$OUT" 2>&1 | tee "$OUT/$(basename "$f" .py).txt"
 done
 echo "gpu_check done"
