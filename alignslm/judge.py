@@ -42,7 +42,11 @@ How likely and relevant is the continuation as the next part of this story? Use 
 3: somewhat likely and somewhat relevant to the prompt.
 4: likely and relevant to the prompt.
 5: very likely and highly relevant to the prompt.
-Analyse briefly in one or two sentences, then end your reply with the score in exactly this form: Score: N"""
+{format_line}"""
+FORMAT_LINE = ("Analyse briefly in one or two sentences, then end your reply with the score in exactly this form: "
+               "Score: N")
+# expected-score prompts end with a forced "Score:"; a literal "Score: N" there makes small models copy the "N"
+EXPECTED_LINE = "Reply with only the score, one digit from 1 to 5."
 
 RETRY_PROMPT = ("Your reply did not end with exactly one score. Reply with only the score in the form "
                 "'Score: N', where N is 1, 2, 3, 4 or 5.")
@@ -80,11 +84,12 @@ class ChatBackend(Protocol):
         ...
 
 
-def rubric_messages(prompt_text: str, continuation_text: str) -> list[dict]:
-    """The Align-SLM rubric as chat messages (system + user)."""
+def rubric_messages(prompt_text: str, continuation_text: str, expected: bool = False) -> list[dict]:
+    """The Align-SLM rubric as chat messages (system + user); ``expected``: the digit-only variant."""
     return [{"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": RUBRIC.format(prompt=prompt_text.strip(),
-                                                      continuation=continuation_text.strip())}]
+                                                      continuation=continuation_text.strip(),
+                                                      format_line=EXPECTED_LINE if expected else FORMAT_LINE)}]
 
 
 def parse_score(reply: str) -> int | None:
@@ -126,7 +131,7 @@ class LLMScoreJudge:
 
     def score(self, prompt_texts: list[str], continuation_texts: list[str]) -> list[JudgeResult]:
         _check_lengths(prompt_texts, continuation_texts)
-        convs = [rubric_messages(p, c) for p, c in zip(prompt_texts, continuation_texts)]
+        convs = [rubric_messages(p, c, self.expected) for p, c in zip(prompt_texts, continuation_texts)]
         return self._expected(convs) if self.expected else self._generate(convs)
 
     def _expected(self, convs: list[list[dict]]) -> list[JudgeResult]:
