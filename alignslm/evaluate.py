@@ -49,6 +49,8 @@ class Scorer(Protocol):
     def score_sequences(self, seqs: list[list[int]], add_bos_eos: bool = True, reduce: str = "sum",
                         batch_size: int = 64) -> np.ndarray: ...
 
+    def max_context(self) -> int | None: ...
+
 
 # --------------------------------------------------------------------------------------------------
 # Checks that run before any scoring
@@ -114,10 +116,12 @@ def check_unit_counts(lm_units: int, quantizer_units: int, lm_source: str, quant
 
 
 def score_units(lm: Scorer, units: Mapping[str, Sequence[int]], mode: str = "mean",
-                batch_size: int = 64) -> dict[str, float]:
+                batch_size: int = 64, stats: dict | None = None) -> dict[str, float]:
     """Log-likelihood of [BOS, units, EOS] per utterance (``mode`` = sum | per-token mean).
 
     Sequences are sorted by length before batching (little padding) and the scores returned by id.
+    A sequence longer than the model's context is scored with a sliding window (:func:`windowed_loglik`,
+    stride = half the context); ``stats["windowed"]`` counts them.
     """
     if mode not in SCORE_MODES:
         raise EvalInputError(f"eval.score must be one of {SCORE_MODES}, got {mode!r}")
@@ -126,14 +130,53 @@ def score_units(lm: Scorer, units: Mapping[str, Sequence[int]], mode: str = "mea
     if empty:
         raise EvalInputError(f"{len(empty)} utterance(s) have no units (silent or too short audio): "
                              f"{_listing(empty)}")
-    order = sorted(range(len(ids)), key=lambda i: len(units[ids[i]]))
-    seqs = [list(map(int, units[ids[i]])) for i in order]
-    scores = np.asarray(lm.score_sequences(seqs, add_bos_eos=True, reduce=mode, batch_size=batch_size),
-                        dtype=np.float64)  # (N,)
-    if scores.shape != (len(seqs),) or not np.isfinite(scores).all():
-        raise RuntimeError(f"unit LM returned {scores.shape} scores (non-finite: "
-                           f"{int((~np.isfinite(scores)).sum())}) for {len(seqs)} utterances")
-    return {ids[i]: float(scores[k]) for k, i in enumerate(order)}
+    ctx = lm.max_context() if hasattr(lm, "max_context") else None
+    long_ = [i for i in ids if ctx is not None and len(units[i]) + 2 > ctx]
+    short = sorted((i for i in ids if ctx is None or len(units[i]) + 2 <= ctx), key=lambda i: len(units[i]))
+    out: dict[str, float] = {}
+    if short:
+        scores = np.asarray(lm.score_sequences([list(map(int, units[i])) for i in short], add_bos_eos=True,
+                                               reduce=mode, batch_size=batch_size), dtype=np.float64)  # (N,)
+        if scores.shape != (len(short),):
+            raise RuntimeError(f"unit LM returned {scores.shape} scores for {len(short)} utterances")
+        out.update({i: float(v) for i, v in zip(short, scores)})
+    for i in long_:
+        total, n = windowed_loglik(lm, units[i], int(ctx))
+        out[i] = total / n if mode == "mean" else total
+    bad = [i for i in ids if not math.isfinite(out[i])]
+    if bad:
+        raise RuntimeError(f"non-finite scores for {len(bad)} utterance(s): {_listing(bad)}")
+    if stats is not None:
+        stats["windowed"] = stats.get("windowed", 0) + len(long_)
+        stats["context"] = ctx
+    if long_:
+        logger.info("%d of %d utterances are longer than the context (%s tokens): sliding window", len(long_),
+                    len(ids), ctx)
+    return {i: out[i] for i in ids}
+
+
+def windowed_loglik(lm: Any, units: Sequence[int], context: int) -> tuple[float, int]:
+    """(sum of log p, number of predicted tokens) of [BOS, units, EOS] with windows of ``context`` tokens.
+
+    Window w covers tokens [b, b + context); it scores only the targets after the previous window's end,
+    so every target is predicted once, with at least ``context // 2`` tokens of left context (stride =
+    context // 2) -- the usual strided evaluation of sequences longer than a model's context.
+    """
+    import torch
+
+    seq = [lm.bos_id, *lm.units_to_ids(list(units)), lm.eos_id]  # (L,)
+    stride = max(1, context // 2)
+    total, scored_to, begin = 0.0, 1, 0  # targets are positions 1..L-1; [1, scored_to) are done
+    with torch.no_grad():
+        while scored_to < len(seq):
+            end = min(begin + context, len(seq))
+            ids = torch.tensor([seq[begin:end]], device=lm.device)  # (1, W)
+            logits = lm.model(input_ids=ids).logits[:, :-1]  # (1, W-1, V)
+            tok = lm.token_logprobs(logits, ids[:, 1:])[0]  # (W-1,) targets begin+1 .. end-1
+            total += float(tok[scored_to - begin - 1:].double().sum())
+            scored_to = end
+            begin += stride
+    return total, len(seq) - 1
 
 
 def pair_score(a: float, b: float) -> float:
@@ -301,10 +344,11 @@ def score_benchmarks(lm: Scorer, units: Mapping[str, Mapping[str, Sequence[int]]
     """
     out: dict[str, Any] = {}
     for name, bset in benches.items():
-        t0 = time.perf_counter()
-        scores = score_units(lm, units[name], mode, batch_size)
+        t0, stats = time.perf_counter(), {}
+        scores = score_units(lm, units[name], mode, batch_size, stats)
         res = SCORERS[name](bset.pairs, scores)
         res["seconds"] = round(time.perf_counter() - t0, 3)
+        res["windowed"] = stats.get("windowed", 0)  # utterances longer than the context (sliding window)
         res["n_utterances"] = len(scores)
         if submission_dir is not None and name in ("lexical", "syntactic"):
             write_submission(submission_dir, name, split, bset.items, scores)

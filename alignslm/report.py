@@ -115,6 +115,8 @@ def protocol_text(results: Mapping) -> str:
         "mean over the voices of a pair id, then over ids; sWUGGY in-vocabulary excludes the oov band). "
         "The plain mean over all pairs is in the detail table.",
         "- sSC / tSC: share of pairs whose correct story scores strictly higher (ties count as wrong).",
+        f"- Utterances longer than the unit LM's context ({p.get('context', 'n/a')} tokens) are scored with a "
+        f"sliding window (stride = context / 2): {_windowed(results)}.",
         f"- Benchmark split: {p.get('split', 'n/a')}; voices: {vtxt}.",
         f"- Generation: {p.get('n_prompts', 'n/a')} held-out prompts ({p.get('prompt_split', 'n/a')}), "
         f"{p.get('n_continuations', 'n/a')} continuations each, the same prompts and seeds for every model; "
@@ -122,6 +124,12 @@ def protocol_text(results: Mapping) -> str:
         f"over prompts ({p.get('bootstrap', 'n/a')} resamples); differences: paired bootstrap over prompts.",
         "- Prompt WER: prompts resynthesised (units -> vocoder -> ASR) against their reference text.",
     ]) + "\n"
+
+
+def _windowed(results: Mapping) -> str:
+    base = next(iter(results.get("models", {}).values()), {})
+    counts = {k: v.get("windowed", 0) for k, v in (base.get("benchmarks") or {}).items()}
+    return ", ".join(f"{k}: {n}" for k, n in counts.items() if n) or "none here"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -417,3 +417,31 @@ def test_evaluate_stage_with_generation_metrics(tmp_path, unitlm_dir):
     assert seeds[0] == seeds[1]  # the same prompts and seeds for every model
     c = res["comparisons"]["round-1"]["score"]
     assert c["n"] <= 2 and (c["diff"] is None or c["lo"] <= c["diff"] <= c["hi"])
+
+
+def test_windowed_scoring_of_utterances_longer_than_the_context(lm):
+    import torch
+
+    short = list(range(10))
+    total, n = ev.windowed_loglik(lm, short, 128)
+    assert n == 11 and total == pytest.approx(_loglik(lm, short)[0], abs=1e-4)  # one window = exact
+    long_ = np.random.default_rng(3).integers(0, N_UNITS, 150).tolist()  # 152 tokens > context 128
+    stats: dict = {}
+    got = ev.score_units(lm, {"long": long_, "short": short}, "sum", stats=stats)
+    assert stats == {"windowed": 1, "context": 128}
+    seq = torch.tensor([[1] + [u + 2 for u in long_] + [1]])  # (1, 152)
+    support = list(range(2, 2 + N_UNITS)) + [1]
+
+    def part(begin: int, end: int, first_target: int) -> float:  # targets first_target .. end-1
+        with torch.no_grad():
+            logits = lm.model(input_ids=seq[:, begin:end]).logits[0, :-1][:, support]
+        lp = torch.log_softmax(logits, -1)
+        tgt = [support.index(t) for t in seq[0, begin + 1:end].tolist()]
+        vals = lp[torch.arange(len(tgt)), torch.tensor(tgt)]
+        return float(vals[first_target - begin - 1:].sum())
+
+    ref = part(0, 128, 1) + part(64, 152, 128)  # stride 64: the second window scores targets 128..151
+    assert got["long"] == pytest.approx(ref, abs=1e-3)
+    assert got["short"] == pytest.approx(_loglik(lm, short)[0], abs=1e-4)
+    mean = ev.score_units(lm, {"long": long_}, "mean")["long"]
+    assert mean == pytest.approx(ref / 151, abs=1e-5)

@@ -128,6 +128,7 @@ def run(ctx: StageContext) -> dict:
         check_unit_counts(meta["n_units"], tok.n_units, str(ctx.inputs["unitlm"] / "unitlm.json"), tok_src)
     lm = _load(ctx, [])
     check_unit_counts(lm.n_units, tok.n_units, lm.source, tok_src)
+    context = lm.max_context()
     units, tok_s = _tokenized(ctx, tok, benches)
     gen = GenerationSetup.build(ctx) if cfg.eval.n_prompts > 0 else None
 
@@ -146,7 +147,7 @@ def run(ctx: StageContext) -> dict:
         write_json(done, res)
         results["models"][name] = res
     results["comparisons"] = _comparisons(results["models"], cfg.eval.bootstrap, ctx.seed("compare"))
-    results["protocol"] = _protocol(cfg, benches, tok, gen)
+    results["protocol"] = _protocol(cfg, benches, tok, gen, context)
     results["demo"] = cfg.benchmarks.root is None
     write_json(ctx.out / "results.json", results)
     base = headline(results["models"]["base"]["benchmarks"])
@@ -199,12 +200,12 @@ def _comparisons(models: dict, n_boot: int, seed: int) -> dict:
     return out
 
 
-def _protocol(cfg: Any, benches: dict, tok: Any, gen: Any) -> dict:
+def _protocol(cfg: Any, benches: dict, tok: Any, gen: Any, context: int | None) -> dict:
     p = {"score": cfg.eval.score, "bos_eos": True, "support": cfg.unitlm.support, "split": cfg.benchmarks.split,
          "voices": {k: _voices(b) for k, b in benches.items()},
          "pairs": {k: len(b.pairs) for k, b in benches.items()},
          "tokenizer": {k: v for k, v in tok.describe().items() if isinstance(v, (str, int, float, bool))},
-         "bootstrap": cfg.eval.bootstrap}
+         "bootstrap": cfg.eval.bootstrap, "context": context}
     if gen is not None:
         p.update(gen.protocol())
     return p
