@@ -68,7 +68,7 @@ def real_units(d: Path, n: int) -> dict[str, list[int]]:
     for f in sorted(d.glob("*.jsonl")):
         for line in f.read_text().splitlines():
             r = json.loads(line)
-            out[f"{f.stem}/{r['id']}"] = r["units"]
+            out[f"{f.stem}/{r.get('id') or r['sha1']}"] = r["units"]
     keys = list(out)
     rng = np.random.default_rng(0)
     pick = rng.choice(len(keys), size=n, replace=len(keys) < n)
