@@ -243,6 +243,13 @@ def _select_rows(targets: torch.Tensor, mask: torch.Tensor, lo: int, hi: int) ->
     return b_idx, t_idx, (tgt - lo).long()
 
 
+def _per_sequence(tok: torch.Tensor, b_idx: torch.Tensor, n_seq: int) -> torch.Tensor:
+    """``(N,)`` fp32 token log-probs -> ``(n_seq,)`` fp32 sums, accumulated in fp64: a 1,000-token sum in fp32
+    (atomics in any order on a GPU) drifts by ~1e-4 nats, the tolerance itself."""
+    acc = torch.zeros(n_seq, dtype=torch.float64, device=tok.device).index_add(0, b_idx, tok.double())
+    return acc.float()
+
+
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, lo: int = 0,
                       hi: int | None = None, impl: str | None = None) -> torch.Tensor:
     """``(B, T, V)`` logits, ``(B, T)`` targets/mask -> ``(B,)`` fp32 sum of masked token log-probs."""
@@ -254,7 +261,7 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
         tok = _RowLogprobs.apply(rows, tgt, which)
     else:
         tok = torch.log_softmax(rows.float(), -1).gather(1, tgt.unsqueeze(1)).squeeze(1)  # (N,)
-    return torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device).index_add(0, b_idx, tok)
+    return _per_sequence(tok, b_idx, logits.shape[0])
 
 
 def default_chunk_rows(vocab: int, budget_bytes: int = 1 << 26) -> int:
@@ -293,4 +300,4 @@ def fused_linear_sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, t
     b_idx, t_idx, _ = _select_rows(targets, mask, lo, hi)
     tok = fused_linear_token_logprobs(hidden[b_idx, t_idx], weight, targets[b_idx, t_idx], bias, lo, hi,
                                       chunk_rows, impl)  # (N,)
-    return torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device).index_add(0, b_idx, tok)
+    return _per_sequence(tok, b_idx, hidden.shape[0])
