@@ -54,8 +54,42 @@ def check_paths(cfg: Config) -> list[str]:
     return problems
 
 
+def cross_checks(cfg: Config) -> list[str]:
+    """Formats that must agree across components, read cheaply (config.json files, the .npy header)."""
+    import json
+
+    import numpy as np
+
+    problems: list[str] = []
+    t, u = cfg.tokenize, cfg.unitlm
+    k = dim = None
+    q = Path(t.quantizer).expanduser() if t.quantizer else None
+    if q is not None and q.suffix == ".npy" and q.is_file():
+        try:
+            k, dim = np.load(q, mmap_mode="r").shape
+        except (ValueError, OSError) as e:
+            problems.append(f"tokenize.quantizer={q}: not a (K, D) .npy array ({e})")
+    enc = Path(t.encoder_path).expanduser() / "config.json" if t.encoder_path else None
+    if dim is not None and t.encoder == "hubert" and enc is not None and enc.is_file():
+        hidden = json.loads(enc.read_text()).get("hidden_size")
+        if hidden is not None and hidden != dim:
+            problems.append(f"tokenize.quantizer={q} has dimension {dim} but the encoder {enc.parent} has "
+                            f"hidden_size {hidden}: use the k-means trained on this encoder's layer {t.layer}")
+    lm = Path(u.path).expanduser() / "config.json" if u.path else None
+    if k is not None and lm is not None and lm.is_file():
+        c = json.loads(lm.read_text())
+        n_units = u.n_units if u.n_units is not None else k
+        offset = u.offset if u.offset is not None else c.get("offset", 2)
+        if n_units != k:
+            problems.append(f"unitlm.n_units={n_units} but the quantizer {q} has K={k}")
+        if offset + k - 1 >= int(c.get("vocab_size", 0)):
+            problems.append(f"unitlm.path={lm.parent}: offset {offset} + K {k} - 1 >= vocab_size "
+                            f"{c.get('vocab_size')}: this LM was not trained on these {k} units")
+    return problems
+
+
 def dry_run(cfg: Config, steps: list[Step]) -> int:
-    problems = check_paths(cfg)
+    problems = check_paths(cfg) + cross_checks(cfg)
     for spec in {s.spec.name: s.spec for s in steps}.values():
         mod = spec.target.split(":")[0]
         try:
