@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats and a shorter continuation")
     ap.add_argument("--model", default=None, help="HF unit LM directory (default: demo architecture, random)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--repeats", type=int, default=0, help="timed rounds per provider (default 5, --quick 2)")
     ap.add_argument("--no-csv", action="store_true")
     a = ap.parse_args()
     if a.threads:
@@ -77,7 +78,7 @@ def main() -> None:
     seeds = list(range(P * N))
     fns = {"alignslm": lambda: generate(lm, prompts, n=N, params=params, seeds=seeds, batch_size=P),
            "hf_generate": lambda: hf_generate(lm, prompts, N, params)}
-    times = time_alternating(fns, repeats=2 if a.quick else 5, warmup=1)
+    times = time_alternating(fns, repeats=a.repeats or (2 if a.quick else 5), warmup=1)
     tokens = P * N * max_new
     shape = f"P{P}xN{N}x{max_new}new,V{lm.vocab_size},threads{torch.get_num_threads()}"
     tps = {k: [tokens / t for t in v] for k, v in times.items()}
