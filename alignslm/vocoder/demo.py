@@ -49,6 +49,7 @@ class DemoSpec:
     duration: str = "mean"  # mean | conv
     mean_durations: list[float] = field(default_factory=list)
     gl_iters: int = 32
+    sharpen: float = 1.0  # spectral contrast: each frame's log-magnitude is scaled about its mean by this
 
     @property
     def samples_per_frame(self) -> int:
@@ -267,6 +268,9 @@ class DemoVocoder:
         voice = torch.full((len(ex),), self.voice_id, dtype=torch.long)
         logmag = self.net(units.to(dev), pos.to(dev), voice.to(dev), mask.to(dev))  # (B, T*r, F)
         fmask = (torch.arange(t * self.spec.r, device=dev)[None, :] < (n.to(dev) * self.spec.r)[:, None])
+        if self.spec.sharpen != 1.0:  # averaged spectra are over-smoothed; restore some contrast
+            mean = logmag.mean(dim=2, keepdim=True)
+            logmag = mean + self.spec.sharpen * (logmag - mean)
         mag = torch.exp(logmag) * fmask.unsqueeze(2)
         wav = griffin_lim(mag.float(), n.to(dev) * self.spec.samples_per_frame, self.spec.n_fft, self.spec.hop,
                           self.spec.gl_iters)
