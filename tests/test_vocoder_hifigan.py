@@ -103,7 +103,8 @@ def test_batched_duration_prediction_identical_to_one_at_a_time(tmp_path):
     assert batched.max() > 1  # not a degenerate all-ones predictor
 
 
-def test_batch_vocode_matches_single_and_trims(tmp_path):
+def test_batch_vocode_matches_single_and_trims(tmp_path, monkeypatch):
+    monkeypatch.setattr("alignslm.vocoder.hifigan.CPU_MIN_FILL", 0.0)  # one padded batch of all 7 lengths
     voc = load_vocoder(_save(tmp_path, TINY, _weight_normed(TINY)))
     assert isinstance(voc, HifiganVocoder) and voc.sample_rate == 16000
     units = _rand_units(7, 1, 25, seed=3)
@@ -136,6 +137,13 @@ def test_multispeaker_f0_model_batches_like_single(tmp_path):
             s = model.generate(xs, fs)[0]
             assert s.shape[0] == 2 * len(u) * 4
             torch.testing.assert_close(batched[i, : s.shape[0]], s, atol=2e-5, rtol=1e-4)
+
+
+def test_length_batches_group_similar_lengths():
+    from alignslm.vocoder.hifigan import length_batches
+
+    assert length_batches([5, 10, 9, 3, 8, 2], 3) == [[1, 2, 4], [0, 3, 5]]
+    assert length_batches([5, 10, 9, 3, 8, 2], 3, min_fill=0.85) == [[1, 2], [4], [0], [3], [5]]
 
 
 def test_bad_units_name_the_item(tmp_path):

@@ -27,6 +27,7 @@ from torch import nn
 from alignslm import logger
 
 LRELU_SLOPE = 0.1
+CPU_MIN_FILL = 0.85  # on a CPU only utterances within 15% of the batch's longest share a padded batch
 
 
 class CheckpointError(ValueError):
@@ -405,10 +406,20 @@ def check_durations(units_list: list[list[int]], durations: list[list[int]] | No
             raise VocoderInputError(i, f"duration {min(d)} < 1")
 
 
-def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first), so padding stays small."""
+def length_batches(lengths: list[int], batch_size: int, min_fill: float = 0.0) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so padding stays small.
+
+    A batch is also closed when the next item is shorter than ``min_fill`` x the batch's longest: on a CPU
+    a padded batch costs more than it saves (bench/RESULTS.md), so there only near-equal lengths share one.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), max(1, batch_size))]
+    out: list[list[int]] = []
+    for i in order:
+        if out and len(out[-1]) < max(1, batch_size) and lengths[i] >= min_fill * lengths[out[-1][0]]:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 class HifiganVocoder:
@@ -444,7 +455,8 @@ class HifiganVocoder:
         check_durations(units_list, durations)
         out: list[np.ndarray | None] = [None] * len(units_list)
         dev = self.model.dict.weight.device
-        for idx in length_batches([len(u) for u in units_list], batch_size or self.batch_size):
+        min_fill = CPU_MIN_FILL if dev.type == "cpu" else 0.0
+        for idx in length_batches([len(u) for u in units_list], batch_size or self.batch_size, min_fill):
             lengths = torch.tensor([len(units_list[i]) for i in idx])
             codes = nn.utils.rnn.pad_sequence([torch.tensor(units_list[i]) for i in idx], batch_first=True)
             if durations is not None:
