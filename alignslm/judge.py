@@ -363,6 +363,10 @@ def _load_lm(p: Path, cache_dir: str | Path | None) -> tuple[Any, Any]:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
         tok.save_pretrained(tmp)
+        # the weights are already dequantised to fp32; drop the GGUF marker that forbids saving them
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(tmp)
         try:
             tmp.rename(cached)
