@@ -203,6 +203,8 @@ class TrainConfig:
     max_length: int = opt(512, "Max prompt+completion tokens; longer pairs are truncated (prompt kept from the right).")
     precompute_ref: bool = opt(False, "Compute reference log-probs once and cache them in the run directory.")
     load_in_4bit: bool = opt(False, "4-bit base through bitsandbytes (GPU).")
+    on_no_pairs: str = opt("keep_policy", "A round whose pairs file has no valid pair: error (stop) | keep_policy "
+                           "(the round's adapter = the previous policy, reported as untrained).")
     checkpoint_every: int = opt(50, "Steps between checkpoints.")
     weight_decay: float = opt(0.0, "AdamW weight decay on the LoRA parameters.")
     max_grad_norm: float = opt(1.0, "Gradient clipping (global L2 norm of the LoRA gradients).")

@@ -80,7 +80,7 @@ def test_two_rounds_cumulative_adapter_and_reference(tmp_path, reference):
 
 
 def test_bad_pairs_file_is_a_clear_error(tmp_path):
-    run, cfg = make_run(tmp_path)
+    run, cfg = make_run(tmp_path, on_no_pairs="error")
     write_jsonl(run / "round-1" / "pairs" / "pairs.jsonl",
                 [{"prompt_id": "a", "prompt": [1], "chosen": [N_UNITS + 5], "rejected": [2]},
                  {"prompt_id": "b", "prompt": [1], "chosen": [], "rejected": [2]}])
@@ -88,6 +88,22 @@ def test_bad_pairs_file_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="pairs.jsonl: no valid preference pair among 2 rows"):
         train_stage.run(ctx)
     assert ctx.rejects.count == 2
+
+
+def test_round_without_pairs_keeps_the_previous_policy(tmp_path):
+    run, cfg = make_run(tmp_path)  # default train.on_no_pairs=keep_policy
+    rows1 = synthetic_pairs(8, seed=1)
+    write_jsonl(run / "round-1" / "pairs" / "pairs.jsonl", rows1)
+    write_jsonl(run / "round-2" / "pairs" / "pairs.jsonl", [])
+    assert train_stage.run(stage_ctx(run, cfg, 1))["steps"] > 0
+    s2 = train_stage.run(stage_ctx(run, cfg, 2))
+    assert s2["trained"] is False and s2["steps"] == 0
+    assert json.loads((run / "round-2" / "train" / "policy.json").read_text())["trained"] is False
+    p1, p2 = policy_logps(run, 1, rows1), policy_logps(run, 2, rows1)
+    for a, b in zip(p1, p2):
+        assert torch.allclose(a, b, atol=1e-6)
+    p0 = policy_logps(run, 0, rows1)  # and round 1 did move the policy away from the base
+    assert not torch.allclose(p0[0], p1[0], atol=1e-4)
 
 
 def test_drops_and_truncation_are_counted_in_the_summary(tmp_path):

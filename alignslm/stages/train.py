@@ -73,6 +73,8 @@ def check(cfg: Any) -> list[str]:
     for key in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs", "checkpoint_every"):
         if getattr(t, key) < 1:
             problems.append(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    if t.on_no_pairs not in ("error", "keep_policy"):
+        problems.append(f"train.on_no_pairs must be error or keep_policy, got {t.on_no_pairs!r}")
     if t.max_length < 3:
         problems.append(f"train.max_length must be >= 3, got {t.max_length}")
     if t.load_in_4bit and not torch.cuda.is_available():
@@ -152,8 +154,13 @@ def run(ctx: StageContext) -> dict:
     device = _device(cfg)
     lm = _load_base(ctx, device)
     max_len = min(t.max_length, lm.max_context() or t.max_length)
-    examples, counts = prepare_pairs(read_jsonl(pairs_path), lm, max_len, rejects=ctx.rejects,
-                                     source=str(pairs_path))
+    rows = read_jsonl(pairs_path)
+    try:
+        examples, counts = prepare_pairs(rows, lm, max_len, rejects=ctx.rejects, source=str(pairs_path))
+    except ValueError as e:
+        if t.on_no_pairs != "keep_policy" or "no valid preference pair" not in str(e):
+            raise
+        return _keep_policy(ctx, lm, init_adapter, device, str(e))
     reference = "initial" if (cfg.curriculum.reference == "previous_round" and init_adapter) else "base"
     trainer = DPOTrainer(lm, t, ctx.out, seed=ctx.seed(), init_adapter=init_adapter, reference=reference,
                          device=device)
@@ -172,3 +179,20 @@ def run(ctx: StageContext) -> dict:
             "reference": cfg.curriculum.reference, "loss": t.loss, "beta": t.beta,
             "final_reward_accuracy": final["rewards/accuracies"], "final_reward_margin": final["rewards/margins"],
             "final_loss": final["loss"], "last_step": result.get("final", {})}
+
+
+def _keep_policy(ctx: StageContext, lm: Any, init_adapter: Path | None, device: torch.device, why: str) -> dict:
+    """``train.on_no_pairs=keep_policy``: a round without a valid pair leaves the policy unchanged.
+
+    The adapter written is the previous round's (or a fresh LoRA with B = 0, i.e. the base), so later
+    rounds and the evaluation load it like any other; the summary and policy.json say it was not trained.
+    """
+    logger.warning("train round %s: %s -- keeping the policy of the previous round (train.on_no_pairs)",
+                   ctx.round, why)
+    trainer = DPOTrainer(lm, ctx.cfg.train, ctx.out, seed=ctx.seed(), init_adapter=init_adapter, device=device)
+    trainer.save_adapter(ctx.out / "adapter")
+    if ctx.rank == 0:
+        write_json(ctx.out / "policy.json", {"round": ctx.round, "cumulative": True, "trained": False,
+                                             "reason": why, "initialised_from": str(init_adapter or "")})
+    barrier()
+    return {"steps": 0, "pairs": 0, "trained": False, "reason": "no valid preference pair"}
