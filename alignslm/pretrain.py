@@ -108,7 +108,7 @@ def _save_ckpt(path: Path, model: torch.nn.Module, opt, sched, step: int, spec: 
 
 
 def _load_ckpt(path: Path, model: torch.nn.Module, opt, sched, spec: TrainSpec) -> tuple[int, list]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     if state["spec"] != asdict(spec):
         raise ValueError(f"{path} was written with other training settings {state['spec']}; "
                          f"delete it to start over")
