@@ -113,7 +113,7 @@ def _generate_batch(lm: UnitLM, prompts: list[list[int]], n: int, params: Sampli
     allowed = (ar.view(1, 1, Lp) <= ar.view(1, Lp, 1)) & (ar.view(1, 1, Lp) >= pad.view(P, 1, 1))
     mask = torch.zeros((P, 1, Lp, Lp), dtype=dtype, device=dev).masked_fill_(~allowed.unsqueeze(1), neg)
     cache = _new_dynamic_cache(model)
-    logits = model(input_ids=tokens, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+    logits = model(input_ids=tokens, attention_mask=mask, position_ids=pos, **{_cache_kw(model): cache}, use_cache=True,
                    logits_to_keep=1).logits[:, -1]  # (P, V)
     # share the prefill: repeat every row n times into a static cache  (P*N, H, L, D)
     B = P * n
@@ -172,6 +172,18 @@ def _to_units(lm: UnitLM, out: torch.Tensor, P: int, n: int) -> list[list[list[i
             row.append((ids - lm.offset).tolist())
         res.append(row)
     return res
+
+
+def _cache_kw(model: torch.nn.Module) -> str:
+    """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``.
+
+    Passing the wrong name is silently swallowed by ``**kwargs`` and the model builds its own cache, so the
+    name is read off the signature instead of guessed.
+    """
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _new_dynamic_cache(model: torch.nn.Module) -> object:
@@ -246,7 +258,8 @@ class _Stepper:
         mask = self.mask
         if self.prefix:  # CPU: attention over the filled prefix only (see _PrefixLayer)
             mask = mask[..., :self.cache.layers[0].filled + 1]  # (B, 1, 1, filled+1)
-        return self.model(input_ids=self.tok, attention_mask=mask, position_ids=self.pos, cache=self.cache,
+        return self.model(input_ids=self.tok, attention_mask=mask, position_ids=self.pos,
+                          **{_cache_kw(self.model): self.cache},
                           use_cache=True).logits[:, -1]  # (B, V)
 
     def __call__(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
