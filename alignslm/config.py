@@ -212,7 +212,8 @@ class TrainConfig:
                         "avx512_bf16/AMX, or a float32 model on a GPU); log-softmax stays float32.")
     share_prompt: bool = opt(
         True, "One row prompt+chosen+rejected per pair (prompt computed once, 4-D attention mask); "
-        "off automatically with FlashAttention-2, which takes no custom masks.")
+        "off automatically with FlashAttention-2 and on CUDA, where the custom mask loses the fused attention "
+        "kernels (H100, TWIST-1.3B shape: 8.5k tok/s shared vs 20.1k tok/s concatenated).")
 
 
 @dataclass(frozen=True)
