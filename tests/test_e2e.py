@@ -59,7 +59,8 @@ def test_every_stage_ran_and_artifacts_are_consistent(smoke_run):
     audio = read_jsonl(smoke_run / "round-1/vocode/audio.jsonl")
     rejected = [json.loads(x)["id"] for x in _lines(smoke_run / "round-1/vocode/rejects.jsonl")]
     assert len(audio) + len(rejected) == len(samples)  # nothing silently dropped
-    assert all(Path(a["path"]).exists() for a in audio)
+    vdir = smoke_run / "round-1/vocode"  # paths are relative to the stage directory (relocatable runs)
+    assert all((vdir / a["path"]).exists() and (vdir / a["prompt_path"]).exists() for a in audio)
     pairs = read_jsonl(smoke_run / "round-1/pairs/pairs.jsonl")
     for p in pairs:
         assert {"prompt", "chosen", "rejected", "prompt_id"} <= set(p)

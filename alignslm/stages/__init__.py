@@ -25,7 +25,8 @@ vocoder/vocoder.json       {"kind", "path", ...}; load with alignslm.vocoder.loa
 round-N/sample/samples.jsonl     prompt_id, utt_id, k, seed, prompt [int], continuation [int],
                                  prompt_end_s (where the prompt was cut in the original audio)
 round-N/vocode/audio.jsonl       prompt_id, k, path (wav of the continuation), seconds,
-                                 prompt_path (wav of the prompt, cut from the original audio)
+                                 prompt_path (wav of the prompt, cut from the original audio);
+                                 both paths relative to round-N/vocode/
 round-N/transcribe/transcripts.jsonl  prompt_id, k, prompt_text, text, error (null, or why text is "")
 round-N/judge/judgments.jsonl   prompt_id, k, score (float|null), perplexity (float|null), autobleu, raw,
                                 error (null, or why the metric is missing), prompt_text, text
