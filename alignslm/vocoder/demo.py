@@ -29,7 +29,7 @@ from torch import nn
 
 from alignslm import logger
 from alignslm.rundir import atomic_path, write_json
-from alignslm.vocoder.hifigan import CheckpointError, check_durations, check_units, length_batches
+from alignslm.vocoder.hifigan import CPU_MIN_FILL, CheckpointError, check_durations, check_units, length_batches
 
 
 @dataclass
@@ -248,7 +248,8 @@ class DemoVocoder:
             durations = self.predict_durations(units_list)
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(units_list)
         frames = [int(sum(d)) for d in durations]
-        for idx in length_batches(frames, batch_size or self.batch_size):
+        min_fill = CPU_MIN_FILL if self.net.unit.weight.device.type == "cpu" else 0.0
+        for idx in length_batches(frames, batch_size or self.batch_size, min_fill):
             wav = self._synth([units_list[i] for i in idx], [durations[i] for i in idx])
             for j, i in enumerate(idx):
                 out[i] = wav[j, : frames[i] * self.spec.samples_per_frame].copy()
