@@ -87,8 +87,10 @@ def main() -> None:
     batched = main_tok.encode(wavs)
     single = [main_tok.encode([w])[0] for w in wavs]
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(batched, single)), "batched units differ from single"
-    fu = [main_tok.units_of(f)[0] for f in main_tok.encoder.encode(wavs)]
-    fu8 = [int8.units_of(f)[0] for f in int8.encoder.encode(wavs)]
+    def frame_units(tok: Tokenizer) -> list[np.ndarray]:
+        return [tok.quantizer.assign(np.ascontiguousarray(f * tok.scale)) for f in tok.encoder.encode(wavs)]
+
+    fu, fu8 = frame_units(main_tok), frame_units(int8)
     agree = float(np.mean(np.concatenate([a == b for a, b in zip(fu, fu8)])))
 
     providers = {f"whisper-{rate}": lambda: main_tok.encode(wavs),

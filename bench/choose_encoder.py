@@ -143,7 +143,7 @@ class Transcriber:
 
 
 class Trigram:
-    """Interpolated add-k trigram over units (with BOS/EOS)."""
+    """Interpolated add-k trigram over units (with BOS/EOS); ``score_sequences`` as alignslm.evaluate wants."""
 
     def __init__(self, seqs: list[list[int]], k: int, lam: tuple[float, float, float] = (0.5, 0.3, 0.2)):
         self.V, self.lam = k + 2, lam
@@ -170,6 +170,38 @@ class Trigram:
             p3 = (self.c3[(t[i - 2], t[i - 1], t[i])] + a) / (self.h2[(t[i - 2], t[i - 1])] + a * self.V)
             lp += np.log(self.lam[0] * p3 + self.lam[1] * p2 + self.lam[2] * p1)
         return lp / (len(t) - 2)
+
+    def score_sequences(self, seqs: list[list[int]], add_bos_eos: bool = True, reduce: str = "sum",
+                        batch_size: int = 64) -> np.ndarray:
+        return np.array([self.score(list(s)) * (1 if reduce == "mean" else len(s) + 1) for s in seqs])
+
+
+SUBSET = {"lexical": 100, "syntactic": 60, "ssc": 0, "tsc": 0}  # pairs scored per benchmark (CPU budget)
+
+
+def _subset(bset: object, n: int) -> object:
+    import dataclasses
+
+    pairs = bset.pairs[:n]
+    keep = {f for p in pairs for f in (p["correct_file"], p["incorrect_file"])}
+    return dataclasses.replace(bset, pairs=pairs, items=[it for it in bset.items if it[0] in keep])
+
+
+def lm_benchmarks(run_dir: Path, bench_root: Path, n_gram_units: int) -> dict:
+    """Demo benchmarks (sWUGGY/sBLIMP/sSC/tSC-like) scored by a trigram unit LM trained on the run's units."""
+    from alignslm.benchdata import load_all
+    from alignslm.evaluate import headline, score_benchmarks, tokenize_items
+    from alignslm.rundir import read_jsonl
+    from alignslm.tokenizer import load_tokenizer
+
+    manifest = {r["utt_id"]: r for r in read_jsonl(run_dir / "corpus" / "manifest.jsonl")}
+    train = [r["units"] for r in read_jsonl(run_dir / "tokenize" / "units.jsonl")
+             if manifest[r["utt_id"]].get("split") == "train"]
+    lm = Trigram(train, n_gram_units)
+    tok = load_tokenizer(run_dir / "tokenize")
+    benches = {name: _subset(b, SUBSET[name]) for name, b in load_all(bench_root).items() if SUBSET[name]}
+    units = {name: tokenize_items(tok, b.items) for name, b in benches.items()}
+    return headline(score_benchmarks(lm, units, benches, mode="mean"))
 
 
 # ---------------------------------------------------------------------------------------------- one candidate
@@ -261,7 +293,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="/tmp/tokbench")
     ap.add_argument("--only", default="", help="comma-separated candidate names")
+    ap.add_argument("--lm", default="", help="comma-separated run dirs (corpus + tokenize done): score the "
+                                             "demo benchmarks with a trigram unit LM instead")
+    ap.add_argument("--bench-root", default="", help="with --lm: the benchmarks root (benchmarks stage)")
     args = ap.parse_args()
+    if args.lm:
+        for rd in args.lm.split(","):
+            k = json.loads((Path(rd) / "tokenize" / "tokenizer.json").read_text())["n_units"]
+            res = {m: v for m, v in lm_benchmarks(Path(rd), Path(args.bench_root), k).items() if v is not None}
+            print(rd, {m: round(v, 3) for m, v in res.items()}, flush=True)
+            append_rows([row("choose_encoder", Path(rd).name, "demo-benchmarks trigram", m, "acc", v)
+                         for m, v in res.items()])
+        return
     n_train, n_test, n_lex = (60, 8, 40) if args.quick else (240, 24, 120)
     data = build_data(Path(args.out), n_train, n_test, n_lex)
     audio = {s: [read_audio(r["path"]) for r in data[s]] for s in data}
