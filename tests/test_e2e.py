@@ -64,7 +64,9 @@ def test_every_stage_ran_and_artifacts_are_consistent(smoke_run):
     pairs = read_jsonl(smoke_run / "round-1/pairs/pairs.jsonl")
     for p in pairs:
         assert {"prompt", "chosen", "rejected", "prompt_id"} <= set(p)
-        assert p["chosen_score"] > p["rejected_score"]
+        # rejected either scored lower or was rejected outright for repetition (auto-BLEU > delta)
+        assert p["chosen_score"] > p["rejected_score"] or p["rejected_autobleu"] > 0.1
+        assert p["chosen_autobleu"] <= 0.1
     assert any((smoke_run / "round-1/train/adapter").glob("*.safetensors"))
     report = (smoke_run / "report/report.md").read_text()
     for row in ("base", "round 1", "round 2"):
