@@ -208,7 +208,7 @@ def test_judge_stage_records_every_bad_item(server, tmp_path, monkeypatch, caplo
     rows = [{"prompt_id": "p0", "k": k, "prompt_text": "Anna washed the pan.", "text": t,
              "error": "bad audio: corrupt" if t == "x" else None} for k, t in enumerate(texts)]
     write_jsonl(tdir / "transcripts.jsonl", rows)
-    cfg = load_config(overrides=["judge.backend=openai", f"judge.url={server}", "judge.retries=1",
+    cfg = load_config(overrides=["judge.mode=score", "judge.backend=openai", f"judge.url={server}", "judge.retries=1",
                                  "judge.backoff_s=0.01", "judge.timeout_s=0.5", "judge.shard_size=4",
                                  "judge.expected_score=false", "judge.api_key_env=ALIGNSLM_TEST_KEY"])
     assert judge_stage.check(cfg) == []
