@@ -123,6 +123,11 @@ class VocoderConfig:
     layers: int = opt(4, "Demo vocoder: residual conv layers.")
     lr: float = opt(2e-3, "Demo vocoder: peak learning rate.")
     train_batch: int = opt(8, "Demo vocoder: training crops per step.")
+    method: str = opt("exemplar", "Demo vocoder spectra: exemplar (real log-magnitude frames of the inference "
+                                  "voice, found by the longest matching unit n-gram, time-warped to the "
+                                  "durations) | net (a conv stack trained with L1: over-smoothed, worse WER).")
+    bank_utterances: int = opt(300, "Demo vocoder, exemplar: training utterances of the inference voice banked.")
+    max_match: int = opt(8, "Demo vocoder, exemplar: longest unit n-gram looked up in the bank.")
     gl_iters: int = opt(32, "Demo vocoder: Griffin-Lim iterations.")
     max_train_utterances: int = opt(2000, "Demo vocoder: at most this many training utterances (memory bound).")
     threads: int = opt(1, "torch CPU threads while training / vocoding (0 = torch's default); the small "
@@ -237,6 +242,8 @@ class EvalConfig:
     n_prompts: int = opt(100, "Held-out prompts for generation metrics.")
     bootstrap: int = opt(2000, "Bootstrap resamples for confidence intervals.")
     n_examples: int = opt(3, "Example continuations per round in the report.")
+    also_score: bool = opt(False, "With judge.mode=perplexity, also ask the judge for 1-5 scores of the held-out "
+                                  "continuations (reported beside; slow on a CPU).")
 
 
 @dataclass(frozen=True)

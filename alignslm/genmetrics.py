@@ -77,22 +77,46 @@ def per_prompt_mean(rows: Sequence[Mapping], field: str) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
+def log_perplexity_rows(rows: Sequence[Mapping]) -> list[dict]:
+    """Rows with ``log_perplexity`` = ln(perplexity) (the judge's mean NLL per token) where a perplexity exists."""
+    out = []
+    for r in rows:
+        v = r.get("perplexity")
+        ok = v is not None and math.isfinite(float(v)) and float(v) > 0
+        out.append({**r, "log_perplexity": math.log(float(v)) if ok else None})
+    return out
+
+
+JUDGE_FIELDS = {"score": "score", "perplexity": "log_perplexity"}
+
+
 def summarize_generations(rows: Sequence[Mapping], n_boot: int = 2000, seed: int = 0,
-                          prompt_wer: float | None = None) -> dict[str, Any]:
+                          prompt_wer: float | None = None, judge_metric: str = "score") -> dict[str, Any]:
     """Metrics of one model's continuations.
 
     ``rows``: one per continuation with prompt_id, k, score (float|None), perplexity (float|None),
-    autobleu (float|None), reject (str|None: why the continuation has no usable score).
+    autobleu (float|None), reject (str|None: why the continuation has no usable judgement).
+    ``judge_metric`` names the judge's signal (the one the pairs were built from): ``score`` (1-5, higher is
+    better) or ``perplexity`` (the judge LM's perplexity of the transcript given the prompt's; compared as
+    ln(perplexity), lower is better).  ``judge`` holds that metric's per-prompt mean with its CI.
     """
+    if judge_metric not in JUDGE_FIELDS:
+        raise ValueError(f"judge_metric={judge_metric!r}: expected one of {sorted(JUDGE_FIELDS)}")
     n = len(rows)
-    rejected = [r for r in rows if r.get("reject") or r.get("score") is None]
-    per_prompt = {f: per_prompt_mean(rows, f) for f in ("score", "perplexity", "autobleu")}
+    rows = log_perplexity_rows(rows)
+    field_ = JUDGE_FIELDS[judge_metric]
+    rejected = [r for r in rows if r.get("reject") or r.get(field_) is None]
+    per_prompt = {f: per_prompt_mean(rows, f) for f in ("score", "perplexity", "log_perplexity", "autobleu")}
     ppl = _finite([r.get("perplexity") for r in rows])
     out = {
         "n_prompts": len({str(r["prompt_id"]) for r in rows}),
         "n_continuations": n,
+        "judge_metric": judge_metric,
+        "judge": bootstrap_ci(list(per_prompt[field_].values()), n_boot, seed),
         "judge_score": bootstrap_ci(list(per_prompt["score"].values()), n_boot, seed),
         "perplexity": bootstrap_ci(list(per_prompt["perplexity"].values()), n_boot, seed) if ppl.size else None,
+        "log_perplexity": (bootstrap_ci(list(per_prompt["log_perplexity"].values()), n_boot, seed)
+                           if ppl.size else None),
         "perplexity_median": float(np.median(ppl)) if ppl.size else None,
         "autobleu": bootstrap_ci(list(per_prompt["autobleu"].values()), n_boot, seed),
         "reject_share": (len(rejected) / n) if n else None,
@@ -105,12 +129,23 @@ def summarize_generations(rows: Sequence[Mapping], n_boot: int = 2000, seed: int
 
 def compare_models(base: Mapping[str, Any], other: Mapping[str, Any], n_boot: int = 2000,
                    seed: int = 0) -> dict[str, Any]:
-    """Paired bootstrap of ``other - base`` per metric over the prompts both models answered."""
-    out = {}
-    for f in ("score", "perplexity", "autobleu"):
+    """Paired bootstrap of ``other - base`` per metric over the prompts both models answered.
+
+    ``judge_gain`` is the improvement in the judge's own metric, signed so that > 0 is better: ``other -
+    base`` for a 1-5 score, ``base - other`` for ln(perplexity); its ``p_le_0`` is the one-sided bootstrap
+    p-value of "no improvement".
+    """
+    out: dict[str, Any] = {}
+    for f in ("score", "perplexity", "log_perplexity", "autobleu"):
         a = base.get("per_prompt", {}).get(f, {})
         b = other.get("per_prompt", {}).get(f, {})
         out[f] = paired_bootstrap(a, b, n_boot, seed)
+    metric = other.get("judge_metric", base.get("judge_metric", "score"))
+    f = JUDGE_FIELDS.get(metric, "score")
+    a = base.get("per_prompt", {}).get(f, {})
+    b = other.get("per_prompt", {}).get(f, {})
+    out["judge_metric"] = metric
+    out["judge_gain"] = paired_bootstrap(a, b, n_boot, seed) if f == "score" else paired_bootstrap(b, a, n_boot, seed)
     return out
 
 
@@ -170,8 +205,11 @@ class GenerationSetup:
 
         self.cfg, self.prompts, self.vocoder, self.asr, self.out = cfg, prompts, vocoder, asr, out
         self.seeds = seeds  # prompt-major, one per continuation
-        self.judge = LLMScoreJudge(backend, expected=cfg.judge.expected_score,
-                                   max_new_tokens=getattr(cfg.judge, "max_new_tokens", 96))
+        self.metric = cfg.judge.mode  # the judge's signal, the one the pairs were built from
+        self.judge = None  # the 1-5 score: in score mode, or on request (eval.also_score; slow on a CPU)
+        if self.metric == "score" or getattr(cfg.eval, "also_score", False):
+            self.judge = LLMScoreJudge(backend, expected=cfg.judge.expected_score,
+                                       max_new_tokens=getattr(cfg.judge, "max_new_tokens", 96))
         self.ppl = PerplexityJudge(backend)
         self.prompt_texts, self.prompt_wer, self.prompt_paths = self._prompt_side()
 
@@ -211,7 +249,9 @@ class GenerationSetup:
                 "sampling": {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
                              "max_new_units": s.max_new_units},
                 "judge": f"{self.cfg.judge.backend}:{self.cfg.judge.model_path or 'SmolLM2-135M-Instruct'} "
-                         f"({'expected digit score' if self.cfg.judge.expected_score else 'parsed score'})",
+                         + (f"({'expected digit score' if self.cfg.judge.expected_score else 'parsed score'})"
+                            if self.metric == "score" else "(perplexity of the transcript given the prompt's)"),
+                "judge_metric": self.metric,
                 "prompt_wer_n": sum(p["reference"] is not None for p in self.prompts)}
 
     def _prompt_side(self) -> tuple[list[str], float | None, list[str]]:
@@ -253,11 +293,11 @@ class GenerationSetup:
         from alignslm.rundir import write_jsonl
 
         write_jsonl(self.out / name / "generations.jsonl", rows)
-        summary = summarize_generations(rows, self.cfg.eval.bootstrap, 0, self.prompt_wer)
+        summary = summarize_generations(rows, self.cfg.eval.bootstrap, 0, self.prompt_wer, self.metric)
         summary["score_histogram"] = score_histogram([r.get("score") for r in rows])
         examples = [r for r in rows if r["k"] == 0][: self.cfg.eval.n_examples]
-        return summary, [{k: r.get(k) for k in ("prompt_id", "k", "prompt_text", "text", "score", "path",
-                                                "prompt_path")} for r in examples]
+        return summary, [{k: r.get(k) for k in ("prompt_id", "k", "prompt_text", "text", "score", "perplexity",
+                                                "path", "prompt_path")} for r in examples]
 
     def _audio_and_text(self, rows: list[dict], name: str) -> None:
         from alignslm.audio import write_wav
@@ -283,8 +323,12 @@ class GenerationSetup:
         if not ok:
             return
         args = ([r["prompt_text"] for r in ok], [r["text"] for r in ok])
-        for r, j, pp in zip(ok, self.judge.score(*args), self.ppl.score(*args)):
-            r["score"], r["raw"], r["perplexity"] = j.score, j.raw, pp.perplexity
+        scores = self.judge.score(*args) if self.judge is not None else [None] * len(ok)
+        for r, j, pp in zip(ok, scores, self.ppl.score(*args)):
+            r["score"], r["raw"] = (j.score, j.raw) if j is not None else (None, pp.raw)
+            r["perplexity"] = pp.perplexity
             r["autobleu"] = auto_bleu(r["text"], 2)
-            if j.score is None:
+            if self.metric == "score" and j.score is None:
                 r["reject"] = f"judge: {j.error or 'no score'}"
+            elif self.metric == "perplexity" and pp.perplexity is None:
+                r["reject"] = f"judge: {pp.error or 'no perplexity'}"

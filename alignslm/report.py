@@ -48,9 +48,26 @@ def model_label(name: str) -> str:
     return "base" if name == "base" else name.replace("round-", "round ")
 
 
+def judge_metric(results: Mapping) -> str:
+    """The judge's signal in these results: score (1-5, higher is better) or perplexity (ln ppl, lower)."""
+    for m in results.get("models", {}).values():
+        g = m.get("generation") or {}
+        if g.get("judge_metric"):
+            return str(g["judge_metric"])
+    return "score"
+
+
+def judge_label(results: Mapping) -> str:
+    return "judge ln-perplexity (lower is better)" if judge_metric(results) == "perplexity" else "judge score"
+
+
+def _judge_ci(g: Mapping) -> Mapping | None:
+    return g.get("judge") or g.get("judge_score")
+
+
 def headline_table(results: Mapping) -> str:
     """Markdown table in the shape of the paper's: rows = models, columns = the six headline metrics."""
-    lines = ["| model | sWUGGY | sBLIMP | sSC | tSC | judge score [95% CI] | auto-BLEU |",
+    lines = [f"| model | sWUGGY | sBLIMP | sSC | tSC | {judge_label(results)} [95% CI] | auto-BLEU |",
              "|---|---|---|---|---|---|---|"]
     for name, m in results["models"].items():
         b = m.get("benchmarks", {})
@@ -58,7 +75,7 @@ def headline_table(results: Mapping) -> str:
         cells = [_pct(b.get(key, {}).get("all")) for _, key in BENCH_COLS]
         ab = (g.get("autobleu") or {}).get("mean")
         lines.append(f"| {model_label(name)} | " + " | ".join(cells)
-                     + f" | {_ci(g.get('judge_score'))} | {_num(ab, '{:.3f}')} |")
+                     + f" | {_ci(_judge_ci(g))} | {_num(ab, '{:.3f}')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -67,11 +84,13 @@ def comparison_table(results: Mapping) -> str:
     comps = results.get("comparisons") or {}
     if not comps:
         return ""
-    lines = ["| model vs base | judge score diff [95% CI] | P(diff <= 0) | auto-BLEU diff [95% CI] | prompts |"
+    gain = ("judge gain = base - model ln-perplexity" if judge_metric(results) == "perplexity"
+            else "judge score gain")
+    lines = [f"| model vs base | {gain} [95% CI] | P(gain <= 0) | auto-BLEU diff [95% CI] | prompts |"
              " sWUGGY diff | sBLIMP diff | sSC diff | tSC diff |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, c in comps.items():
-        s, a = c.get("score", {}), c.get("autobleu", {})
+        s, a = c.get("judge_gain") or c.get("score", {}), c.get("autobleu", {})
         bd = c.get("benchmarks", {})
         diffs = [("n/a" if bd.get(k) is None else f"{100 * bd[k]:+.1f}") for _, k in BENCH_COLS]
         lines.append(f"| {model_label(name)} | {_ci(s, '{:+.3f}')} | {_num(s.get('p_le_0'), '{:.3f}')} | "
@@ -176,12 +195,12 @@ def plot_metrics_per_round(results: Mapping, path: Path) -> Path:
             a1.plot(range(len(names)), [100 * y if y is not None else float("nan") for y in ys], "o-", label=col)
     a1.set_ylabel("accuracy (%)")
     a1.legend(fontsize=7)
-    js = [(results["models"][n].get("generation") or {}).get("judge_score") or {} for n in names]
+    js = [_judge_ci(results["models"][n].get("generation") or {}) or {} for n in names]
     m = [j.get("mean") if j.get("mean") is not None else float("nan") for j in js]
     lo = [m[i] - j["lo"] if j.get("lo") is not None else 0.0 for i, j in enumerate(js)]
     hi = [j["hi"] - m[i] if j.get("hi") is not None else 0.0 for i, j in enumerate(js)]
     a2.errorbar(range(len(names)), m, yerr=[lo, hi], fmt="o-", capsize=4)
-    a2.set_ylabel("judge score (95% CI)")
+    a2.set_ylabel(f"{judge_label(results)} (95% CI)", fontsize=8)
     for ax in (a1, a2):
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([model_label(n) for n in names])
@@ -259,8 +278,10 @@ def _examples_md(examples: list[dict]) -> str:
         if e.get("prompt_path"):
             audio += f", [prompt]({e['prompt_path']})"
         esc = lambda s: str(s or "").replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        judged = (_num(e.get("score")) if e.get("score") is not None
+                  else f"ppl {_num(e.get('perplexity'), '{:.1f}')}")
         lines.append(f"| {model_label(e['model'])} | {esc(e.get('prompt_text'))} | {esc(e.get('text'))} | "
-                     f"{_num(e.get('score'))} | {audio} |")
+                     f"{judged} | {audio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -294,12 +315,17 @@ def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_exam
         plots["reward_accuracy"] = plot_reward_accuracy(logs, out / "reward_accuracy.png")
     examples = copy_examples(results, out, n_examples)
     table = headline_table(results)
-    write_text(out / "headline.md", table)
+    comp = comparison_table(results)
+    write_text(out / "headline.md", table + ("\nEach round against the base model (paired bootstrap over the same "
+                                             "prompts and seeds):\n\n" + comp if comp else ""))
     md = ["# alignslm report", ""]
     if demo:
         md += [NOT_COMPARABLE, ""]
-    md += ["## Results", "", "Benchmarks in %, judge score 1-5 with a bootstrap 95% CI, bigram auto-BLEU "
-           "of the continuation transcripts (lower = less repetition).", "", table,
+    judge_txt = ("the judge's ln-perplexity of the continuation transcripts given the prompt's (the signal the "
+                 "pairs were built from; lower is better)" if judge_metric(results) == "perplexity"
+                 else "judge score 1-5")
+    md += ["## Results", "", f"Benchmarks in %, {judge_txt} with a bootstrap 95% CI over prompts, bigram "
+           "auto-BLEU of the continuation transcripts (lower = less repetition).", "", table,
            "## Each round against the base model", "", comparison_table(results) or "No rounds to compare.\n",
            "## Training rounds", "", rounds_table(hists, logs),
            "## Details", "", _detail_tables(results), "## Protocol", "", protocol_text(results),

@@ -250,6 +250,30 @@ def test_summarize_generations_counts_rejects_and_averages_per_prompt():
     assert cmp_["score"]["diff"] == 0.0 and cmp_["score"]["n"] == 2
 
 
+def test_perplexity_judge_metric_compares_log_perplexity_signed_as_gain():
+    """judge.mode=perplexity: the judge signal is ln(perplexity), a drop is a positive gain; a continuation
+    without a perplexity is a reject even though it has no 1-5 score (none is asked for)."""
+    import math
+
+    base = [{"prompt_id": f"p{i}", "k": k, "score": None, "perplexity": 40.0 + i + k, "autobleu": 0.0}
+            for i in range(30) for k in range(2)]
+    better = [{**r, "perplexity": r["perplexity"] / 2} for r in base]
+    better[0] = {**better[0], "perplexity": None, "reject": "judge: no perplexity"}
+    sb = gm.summarize_generations(base, n_boot=200, judge_metric="perplexity")
+    so = gm.summarize_generations(better, n_boot=200, judge_metric="perplexity")
+    assert sb["judge_metric"] == "perplexity" and sb["n_rejects"] == 0 and so["n_rejects"] == 1
+    assert sb["judge"]["mean"] == pytest.approx(sb["log_perplexity"]["mean"])
+    assert sb["per_prompt"]["log_perplexity"]["p0"] == pytest.approx((math.log(40) + math.log(41)) / 2)
+    c = gm.compare_models(sb, so, n_boot=500)
+    assert c["judge_metric"] == "perplexity"
+    assert c["judge_gain"]["diff"] == pytest.approx(math.log(2), abs=0.02) and c["judge_gain"]["lo"] > 0
+    assert c["judge_gain"]["p_le_0"] == 0.0
+    worse = gm.compare_models(so, sb, n_boot=500)["judge_gain"]
+    assert worse["hi"] < 0 and worse["p_le_0"] == 1.0
+    with pytest.raises(ValueError, match="judge_metric"):
+        gm.summarize_generations(base, judge_metric="bleu")
+
+
 # --------------------------------------------------------------------------------------------------
 # The evaluate and report stages on tiny real artifacts (log-mel tokenizer, tiny LLaMA, a LoRA adapter)
 # --------------------------------------------------------------------------------------------------
