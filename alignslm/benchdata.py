@@ -6,6 +6,7 @@ gold.csv with the k-th ``correct == 0`` row, takes id/voice from the correct row
 (1 if s(correct) > s(incorrect), 0.5 on a tie) and averages over voices within an id, then over ids.
 :func:`load_zerospeech` builds the pairs in exactly that order, and additionally checks that both rows
 of each pair carry the same id and voice (the official code assumes it silently).
+Directory names are matched in any case (:func:`find_subdir`: ``Lexical/Dev`` is found too).
 
 Spoken StoryCloze (``<root>/ssc/``, ``<root>/tsc/``; also ``sSC``, ``sStoryCloze`` ...): wav files named
 ``<story>_correct.wav`` / ``<story>_incorrect.wav`` (the story id is the part before the first ``_``,
@@ -132,16 +133,40 @@ def _read_gold(gold: Path, columns: tuple[str, ...]) -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 
 
+def find_subdir(parent: str | Path, names: tuple[str, ...] | str) -> Path | None:
+    """The sub-directory of ``parent`` whose name is one of ``names`` in any case, or None.
+
+    Every benchmark directory is looked up through here (never joined by hand), so an archive unpacked
+    as ``sSC/``, ``Lexical/`` or ``DEV/`` is found as well as the lower-case names of the docs.
+    """
+    names = (names,) if isinstance(names, str) else names
+    wanted = {n.lower() for n in names}
+    parent = Path(parent).expanduser()
+    if parent.is_dir():
+        for child in sorted(parent.iterdir()):
+            if child.is_dir() and child.name.lower() in wanted:
+                return child
+    return None
+
+
+def find_zerospeech_dir(root: str | Path, task: str, split: str) -> Path:
+    """``<root>/<task>/<split>`` of ZeroSpeech 2021 (names in any case)."""
+    d = find_subdir(root, task)
+    d = find_subdir(d, split) if d is not None else None
+    if d is None:
+        raise BenchmarkError(Path(root).expanduser() / task / split,
+                             [f"directory {task}/{split} does not exist under {root} (any case)"],
+                             "Download the ZeroSpeech 2021 data set, or leave benchmarks.root unset for the demo.")
+    return d
+
+
 def load_zerospeech(root: str | Path, task: str, split: str = "dev", check_audio: bool = True) -> BenchmarkSet:
     """Pairs of ZeroSpeech 2021 ``task`` ("lexical" | "syntactic"), in the official scorer's order."""
     if task not in ("lexical", "syntactic"):
         raise ValueError(f"task must be 'lexical' or 'syntactic', got {task!r}")
     if split not in ("dev", "test"):
         raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
-    d = Path(root).expanduser() / task / split
-    if not d.is_dir():
-        raise BenchmarkError(d, [f"directory {task}/{split} does not exist under {root}"],
-                             "Download the ZeroSpeech 2021 data set, or leave benchmarks.root unset for the demo.")
+    d = find_zerospeech_dir(root, task, split)
     rows = _read_gold(d / "gold.csv", LEXICAL_COLUMNS if task == "lexical" else SYNTACTIC_COLUMNS)
     missing = [f"{r['filename']}.wav (gold.csv row {i + 2}) does not exist"
                for i, r in enumerate(rows) if not (d / f"{r['filename']}.wav").is_file()]
@@ -203,10 +228,9 @@ def find_storycloze_dir(root: str | Path, kind: str) -> Path:
     if kind not in STORYCLOZE_DIRS:
         raise ValueError(f"kind must be 'ssc' or 'tsc', got {kind!r}")
     root = Path(root).expanduser()
-    if root.is_dir():
-        for child in sorted(root.iterdir()):
-            if child.is_dir() and child.name.lower() in STORYCLOZE_DIRS[kind]:
-                return child
+    d = find_subdir(root, STORYCLOZE_DIRS[kind])
+    if d is not None:
+        return d
     raise BenchmarkError(root, [f"no {kind} directory (one of {', '.join(STORYCLOZE_DIRS[kind])}, any case)"],
                          "Unpack the Spoken StoryCloze archive there, or leave benchmarks.root unset for the demo.")
 

@@ -193,3 +193,23 @@ def test_path_of(tmp_path):
     assert bs.path_of("s3") == str((tmp_path / "syntactic/dev/s3.wav").resolve())
     with pytest.raises(KeyError):
         bs.path_of("nope")
+
+
+def test_evaluate_stage_finds_archive_folder_names_in_any_case(tmp_path):
+    """The archives unpack as sSC/ and tSC/ (and a copy may say Lexical/Dev): the evaluate stage and the
+    --dry-run layout check must find them, not only the lower-case names of the docs."""
+    from types import SimpleNamespace
+
+    from alignslm.rundir import Rejects
+    from alignslm.stages import evaluate as st_eval
+
+    _gold(tmp_path / "Lexical" / "Dev", LEX_COLS, LEX_ROWS)
+    _gold(tmp_path / "syntactic" / "dev", SYN_COLS, SYN_ROWS)
+    _storycloze(tmp_path, "sSC", ["0", "1"])
+    _storycloze(tmp_path, "tSC", ["0", "1", "2"])
+    assert check_layout(tmp_path) == []
+    ctx = SimpleNamespace(rejects=Rejects(tmp_path / "rejects.jsonl", "evaluate"))
+    sets = st_eval.load_benchmarks(ctx, tmp_path, "dev")
+    assert {k: len(v.pairs) for k, v in sets.items()} == {"lexical": 3, "syntactic": 2, "ssc": 2, "tsc": 3}
+    assert sets["ssc"].root == (tmp_path / "sSC").resolve()
+    assert sets["lexical"].root == (tmp_path / "Lexical" / "Dev").resolve()
