@@ -146,22 +146,51 @@ def barrier() -> None:
 
 
 class Rejects:
-    """Append-only ``rejects.jsonl`` of items a stage could not process; counted in the summary."""
+    """``rejects.jsonl`` of items a stage could not process, one row per item id; counted in the summary.
+
+    Idempotent per item: the ids already in the file (a crashed attempt of this stage wrote them) are read
+    back on opening, and adding an id that is listed already writes nothing and is not counted again, so a
+    shard redone after a crash does not list its rejects twice.  The first reason given for an item is kept.
+    """
 
     def __init__(self, path: str | Path, stage: str):
         self.path = Path(path)
         self.stage = stage
         self.count = 0
         self.reasons: dict[str, int] = {}
+        self._ids: set[str] = set()
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by the crash: its item is rejected (and written) again
+                if isinstance(row, dict) and "id" in row and str(row["id"]) not in self._ids:
+                    self._count(str(row["id"]), str(row.get("reason", "")))
 
-    def add(self, item_id: str, reason: str, **extra: Any) -> None:
+    def _count(self, item_id: str, reason: str) -> None:
+        self._ids.add(item_id)
         self.count += 1
         kind = reason.split(":")[0][:60]
         self.reasons[kind] = self.reasons.get(kind, 0) + 1
+
+    def __contains__(self, item_id: object) -> bool:
+        return str(item_id) in self._ids
+
+    def add(self, item_id: str, reason: str, **extra: Any) -> None:
+        if str(item_id) in self._ids:
+            logger.debug("%s: %s is listed as a reject already", self.stage, item_id)
+            return
+        self._count(str(item_id), reason)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         row = {"stage": self.stage, "id": item_id, "reason": reason, **extra}
+        torn = False  # a crash may have left a last line without its newline: start on a fresh line
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
         with open(self.path, "a") as f:
-            f.write(json.dumps(row, default=_json_default) + "\n")
+            f.write(("\n" if torn else "") + json.dumps(row, default=_json_default) + "\n")
         logger.warning("%s: rejected %s: %s", self.stage, item_id, reason)
 
     def summary(self) -> dict:

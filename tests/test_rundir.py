@@ -58,6 +58,27 @@ def test_rejects_counted(tmp_path):
     assert [x["id"] for x in read_jsonl(tmp_path / "rejects.jsonl")] == ["u1", "u2", "u3"]
 
 
+def test_rejects_are_idempotent_per_item_across_reopening(tmp_path):
+    """A stage redone after a crash re-rejects the same items: each id is listed (and counted) once."""
+    path = tmp_path / "rejects.jsonl"
+    r = Rejects(path, "tokenize")
+    r.add("u1", "bad audio: corrupt")
+    r.add("u1", "bad audio: corrupt")
+    assert "u1" in r and r.count == 1
+    with open(path, "a") as f:  # the crash cut the next row short
+        f.write('{"stage": "tokenize", "id": "u2", "rea')
+    again = Rejects(path, "tokenize")  # the resumed attempt
+    assert again.summary() == {"rejects": 1, "reject_reasons": {"bad audio": 1}}
+    again.add("u1", "bad audio: corrupt")
+    again.add("u2", "silence")
+    again.add("u3", "too short", path="/x/u3.wav")
+    lines = path.read_text().splitlines()
+    assert lines[1].startswith('{"stage": "tokenize", "id": "u2", "rea') and not lines[1].endswith("}")
+    rows = [json.loads(x) for i, x in enumerate(lines) if i != 1]
+    assert [x["id"] for x in rows] == ["u1", "u2", "u3"] and rows[2]["path"] == "/x/u3.wav"
+    assert again.summary() == {"rejects": 3, "reject_reasons": {"bad audio": 1, "silence": 1, "too short": 1}}
+
+
 SHARD_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path

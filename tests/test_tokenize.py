@@ -144,6 +144,24 @@ def test_stage_is_deterministic_and_resumes(tmp_path):
     assert [r["units"] for r in again] == [r["units"] for r in read_jsonl(tmp_path / "tokenize" / "units.jsonl")]
 
 
+def test_redone_shards_list_their_rejects_once(tmp_path):
+    """A crash after a shard's rejects were written but before the shard file: the redo must not list
+    them twice (rejects.jsonl is idempotent per item)."""
+    write_corpus(tmp_path)  # 6 good, then 6 bad rows; shards of 4: the bad ones are in shards 1 and 2
+    first = stage.run(make_ctx(tmp_path))
+    assert first["rejected_total"] == 6
+    out = tmp_path / "tokenize"
+    for sh in sorted((out / "shards").iterdir())[1:]:
+        sh.unlink()
+    (out / "units.jsonl").unlink()
+    ctx = make_ctx(tmp_path)
+    summary = stage.run(ctx)
+    ids = [r["id"] for r in read_jsonl(out / "rejects.jsonl")]
+    assert sorted(ids) == sorted({"corrupt", "empty", "silent", "nan", "tiny", "missing"})
+    assert summary["rejected_total"] == 6 and ctx.rejects.summary()["rejects"] == 6
+    assert len(read_jsonl(out / "units.jsonl")) == 6
+
+
 def test_stage_dedup_off_keeps_frames(tmp_path):
     write_corpus(tmp_path, n=3, bad=False)
     stage.run(make_ctx(tmp_path, **{"tokenize.dedup": False, "tokenize.standardize": False}))
