@@ -27,7 +27,7 @@ import torch
 
 from alignslm import logger
 from alignslm.kernels.sampling import SamplingError, check_params, sample_next
-from alignslm.unitlm import UnitLM, UnitLMError
+from alignslm.unitlm import UnitLM
 
 LAST_BATCH: dict = {}  # facts about the last decoded batch (rows, prompt_len, steps, cuda_graph): logs, tests
 
@@ -58,22 +58,9 @@ def validate(lm: UnitLM, prompts: Sequence[Sequence[int]], params: SamplingParam
     if seeds is not None and len(seeds) != len(prompts) * n:
         raise SamplingError(f"need one seed per continuation: {len(prompts)} prompts x {n} = "
                             f"{len(prompts) * n}, got {len(seeds)}")
-    ctx = lm.max_context()
-    out = []
-    for i, p in enumerate(prompts):
-        try:
-            ids = lm.units_to_ids(list(p))
-        except UnitLMError as e:
-            raise UnitLMError(f"prompt {i}: {e}") from None
-        ids = ([lm.bos_id] if lm.bos_id is not None else []) + ids
-        if not ids:
-            raise SamplingError(f"prompt {i} is empty and the LM has no BOS token to start from")
-        if ctx is not None and len(ids) + params.max_new > ctx:
-            raise SamplingError(
-                f"prompt {i} has {len(ids)} tokens (with BOS); with max_new={params.max_new} that exceeds the "
-                f"model's context of {ctx}; shorten sample.prompt_seconds or sample.max_new_units")
-        out.append(ids)
-    return out
+    return lm.encode_checked(prompts, what="prompt", bos=lm.bos_id is not None, min_tokens=1,
+                             purpose="to generate from", reserve=params.max_new, length_error=SamplingError,
+                             hint="shorten sample.prompt_seconds or sample.max_new_units")
 
 
 @torch.no_grad()

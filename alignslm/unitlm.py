@@ -95,6 +95,39 @@ class UnitLM:
             raise UnitLMError(self._range_msg(int(arr.min()), int(arr.max())))
         return (arr + self.offset).tolist()
 
+    def encode_checked(self, seqs: Sequence[Sequence[int]], *, what: str = "sequence", bos: bool = True,
+                       eos: bool = False, min_tokens: int = 1, reserve: int = 0, purpose: str = "",
+                       hint: str = "", length_error: type[Exception] = UnitLMError) -> list[list[int]]:
+        """Unit sequences -> token id lists ``[BOS?, ids..., EOS?]``, every check done before any model call.
+
+        Errors name the item (``f"{what} {i}"``): a unit outside ``[0, n_units)`` is a :class:`UnitLMError`;
+        fewer than ``min_tokens`` tokens, or more than the model's context less ``reserve`` (room kept for
+        tokens generated after it; ``hint`` says what to change), raise ``length_error`` (the sampler's is
+        SamplingError).  Used by :meth:`score_sequences` and alignslm.sampler.validate.
+        """
+        for flag, tid, name in ((bos, self.bos_id, "BOS"), (eos, self.eos_id, "EOS")):
+            if flag and tid is None:
+                raise UnitLMError(f"{self.source}: the model has no {name} id")
+        ctx = self.max_context()
+        tags = [name for flag, name in ((bos, "BOS"), (eos, "EOS")) if flag]
+        out = []
+        for i, u in enumerate(seqs):
+            try:
+                ids = self.units_to_ids(list(u))
+            except UnitLMError as e:
+                raise UnitLMError(f"{what} {i}: {e}") from None
+            ids = ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+            with_ = f" (with {' and '.join(tags)})" if tags else ""
+            if len(ids) < min_tokens:
+                raise length_error(f"{what} {i} has {len(ids)} token(s){with_}; at least {min_tokens} needed"
+                                   f"{' ' + purpose if purpose else ''}")
+            if ctx is not None and len(ids) + reserve > ctx:
+                room = f" + {reserve} to generate" if reserve else ""
+                raise length_error(f"{what} {i} has {len(ids)} tokens{with_}{room}, more than the model's context "
+                                   f"({ctx}){'; ' + hint if hint else ''}")
+            out.append(ids)
+        return out
+
     def ids_to_units(self, ids: Sequence[int] | np.ndarray | torch.Tensor) -> list[int] | torch.Tensor:
         """Token ids -> units.  An id that is not a unit (a special or text token) is an error."""
         if isinstance(ids, torch.Tensor):
@@ -161,19 +194,8 @@ class UnitLM:
             raise UnitLMError(f"reduce must be 'sum' or 'mean', got {reduce!r} (config key eval.score)")
         if add_bos_eos and (self.bos_id is None or self.eos_id is None):
             raise UnitLMError(f"{self.source}: the model has no bos/eos id; pass add_bos_eos=False")
-        seqs = []
-        for i, u in enumerate(units):
-            try:
-                ids = self.units_to_ids(list(u))
-            except UnitLMError as e:
-                raise UnitLMError(f"sequence {i}: {e}") from None
-            seqs.append([self.bos_id, *ids, self.eos_id] if add_bos_eos else ids)
-        ctx = self.max_context()
-        for i, s in enumerate(seqs):
-            if len(s) < 2:
-                raise UnitLMError(f"sequence {i} has {len(s)} tokens; at least 2 are needed to score it")
-            if ctx is not None and len(s) > ctx:
-                raise UnitLMError(f"sequence {i} has {len(s)} tokens, more than the model's context ({ctx})")
+        seqs = self.encode_checked(units, what="sequence", bos=add_bos_eos, eos=add_bos_eos, min_tokens=2,
+                                   purpose="to score it")
         order = np.argsort([len(s) for s in seqs], kind="stable")
         out = np.zeros(len(seqs), dtype=np.float64)
         was_training = self.model.training

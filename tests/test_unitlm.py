@@ -112,6 +112,42 @@ def test_score_sequences_matches_manual(twist_opt):
         lm.score_sequences([[1] * 70])
 
 
+def test_encode_checked_is_the_one_mapping_of_scoring_and_sampling(twist_opt, monkeypatch):
+    """units -> ids with per-item errors and the context check, shared by score_sequences and sampler.validate."""
+    from alignslm.kernels.sampling import SamplingError
+
+    from alignslm import sampler
+
+    lm = UnitLM.from_pretrained(twist_opt, n_units=20)  # context 64, bos 0, eos 2, offset 4
+    assert lm.encode_checked([[0, 19], []], eos=True) == [[0, 4, 23, 2], [0, 2]]
+    assert lm.encode_checked([[5]], bos=False) == [[9]]
+    with pytest.raises(UnitLMError, match=r"^story 2: unit ids must be in \[0, 20\)"):
+        lm.encode_checked([[1], [2], [20]], what="story")
+    with pytest.raises(UnitLMError, match=r"item 0 has 1 token\(s\) \(with BOS\); at least 2 needed to x"):
+        lm.encode_checked([[]], what="item", min_tokens=2, purpose="to x")
+    lm.encode_checked([[1] * 53], reserve=10)  # 54 + 10 = 64 fits exactly
+    with pytest.raises(SamplingError, match=r"prompt 1 has 55 tokens \(with BOS\) \+ 10 to generate, more than "
+                                            r"the model's context \(64\); do less"):
+        lm.encode_checked([[1], [1] * 54], what="prompt", reserve=10, hint="do less", length_error=SamplingError)
+    lm.bos_id = None
+    with pytest.raises(UnitLMError, match="no BOS id"):
+        lm.encode_checked([[1]])
+    with pytest.raises(SamplingError, match="prompt 0 has 0 token"):
+        sampler.validate(lm, [[]], sampler.SamplingParams(max_new=4), 1, None)
+    lm.bos_id = 0
+    calls = []
+    real = UnitLM.encode_checked
+    monkeypatch.setattr(UnitLM, "encode_checked", lambda self, seqs, **kw: calls.append(kw["what"])
+                        or real(self, seqs, **kw))
+    assert sampler.validate(lm, [[1, 2]], sampler.SamplingParams(max_new=4), 2, None) == [[0, 5, 6]]
+    with pytest.raises(SamplingError, match="prompt 0 .*context.*sample.max_new_units"):
+        sampler.validate(lm, [[1] * 60], sampler.SamplingParams(max_new=4), 1, None)
+    lm.score_sequences([[1, 2]])
+    with pytest.raises(UnitLMError, match="sequence 0 has 65 tokens"):
+        lm.score_sequences([[1] * 63])
+    assert calls == ["prompt", "prompt", "sequence", "sequence"]
+
+
 def test_load_unitlm_with_adapters(tmp_path):
     from peft import LoraConfig, get_peft_model
 
