@@ -40,31 +40,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_paths(cfg: Config) -> list[str]:
-    """Every external path the config names must exist (checked before any model loads)."""
-    problems = []
+def missing_paths(cfg: Config) -> dict[str, str]:
+    """config key -> path, for every external path the config names that does not exist."""
+    out = {}
     for spec in STAGES.values():
         for key in spec.external:
             sec, name = key.split(".")
             v = getattr(getattr(cfg, sec), name)
             if v and not Path(v).expanduser().exists():
-                problems.append(f"{key}: path does not exist: {v}")
+                out[key] = str(v)
+    return out
+
+
+def check_paths(cfg: Config) -> list[str]:
+    """Every external path the config names must exist (checked before any model loads)."""
+    problems = [f"{key}: path does not exist: {v}" for key, v in missing_paths(cfg).items()]
     if cfg.judge.backend == "openai" and not cfg.judge.url:
         problems.append("judge.url: the openai backend needs an endpoint URL (e.g. http://127.0.0.1:8000/v1)")
     return problems
 
 
+def _about_missing(message: str, missing: dict[str, str]) -> bool:
+    """A stage check's problem that only restates a missing path check_paths reports already."""
+    for key, v in missing.items():
+        if message.startswith((f"{key}=", f"{key}:", f"{key} ")):
+            return True
+        if v in message or str(Path(v).expanduser()) in message:
+            return True
+    return False
+
+
 def cross_checks(cfg: Config) -> list[str]:
-    """Formats that must agree across components, read cheaply (config.json files, the .npy header)."""
+    """Formats that must agree across components, read cheaply (config.json files, the .npy header).
+
+    The checks themselves are the stages' (tokenize.quantizer_dim_problem, unitlm.lm_unit_problems), so
+    --dry-run and the run fail on the same condition with the same message.
+    """
     import json
+    from types import SimpleNamespace
 
     import numpy as np
+
+    from alignslm.stages.tokenize import quantizer_dim_problem
+    from alignslm.stages.unitlm import lm_unit_problems
 
     problems: list[str] = []
     t, u = cfg.tokenize, cfg.unitlm
     k = dim = None
     q = Path(t.quantizer).expanduser() if t.quantizer else None
-    if q is not None and q.suffix == ".npy" and q.is_file():
+    if q is None:
+        k = t.n_units  # the tokenize stage fits K = tokenize.n_units
+    elif q.suffix == ".npy" and q.is_file():
         try:
             k, dim = np.load(q, mmap_mode="r").shape
         except (ValueError, OSError) as e:
@@ -72,24 +98,21 @@ def cross_checks(cfg: Config) -> list[str]:
     enc = Path(t.encoder_path).expanduser() / "config.json" if t.encoder_path else None
     if dim is not None and t.encoder == "hubert" and enc is not None and enc.is_file():
         hidden = json.loads(enc.read_text()).get("hidden_size")
-        if hidden is not None and hidden != dim:
-            problems.append(f"tokenize.quantizer={q} has dimension {dim} but the encoder {enc.parent} has "
-                            f"hidden_size {hidden}: use the k-means trained on this encoder's layer {t.layer}")
+        if hidden is not None:
+            p = quantizer_dim_problem(dim, hidden, t.quantizer, f"hubert {enc.parent} (hidden_size {hidden})",
+                                      t.layer)
+            problems += [p] if p else []
     lm = Path(u.path).expanduser() / "config.json" if u.path else None
     if k is not None and lm is not None and lm.is_file():
-        c = json.loads(lm.read_text())
-        n_units = u.n_units if u.n_units is not None else k
-        offset = u.offset if u.offset is not None else c.get("offset", 2)
-        if n_units != k:
-            problems.append(f"unitlm.n_units={n_units} but the quantizer {q} has K={k}")
-        if offset + k - 1 >= int(c.get("vocab_size", 0)):
-            problems.append(f"unitlm.path={lm.parent}: offset {offset} + K {k} - 1 >= vocab_size "
-                            f"{c.get('vocab_size')}: this LM was not trained on these {k} units")
+        c = SimpleNamespace(**json.loads(lm.read_text()))
+        problems += lm_unit_problems(int(k), c, u.n_units, u.offset, u.path,
+                                     t.quantizer or f"tokenize.n_units={t.n_units}")
     return problems
 
 
 def dry_run(cfg: Config, steps: list[Step]) -> int:
     problems = check_paths(cfg) + cross_checks(cfg)
+    missing = missing_paths(cfg)  # reported once, by check_paths: not again by a stage's check()
     for spec in {s.spec.name: s.spec for s in steps}.values():
         mod = spec.target.split(":")[0]
         try:
@@ -98,7 +121,7 @@ def dry_run(cfg: Config, steps: list[Step]) -> int:
             problems.append(f"stage {spec.name}: cannot import {mod}: {e}")
             continue
         if check is not None:
-            problems += [f"{spec.name}: {m}" for m in check(cfg)]
+            problems += [f"{spec.name}: {m}" for m in check(cfg) if not _about_missing(m, missing)]
     print(f"plan for run directory {cfg.run.run_dir}:")
     manifest = Manifest(cfg.run.run_dir)
     for i, st in enumerate(steps, 1):

@@ -109,3 +109,81 @@ def test_dry_run_names_mismatched_formats(standins):
     assert out.returncode == 2 and "unitlm.n_units=30" in out.stdout
     out = _dry("twist-1.3b-librispeech.yaml", standins, **{"vocoder.path": str(standins["root"] / "nothing")})
     assert out.returncode == 2 and "vocoder.path" in out.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# One function per cross-component check, shared by the stage and --dry-run; a missing path said once
+# --------------------------------------------------------------------------------------------------
+
+
+def _twin_setup(tmp_path: Path, vocab: int = 4 + K, k: int = K):
+    """A HuBERT-style config.json (hidden 32), a (k, 48) quantizer, a TWIST-style OPT config, a tokenize dir."""
+    from transformers import OPTConfig
+
+    from alignslm.config import load_config
+
+    (tmp_path / "hubert").mkdir()
+    (tmp_path / "hubert" / "config.json").write_text(json.dumps({"hidden_size": 32}))
+    np.save(tmp_path / "km.npy", np.zeros((k, 48), np.float32))
+    opt = OPTConfig(vocab_size=vocab, hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
+                    word_embed_proj_dim=16, bos_token_id=0, pad_token_id=1, eos_token_id=2)
+    opt.offset = 4
+    opt.save_pretrained(tmp_path / "twist")
+    (tmp_path / "tokenize").mkdir()
+    (tmp_path / "tokenize" / "tokenizer.json").write_text(json.dumps({"n_units": k}))
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "manifest.jsonl").write_text(json.dumps({"utt_id": "u1", "path": "/nope/u1.wav"}) + "\n")
+    return load_config(overrides=["tokenize.encoder=hubert", f"tokenize.encoder_path={tmp_path / 'hubert'}",
+                                  f"tokenize.quantizer={tmp_path / 'km.npy'}", f"unitlm.path={tmp_path / 'twist'}",
+                                  "run.device=cpu"])
+
+
+def test_twin_checks_are_one_function_called_by_stage_and_dry_run(tmp_path, monkeypatch):
+    from alignslm import run
+    from alignslm.rundir import StageContext
+    from alignslm.stages import tokenize as st_tok
+    from alignslm.stages import unitlm as st_lm
+    from alignslm.tokenizer import TokenizerError
+    from alignslm.unitlm import UnitLMError
+
+    cfg = _twin_setup(tmp_path, vocab=4 + K - 1)  # one unit too many for the LM's vocabulary
+    probs = run.cross_checks(cfg)
+    assert len(probs) == 2
+    assert "dimension 48 does not match encoder hubert" in probs[0] and "hidden_size 32" in probs[0]
+    want = f"offset 4 + n_units {K} - 1 >= vocab_size {K + 3}"
+    assert want in probs[1]
+    ctx = StageContext(name="unitlm", cfg=cfg, run_dir=tmp_path, out=tmp_path / "unitlm", progress=False,
+                       inputs={"tokenize": tmp_path / "tokenize"})
+    with pytest.raises(UnitLMError, match=want.replace("+", r"\+")):  # the stage: same condition, same words
+        st_lm.run(ctx)
+    # both callers go through the one function: change it and both change
+    seen = []
+    monkeypatch.setattr(st_tok, "quantizer_dim_problem", lambda *a, **k: seen.append(("dim", a[:2])) or "DIM!")
+    monkeypatch.setattr(st_lm, "lm_unit_problems", lambda *a, **k: seen.append(("lm", a[0])) or ["LM!"])
+    assert run.cross_checks(cfg) == ["DIM!", "LM!"]
+    with pytest.raises(UnitLMError, match="^LM!$"):
+        st_lm.run(ctx)
+    monkeypatch.setattr(st_tok, "build_encoder", lambda *a, **k: type("E", (), {"name": "enc", "dim": 32})())
+    tctx = StageContext(name="tokenize", cfg=cfg, run_dir=tmp_path, out=tmp_path / "tok", progress=False,
+                        inputs={"corpus": tmp_path / "corpus"})
+    with pytest.raises(TokenizerError, match="^DIM!$"):
+        st_tok.run(tctx)
+    assert seen == [("dim", (48, 32)), ("lm", K), ("lm", K), ("dim", (48, 32))]
+
+
+def test_dry_run_reports_a_missing_path_once(tmp_path, capsys):
+    from alignslm import run
+    from alignslm.config import load_config
+    from alignslm.pipeline import plan
+
+    paths = {"corpus.manifest": "m.jsonl", "benchmarks.root": "bench", "tokenize.encoder_path": "hub",
+             "tokenize.quantizer": "km.npy", "unitlm.path": "lm", "vocoder.path": "hg", "asr.model_path": "asr",
+             "judge.model_path": "judge"}
+    over = [f"{k}={tmp_path / 'gone' / v}" for k, v in paths.items()]
+    cfg = load_config(overrides=[*over, "tokenize.encoder=hubert", "vocoder.kind=hifigan", "judge.backend=transformers",
+                                 f"run.run_dir={tmp_path / 'run'}"])
+    assert run.dry_run(cfg, plan(cfg)) == 2
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  - ")]
+    for key, v in paths.items():
+        said = [x for x in lines if str(tmp_path / "gone" / v) in x]
+        assert len(said) == 1 and key in said[0], (key, said)

@@ -22,7 +22,7 @@ from alignslm.audio import SAMPLE_RATE, AudioError, read_audio
 from alignslm.encoders import ENCODERS, Encoder, build_encoder
 from alignslm.quantizer import Quantizer, load_quantizer, train_quantizer
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
-from alignslm.tokenizer import QUANTIZER_NPY, SCALE_NPY, TOKENIZER_JSON, Tokenizer, feature_scale
+from alignslm.tokenizer import QUANTIZER_NPY, SCALE_NPY, TOKENIZER_JSON, Tokenizer, TokenizerError, feature_scale
 
 UNITS_JSONL = "units.jsonl"
 CACHE_MAX_BYTES = 512 * 2**20
@@ -49,6 +49,20 @@ def check(cfg: Any) -> list[str]:
     if t.pool < 1 or t.n_units < 2 or t.batch_size < 1 or t.shard_size < 1:
         problems.append("tokenize.pool, batch_size and shard_size must be >= 1 and n_units >= 2")
     return problems
+
+
+def quantizer_dim_problem(q_dim: int, enc_dim: int, quantizer: Any, encoder: str, layer: int | None = None
+                          ) -> str | None:
+    """The check that the quantizer's centroids have the encoder's feature dimension, or None when they do.
+
+    One function for both callers: ``--dry-run`` (alignslm.run.cross_checks: the .npy header against the
+    HuBERT config.json hidden_size, no model loaded) and :func:`run` (the loaded quantizer and encoder).
+    """
+    if int(q_dim) == int(enc_dim):
+        return None
+    at = f" layer {layer}" if layer is not None else ""
+    return (f"tokenize.quantizer={quantizer}: dimension {q_dim} does not match encoder {encoder}: "
+            f"use the k-means trained on this encoder's{at} features")
 
 
 def _device(cfg: Any) -> str:
@@ -157,7 +171,10 @@ def run(ctx: StageContext) -> dict:
     enc = build_encoder(t.encoder, t.encoder_path, layer=t.layer, batch_size=t.batch_size, pool=t.pool,
                         compute_type=t.compute_type, device=_device(ctx.cfg))
     if t.quantizer:  # fail fast on a mismatched file, before any audio is read
-        Tokenizer(enc, load_quantizer(Path(t.quantizer).expanduser(), trust_pickle=t.trust_pickle), t.dedup)
+        q = load_quantizer(Path(t.quantizer).expanduser(), trust_pickle=t.trust_pickle)
+        problem = quantizer_dim_problem(q.dim, enc.dim, t.quantizer, f"{enc.name} (dim {enc.dim})", t.layer)
+        if problem:
+            raise TokenizerError(problem)
     timing = {"encode_s": 0.0, "quantize_s": 0.0, "audio_s": 0.0}
     t0 = time.perf_counter()
     q, scale, cache = _quantizer(ctx, enc, rows, timing)

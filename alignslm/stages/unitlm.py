@@ -41,6 +41,29 @@ def _quantizer_k(tok_dir: Path) -> int:
     return int(meta["n_units"])
 
 
+def lm_unit_problems(k: int, config: Any, n_units: int | None, offset: int | None, lm: Any, quantizer: Any
+                     ) -> list[str]:
+    """The checks that an external LM models the quantizer's K units: unitlm.n_units == K, and the unit
+    tokens fit the vocabulary (offset + n_units - 1 < vocab_size).  [] when both hold.
+
+    ``config``: the LM's config (a transformers config, or config.json as a namespace); ``n_units``/``offset``:
+    the unitlm.* overrides (None = from the config, as :func:`alignslm.unitlm._special_ids` reads it).
+    One function for both callers: ``--dry-run`` (alignslm.run.cross_checks, config.json and the .npy
+    header) and :func:`_external` (the stage).
+    """
+    n = n_units if n_units is not None else k
+    off = _special_ids(config, offset)["offset"]
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    problems = []
+    if n != k:
+        problems.append(f"unitlm.n_units={n} but the quantizer ({quantizer}) has K={k} units; "
+                        "use the LM's own k-means (tokenize.quantizer)")
+    if off + n - 1 >= vocab:
+        problems.append(f"unitlm.path={lm}: offset {off} + n_units {n} - 1 >= vocab_size {vocab}: "
+                        f"this LM was trained on fewer units than the quantizer produces")
+    return problems
+
+
 def _external(ctx: StageContext, k: int) -> dict:
     """Validate a user-supplied HF model against the quantizer and point unitlm.json at it."""
     from transformers import AutoConfig
@@ -51,12 +74,9 @@ def _external(ctx: StageContext, k: int) -> dict:
     ids = _special_ids(config, u.offset)
     n_units = u.n_units if u.n_units is not None else k
     vocab = int(config.vocab_size)
-    if n_units != k:
-        raise UnitLMError(f"unitlm.n_units={n_units} but the quantizer has K={k} units "
-                          f"({ctx.inputs['tokenize']}/tokenizer.json); use the LM's own k-means (tokenize.quantizer)")
-    if ids["offset"] + n_units - 1 >= vocab:
-        raise UnitLMError(f"{path}: offset {ids['offset']} + n_units {n_units} - 1 >= vocab_size {vocab}; "
-                          f"this LM was trained on fewer units than the quantizer produces")
+    problems = lm_unit_problems(k, config, u.n_units, u.offset, path, ctx.inputs["tokenize"] / "tokenizer.json")
+    if problems:
+        raise UnitLMError("; ".join(problems))
     meta = {"path": str(path), "n_units": n_units, "support": u.support, "vocab_size": vocab, "source": "external",
             **{k2: ids[k2] for k2 in ("offset", "bos_id", "eos_id", "pad_id")}}
     write_json(ctx.out / "unitlm.json", meta)
