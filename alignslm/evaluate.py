@@ -11,6 +11,10 @@ Protocol (stated in the report):
   in-vocabulary (every band but oov); syntactic also per type.  The plain mean over all (id, voice) pairs
   is reported next to it as ``pair_mean``;
 - sSC/tSC: accuracy = share of pairs whose correct version scores strictly higher (ties are counted).
+- submission: every file of the split is written (the official tool rejects an incomplete one); a file
+  the loader rejected as bad audio gets the score that loses its pair (-inf correct / +inf incorrect
+  side, :data:`LOSING_SCORE`), so the official number is a lower bound, and is listed in
+  ``submission_filled``.  Our own numbers leave those pairs out (``dropped_pairs``).
 
 The official tool (PyPI ``zerospeech-benchmarks``) computes the same numbers; tests/test_zerospeech_official.py
 checks that on the same score files.  The official leaderboard averages the per-id scores after writing them
@@ -281,17 +285,49 @@ SCORERS = {"lexical": score_lexical, "syntactic": score_syntactic, "ssc": score_
 # --------------------------------------------------------------------------------------------------
 
 
+# A file the loader rejected (not 16 kHz mono, empty) has no score, but the official tool needs every file of
+# the split.  It gets the value that makes its pair lost whatever the other side scores: -inf (the lowest
+# possible log-likelihood) on the correct side, +inf on the incorrect side; a partner file of such a pair that
+# was not scored gets its side's value too.  The official number is then a lower bound (a dropped pair counts
+# as wrong, never as right or as a tie); every such file is listed (score_benchmarks: ``submission_filled``).
+LOSING_SCORE = {"correct": -math.inf, "incorrect": math.inf}
+
+
+def losing_scores(dropped: Sequence[Mapping], scores: Mapping[str, float],
+                  rejects: Sequence[tuple[str, str]] = ()) -> dict[str, dict]:
+    """file id -> {score, side, pair, voice, reason} for every file of a dropped pair that has no score."""
+    why = {str(f): r for f, r in rejects}
+    out: dict[str, dict] = {}
+    for pr in dropped:
+        for side in ("correct", "incorrect"):
+            fid = _stem(pr[f"{side}_file"])
+            if fid in scores or fid in out:
+                continue
+            out[fid] = {"file": fid, "score": LOSING_SCORE[side], "side": side, "pair": pr.get("id"),
+                        "voice": pr.get("voice"),
+                        "reason": why.get(fid, "its pair was dropped (the other side was rejected)")}
+    return out
+
+
 def write_submission(sub_dir: str | Path, kind: str, split: str, items: Sequence[tuple[str, Any]],
-                     scores: Mapping[str, float]) -> Path:
-    """``<sub>/<kind>/<split>.txt``: one line ``<file-stem> <score>`` per wav, in the items' order.
+                     scores: Mapping[str, float], dropped: Sequence[Mapping] = (),
+                     rejects: Sequence[tuple[str, str]] = ()) -> Path:
+    """``<sub>/<kind>/<split>.txt``: one line ``<file-stem> <score>`` per wav of the split: the items, in
+    their order, then the files of ``dropped`` pairs (their rejected audio has no score: see LOSING_SCORE).
 
     Scores are written with ``repr`` (round-trip exact) so the official tool sees our exact values.
     """
     if kind not in ("lexical", "syntactic"):
         raise ValueError(f"ZeroSpeech submissions have lexical/ and syntactic/ parts, not {kind!r}")
-    lines = []
-    for fid, _ in items:
-        s = scores.get(str(fid))
+    filled = losing_scores(dropped, scores, rejects)
+    lines, seen = [], set()
+    for fid in [str(f) for f, _ in items] + [_stem(p[f"{s}_file"]) for p in dropped for s in ("correct", "incorrect")]:
+        if _stem(fid) in seen:
+            continue
+        seen.add(_stem(fid))
+        s = scores.get(fid)
+        if s is None:
+            s = filled.get(_stem(fid), {}).get("score")
         if s is None:
             raise EvalInputError(f"no score for {fid} in {kind}/{split}: every file must appear exactly once")
         lines.append(f"{_stem(fid)} {float(s)!r}")
@@ -351,7 +387,14 @@ def score_benchmarks(lm: Scorer, units: Mapping[str, Mapping[str, Sequence[int]]
         res["windowed"] = stats.get("windowed", 0)  # utterances longer than the context (sliding window)
         res["n_utterances"] = len(scores)
         if submission_dir is not None and name in ("lexical", "syntactic"):
-            write_submission(submission_dir, name, split, bset.items, scores)
+            dropped, rejects = getattr(bset, "dropped", []), getattr(bset, "rejects", [])
+            write_submission(submission_dir, name, split, bset.items, scores, dropped, rejects)
+            filled = losing_scores(dropped, scores, rejects)
+            res["submission_filled"] = [{**f, "score": repr(f["score"])} for f in filled.values()]
+            if filled:
+                logger.warning("%s submission: %d file(s) without a score (rejected audio, or its pair's partner) "
+                               "written with the pair-losing score (-inf correct / inf incorrect): the official "
+                               "number is a lower bound; see submission_filled in results.json", name, len(filled))
         res["scores"] = scores
         out[name] = res
         logger.info("%s: %.4f (%d pairs, %.1fs)", name, res["all"], res["n_pairs"], res["seconds"])

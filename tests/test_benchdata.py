@@ -213,3 +213,55 @@ def test_evaluate_stage_finds_archive_folder_names_in_any_case(tmp_path):
     assert {k: len(v.pairs) for k, v in sets.items()} == {"lexical": 3, "syntactic": 2, "ssc": 2, "tsc": 3}
     assert sets["ssc"].root == (tmp_path / "sSC").resolve()
     assert sets["lexical"].root == (tmp_path / "Lexical" / "Dev").resolve()
+
+
+class _LengthLM:
+    """A stand-in unit LM for score_benchmarks: log-likelihood = -(number of units)."""
+
+    n_units = 10
+
+    def score_sequences(self, seqs, add_bos_eos=True, reduce="sum", batch_size=64):
+        return np.array([-float(len(s)) for s in seqs])
+
+    def max_context(self):
+        return None
+
+
+@pytest.mark.parametrize("bad", ["dWm", "aXk"])  # the incorrect side, then the correct side, is rejected
+def test_submission_lists_every_gold_file_and_a_rejected_one_loses_its_pair(tmp_path, bad):
+    """The official tool needs every file of the split: a rejected file (and its unscored partner) is written
+    with the pair-losing score (-inf correct side, +inf incorrect side) and listed in submission_filled."""
+    from types import SimpleNamespace
+
+    from alignslm import evaluate as ev
+    from alignslm.rundir import Rejects
+    from alignslm.stages import evaluate as st_eval
+
+    d = tmp_path / "lexical" / "dev"
+    _gold(d, LEX_COLS, LEX_ROWS)
+    _gold(tmp_path / "syntactic" / "dev", SYN_COLS, SYN_ROWS)
+    _storycloze(tmp_path, "ssc", ["0"])
+    _storycloze(tmp_path, "tsc", ["0"])
+    _wav(d / f"{bad}.wav", sr=8000)
+    ctx = SimpleNamespace(rejects=Rejects(tmp_path / "rejects.jsonl", "evaluate"))
+    benches = st_eval.load_benchmarks(ctx, tmp_path, "dev")  # as the stage: only files of kept pairs are scored
+    lex = benches["lexical"]
+    partner = {"dWm": "cRt", "aXk": "bQz"}[bad]
+    assert {f for f, _ in lex.items} == {"aXk", "bQz", "cRt", "dWm", "eLp", "fYo"} - {bad, partner}
+    units = {k: {f: [1] * (1 + i % 3) for i, (f, _) in enumerate(b.items)} for k, b in benches.items()}
+    sub = tmp_path / "sub"
+    res = ev.score_benchmarks(_LengthLM(), units, benches, "sum", submission_dir=sub)
+    written = ev.read_submission(sub / "lexical" / "dev.txt")
+    assert set(written) == {r[0] for r in LEX_ROWS}  # every gold.csv file, once
+    assert set(ev.read_submission(sub / "syntactic" / "dev.txt")) == {r[0] for r in SYN_ROWS}
+    side = {"aXk": "correct", "bQz": "incorrect", "cRt": "correct", "dWm": "incorrect"}
+    assert written[bad] == ev.LOSING_SCORE[side[bad]] and written[partner] == ev.LOSING_SCORE[side[partner]]
+    filled = {f["file"]: f for f in res["lexical"]["submission_filled"]}
+    assert set(filled) == {bad, partner} and "8000 Hz" in filled[bad]["reason"]
+    assert filled[bad]["score"] == repr(ev.LOSING_SCORE[side[bad]]) and filled[bad]["pair"] == "0"
+    assert res["syntactic"]["submission_filled"] == []
+    # the official rule on the complete submission: the dropped pair scores 0 (a lower bound), not 0.5 or 1
+    dropped_wins = [1.0 if written[p["correct_file"]] > written[p["incorrect_file"]] else 0.0 for p in lex.dropped]
+    assert dropped_wins == [0.0]
+    with pytest.raises(ev.EvalInputError, match="no score for"):  # no silent gaps without a dropped pair
+        ev.write_submission(tmp_path / "x", "lexical", "dev", lex.items, {})

@@ -195,3 +195,29 @@ def test_official_zerospeech_scorer_gives_identical_numbers(tmp_path):
             pytest.skip(f"alignslm.benchdata rejected the stand-in wavs ({e}); pairing checked above only")
         ours = ev.SCORERS[kind](bset.pairs, ev.read_submission(sub / kind / "dev.txt"))
         assert ours["all"] == pytest.approx(official[kind]["all"], abs=1e-12)
+
+
+def test_official_scorer_reads_the_pair_losing_scores_of_rejected_files(tmp_path):
+    """A submission with rejected files (written -inf / inf, see alignslm.evaluate.LOSING_SCORE) is complete
+    for the official tool, which scores those pairs 0, exactly as our scorer does on the same file."""
+    _ensure_venv()
+    rng = np.random.default_rng(7)
+    root, sub = tmp_path / "zr2021", tmp_path / "submission"
+    items, pairs, scores, _ = _build_dataset(root, rng)
+    for kind in ("lexical", "syntactic"):
+        dropped = pairs[kind][1::9]  # as if one side of each had been rejected by the loader
+        gone = {p[s] for p in dropped for s in ("correct_file", "incorrect_file")}
+        kept = [(f, p) for f, p in items[kind] if f not in gone]
+        rejects = [(p["correct_file"], "sample rate 8000 Hz") for p in dropped]
+        ev.write_submission(sub, kind, "dev", kept, {f: scores[kind][f] for f, _ in kept}, dropped, rejects)
+    r = subprocess.run([str(PY), "-c", OFFICIAL, str(root), str(sub)], capture_output=True, text=True,
+                       env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    official = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    for kind in ("lexical", "syntactic"):
+        written = ev.read_submission(sub / kind / "dev.txt")
+        assert len(written) == len(items[kind])  # every gold file
+        ours = ev.SCORERS[kind](pairs[kind], written)
+        assert ours["all"] == pytest.approx(official[kind]["all"], abs=1e-12)
+        kept_only = ev.SCORERS[kind]([p for p in pairs[kind] if p not in pairs[kind][1::9]], written)
+        assert ours["pair_mean"] < kept_only["pair_mean"]  # the filled pairs count as lost
