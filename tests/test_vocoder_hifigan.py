@@ -13,6 +13,7 @@ from alignslm.vocoder import load_vocoder
 from alignslm.vocoder.hifigan import (
     CheckpointError,
     CodeGenerator,
+    ConditioningError,
     HifiganVocoder,
     VocoderInputError,
     _Cond,
@@ -137,6 +138,80 @@ def test_multispeaker_f0_model_batches_like_single(tmp_path):
             s = model.generate(xs, fs)[0]
             assert s.shape[0] == 2 * len(u) * 4
             torch.testing.assert_close(batched[i, : s.shape[0]], s, atol=2e-5, rtol=1e-4)
+
+
+def _direct(model, units, cond):
+    """The low-level path for one utterance: features + generate (what vocode must reproduce)."""
+    with torch.no_grad():
+        x, fr = model.features(torch.tensor([units]), torch.tensor([len(units)]), None, cond)
+        return model.generate(x, fr)[0, : int(model.output_lengths(fr)[0])].numpy()
+
+
+def test_speaker_embedding_checkpoint_is_conditioned_through_vocode(tmp_path, monkeypatch):
+    monkeypatch.setattr("alignslm.vocoder.hifigan.CPU_MIN_FILL", 0.0)
+    cfg = {**TINY, "multispkr": True, "embedder_params": {"embedder_type": "ecapa"}, "embedder_dim": 6,
+           "model_in_dim": 16}
+    cfg.pop("dur_predictor_params")
+    voc = load_vocoder(_save(tmp_path, cfg, _weight_normed(cfg)))
+    assert isinstance(voc, HifiganVocoder) and "spkr.weight" in voc.model.state_dict()
+    assert voc.conditioning() == {"speaker": "embedding", "speaker_size": 6, "f0": False, "f0_bins": None}
+    units = _rand_units(4, 3, 12, seed=7)
+    with pytest.raises(ConditioningError, match=r"speaker embedding .*speaker=<6 floats>"):
+        voc.vocode(units)
+    with pytest.raises(ConditioningError, match="speaker embedding"):  # vocoder.speaker is an id: wrong kind
+        HifiganVocoder(voc.model, speaker=3)
+    with pytest.raises(ConditioningError, match="speaker embedding"):
+        voc.vocode(units, speaker=np.zeros(5))
+    with pytest.raises(ConditioningError, match="3 speaker embeddings for 4"):
+        voc.vocode(units, speaker=np.zeros((3, 6)))
+    embs = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    per_item = voc.vocode(units, speaker=embs, batch_size=4)  # one vector per utterance, one padded batch
+    for i, u in enumerate(units):
+        want = _direct(voc.model, u, _Cond(spkr=torch.tensor(embs[i:i + 1])))
+        np.testing.assert_allclose(per_item[i], want, atol=2e-5, err_msg=f"item {i}")
+    shared = voc.vocode(units, speaker=embs[0])  # one vector for all
+    np.testing.assert_allclose(shared[0], per_item[0], atol=2e-5)
+    assert not np.allclose(shared[1], per_item[1], atol=1e-3)  # the embedding changes the audio
+    fixed = HifiganVocoder(voc.model, speaker=embs[2])  # a default vector, given once
+    np.testing.assert_allclose(fixed.vocode([units[2]])[0], per_item[2], atol=2e-5)
+
+
+def test_speaker_ids_and_f0_through_vocode(tmp_path, monkeypatch):
+    monkeypatch.setattr("alignslm.vocoder.hifigan.CPU_MIN_FILL", 0.0)
+    cfg = {**TINY, "multispkr": True, "num_speakers": 4, "f0": True, "model_in_dim": 17}
+    cfg.pop("dur_predictor_params")
+    voc = HifiganVocoder(load_codegenerator(_save(tmp_path, cfg, _weight_normed(cfg))), speaker=1)
+    assert voc.conditioning() == {"speaker": "id", "speaker_size": 4, "f0": True, "f0_bins": None}
+    rng = np.random.default_rng(0)
+    units = _rand_units(3, 2, 12)
+    f0s = [rng.uniform(-1, 1, 2 * len(u)).astype(np.float32) for u in units]  # 2 F0 frames per unit
+    with pytest.raises(ConditioningError, match=r"F0-conditioned .*f0=\["):
+        voc.vocode(units)
+    with pytest.raises(ConditioningError, match="2 F0 tracks for 3"):
+        voc.vocode(units, f0=f0s[:2])
+    with pytest.raises(ConditioningError, match=r"speaker id 4 is outside \[0, 4\)"):
+        voc.vocode(units, f0=f0s, speaker=[0, 4, 1])
+    out = voc.vocode(units, f0=f0s, speaker=[3, 0, 2], batch_size=3)
+    for i, (u, sp) in enumerate(zip(units, [3, 0, 2])):
+        want = _direct(voc.model, u, _Cond(spkr=torch.tensor([sp]), f0=[torch.tensor(f0s[i])]))
+        assert out[i].shape == want.shape == (2 * len(u) * 4,)
+        np.testing.assert_allclose(out[i], want, atol=2e-5, err_msg=f"item {i}")
+    default = voc.vocode(units[:1], f0=f0s[:1])  # the constructor's speaker 1
+    np.testing.assert_allclose(default[0], _direct(voc.model, units[0], _Cond(torch.tensor([1]), None,
+                                                                                 [torch.tensor(f0s[0])])), atol=2e-5)
+    bad = [*f0s[:2], np.zeros(3 * len(units[2]) + 1, np.float32)]  # item 2 does not align with its units
+    with pytest.raises(VocoderInputError, match="item 2: F0 frames and unit frames do not align"):
+        voc.vocode(units, f0=bad)
+
+
+def test_conditioning_a_plain_checkpoint_does_not_take_is_an_error(tmp_path):
+    voc = load_vocoder(_save(tmp_path, TINY, _weight_normed(TINY)))
+    assert voc.conditioning() == {"speaker": None, "speaker_size": None, "f0": False, "f0_bins": None}
+    with pytest.raises(ConditioningError, match="no speaker conditioning"):
+        voc.vocode([[1, 2, 3]], speaker=0)
+    with pytest.raises(ConditioningError, match="not F0-conditioned"):
+        voc.vocode([[1, 2, 3]], f0=[np.zeros(3)])
+    assert HifiganVocoder(voc.model, speaker=2).speaker is None  # vocoder.speaker on it: a warning, ignored
 
 
 def test_length_batches_group_similar_lengths():

@@ -6,6 +6,10 @@ Two implementations share one interface (:class:`Vocoder`):
 
     voc = load_vocoder("runs/demo/vocoder")          # the vocoder stage directory (vocoder.json)
     wavs = voc.vocode([[3, 7, 7, 1], [5, 2]])        # -> [np.ndarray (samples,), ...], each trimmed
+
+A HiFi-GAN checkpoint conditioned on a speaker (id table or embedding vector) or on F0 takes that
+conditioning as ``vocode(..., speaker=..., f0=...)`` (:class:`HifiganVocoder`); vocoding without
+what it needs is a :class:`ConditioningError`.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from alignslm.vocoder.hifigan import CheckpointError, HifiganVocoder, VocoderInputError
+from alignslm.vocoder.hifigan import CheckpointError, ConditioningError, HifiganVocoder, VocoderInputError
 
-__all__ = ["Vocoder", "load_vocoder", "CheckpointError", "VocoderInputError", "HifiganVocoder"]
+__all__ = ["Vocoder", "load_vocoder", "CheckpointError", "ConditioningError", "VocoderInputError", "HifiganVocoder"]
 
 
 class Vocoder(Protocol):

@@ -34,6 +34,10 @@ class CheckpointError(ValueError):
     """A HiFi-GAN directory, config or state dict that cannot be used; the message names the item."""
 
 
+class ConditioningError(ValueError):
+    """The checkpoint needs speaker / F0 conditioning that was not given, or was given in the wrong form."""
+
+
 class VocoderInputError(ValueError):
     """Bad units for vocoding (out of the table, empty); ``index`` is the item's position in the batch."""
 
@@ -170,6 +174,17 @@ class CodeGenerator(nn.Module):
             n += emb if self.f0_quant_embed is not None else 1
         return n
 
+    def speaker_need(self) -> str:
+        """What speaker conditioning this checkpoint takes, as an instruction (for error messages)."""
+        if self.embedder:
+            return (f"this HiFi-GAN is conditioned on a speaker embedding (config.json embedder_params): pass "
+                    f"speaker=<{self.spkr.in_features} floats> (one vector for every utterance, or one per "
+                    "utterance) to HifiganVocoder(...) or vocode(...)")
+        if self.multispkr:
+            return (f"this HiFi-GAN is multi-speaker (config.json multispkr): pass a speaker id in "
+                    f"[0, {self.spkr.num_embeddings}) (vocoder.speaker, or vocode(..., speaker=id or [id, ...]))")
+        return "this HiFi-GAN takes no speaker conditioning"
+
     @property
     def hop(self) -> int:
         """Output samples per input frame (product of the upsample rates)."""
@@ -236,9 +251,12 @@ class CodeGenerator(nn.Module):
         b, t = x.shape[0], x.shape[2]
         if self.multispkr or self.embedder:
             if cond.spkr is None:
-                raise VocoderInputError(0, "this HiFi-GAN is multi-speaker: a speaker id (vocoder.speaker) is needed")
-            s = self.spkr(cond.spkr).view(1, -1, 1)  # an id (Embedding) or an embedding vector (Linear)
-            x = torch.cat([x, s.expand(b, -1, t)], dim=1)
+                raise ConditioningError(self.speaker_need())
+            s = self.spkr(cond.spkr)  # ids (Embedding) or embedding vectors (Linear) -> (1 or B, emb) / (emb,)
+            s = s.reshape(-1, s.shape[-1])
+            if s.shape[0] not in (1, b):
+                raise ConditioningError(f"{s.shape[0]} speaker conditionings for a batch of {b} utterances")
+            x = torch.cat([x, s[:, :, None].expand(b, -1, t)], dim=1)
         if self.multistyle:
             st = self.style(cond.style if cond.style is not None else torch.zeros(1, dtype=torch.long))
             x = torch.cat([x, st.view(1, -1, 1).expand(b, -1, t)], dim=1)
@@ -248,7 +266,8 @@ class CodeGenerator(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append F0 channels; the shorter of (units, F0) is repeated to the other's rate (integer ratio)."""
         if f0 is None or len(f0) != x.shape[0]:
-            raise VocoderInputError(0, "this HiFi-GAN is F0-conditioned: pass one F0 track per item (f0=...)")
+            raise ConditioningError("this HiFi-GAN is F0-conditioned (config.json f0: true): pass one F0 track per "
+                                    "item, vocode(..., f0=[track, ...])")
         rows, new_len = [], []
         for b, track in enumerate(f0):
             u = x[b, :, :lengths[b]]  # (D, T_b)
@@ -423,37 +442,131 @@ def length_batches(lengths: list[int], batch_size: int, min_fill: float = 0.0) -
 
 
 class HifiganVocoder:
-    """``vocode(units_list, durations=None) -> [waveform]`` over a loaded :class:`CodeGenerator`."""
+    """``vocode(units_list, durations=None, speaker=None, f0=None) -> [waveform]`` over a loaded
+    :class:`CodeGenerator`.
+
+    Conditioning, as the checkpoint's config.json asks for it (:meth:`conditioning`):
+
+    - ``multispkr`` (a speaker table): a speaker id, ``speaker=`` here (``vocoder.speaker``; 0 with a warning
+      when not given, as before) or per call, one id for every item or a list of one id per item;
+    - ``embedder_params`` (a speaker-embedding vector through a linear layer): ``speaker=`` a vector of
+      ``embedder_dim`` floats (here, for every call, or per call), or per call an (N, embedder_dim) array
+      with one vector per utterance; there is no default: vocoding without one is a :class:`ConditioningError`;
+    - ``f0``: per call, ``f0=`` one F0 track per item (frames at the unit frame rate or an integer multiple
+      of it after duration expansion; bin ids when the checkpoint quantises F0); required.
+    """
 
     kind = "hifigan"
 
-    def __init__(self, model: CodeGenerator, speaker: int | None = None, batch_size: int = 16):
+    def __init__(self, model: CodeGenerator, speaker: Any = None, batch_size: int = 16):
         self.model = model
         self.batch_size = batch_size
         self.sample_rate = int(model.cfg.get("sampling_rate", 16_000))
         self.n_units = int(model.cfg["num_embeddings"])
-        spk = None
-        if model.multispkr and not model.embedder:
-            if speaker is None:
-                logger.warning("multi-speaker HiFi-GAN and no vocoder.speaker given: using speaker 0")
-            spk = torch.tensor([0 if speaker is None else int(speaker)])
-        self.cond = _Cond(spkr=spk)
+        if model.multispkr and not model.embedder and speaker is None:
+            logger.warning("multi-speaker HiFi-GAN and no vocoder.speaker given: using speaker 0")
+            speaker = 0
+        if speaker is not None and not (model.multispkr or model.embedder):
+            logger.warning("vocoder.speaker=%s ignored: this HiFi-GAN takes no speaker conditioning", _short(speaker))
+            speaker = None
+        self.speaker = None if speaker is None else self._speaker_tensor(speaker, None)
+        if model.embedder and self.speaker is None:
+            logger.warning("%s; vocode() fails without it", model.speaker_need())
+        if model.f0:
+            logger.warning("this HiFi-GAN is F0-conditioned: vocode() needs f0=[one track per item]")
+        self.cond = _Cond(spkr=self.speaker)
         if model.dur_predictor is None:
             logger.warning("this HiFi-GAN has no duration predictor: units are vocoded one frame each "
                            "unless durations are given")
 
     @classmethod
-    def from_dir(cls, directory: str | Path, speaker: int | None = None, batch_size: int = 16,
+    def from_dir(cls, directory: str | Path, speaker: Any = None, batch_size: int = 16,
                  device: str = "cpu") -> HifiganVocoder:
         return cls(load_codegenerator(directory, device), speaker=speaker, batch_size=batch_size)
 
+    def conditioning(self) -> dict[str, Any]:
+        """What this checkpoint needs besides units: speaker ("id" | "embedding" | None) and its size, F0."""
+        m = self.model
+        kind = "embedding" if m.embedder else ("id" if m.multispkr else None)
+        size = m.spkr.in_features if m.embedder else (m.spkr.num_embeddings if m.multispkr else None)
+        return {"speaker": kind, "speaker_size": size, "f0": m.f0,
+                "f0_bins": m.f0_quant_embed.num_embeddings if m.f0_quant_embed is not None else None}
+
+    def _speaker_tensor(self, speaker: Any, n: int | None) -> torch.Tensor:
+        """speaker -> (1,) / (n,) long ids or (1, D) / (n, D) float embeddings, checked against the checkpoint;
+        ``n`` = the number of utterances of the call (None: one value for every call)."""
+        m = self.model
+        if not (m.multispkr or m.embedder):
+            raise ConditioningError("this HiFi-GAN takes no speaker conditioning (config.json has neither "
+                                    "multispkr nor embedder_params): leave speaker / vocoder.speaker unset")
+        arr = np.asarray(speaker.detach().cpu() if isinstance(speaker, torch.Tensor) else speaker)
+        if m.embedder:
+            dim = m.spkr.in_features
+            if arr.ndim == 0 or not np.issubdtype(arr.dtype, np.number) or arr.shape[-1] != dim or arr.ndim > 2:
+                raise ConditioningError(f"speaker={_short(speaker)}: {m.speaker_need()}")
+            arr = arr.reshape(-1, dim)
+            if arr.shape[0] not in (1, n or 1):
+                raise ConditioningError(f"{arr.shape[0]} speaker embeddings for {n} utterances (give one, or one "
+                                        "per utterance)")
+            if not np.isfinite(arr).all():
+                raise ConditioningError("the speaker embedding has NaN or infinite values")
+            return torch.as_tensor(arr, dtype=m.spkr.weight.dtype, device=m.spkr.weight.device)
+        if arr.ndim > 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ConditioningError(f"speaker={_short(speaker)}: {m.speaker_need()}")
+        arr = arr.reshape(-1)
+        if arr.shape[0] not in (1, n or 1):
+            raise ConditioningError(f"{arr.shape[0]} speaker ids for {n} utterances (give one, or one per utterance)")
+        bad = [int(v) for v in arr if not 0 <= int(v) < m.spkr.num_embeddings]
+        if bad:
+            raise ConditioningError(f"speaker id {bad[0]} is outside [0, {m.spkr.num_embeddings}) of this checkpoint")
+        return torch.as_tensor(arr, dtype=torch.long, device=m.spkr.weight.device)
+
+    def _f0_tracks(self, f0: Any, n: int) -> list[torch.Tensor] | None:
+        m = self.model
+        if not m.f0:
+            if f0 is not None:
+                raise ConditioningError("this HiFi-GAN is not F0-conditioned (config.json f0 is false): leave f0 unset")
+            return None
+        if f0 is None:
+            raise ConditioningError("this HiFi-GAN is F0-conditioned (config.json f0: true): pass one F0 track per "
+                                    "item, vocode(..., f0=[track, ...])")
+        if len(f0) != n:
+            raise ConditioningError(f"{len(f0)} F0 tracks for {n} unit sequences")
+        dev = m.dict.weight.device
+        out = []
+        for i, tr in enumerate(f0):
+            t = torch.as_tensor(np.asarray(tr.detach().cpu() if isinstance(tr, torch.Tensor) else tr)).reshape(-1)
+            if t.numel() == 0:
+                raise VocoderInputError(i, "empty F0 track")
+            if m.f0_quant_embed is not None:
+                if t.is_floating_point() and not torch.equal(t, t.round()):
+                    raise VocoderInputError(i, "this HiFi-GAN quantises F0: the track must hold bin ids")
+                t = t.long()
+                if int(t.min()) < 0 or int(t.max()) >= m.f0_quant_embed.num_embeddings:
+                    raise VocoderInputError(i, f"F0 bin outside [0, {m.f0_quant_embed.num_embeddings})")
+            elif not torch.isfinite(t.float()).all():
+                raise VocoderInputError(i, "F0 track has NaN or infinite values")
+            out.append(t.to(dev))
+        return out
+
     @torch.inference_mode()
     def vocode(self, units_list: list[list[int]], durations: list[list[int]] | None = None,
-               batch_size: int | None = None) -> list[np.ndarray]:
-        """A batch of unit sequences of different lengths -> one trimmed float32 waveform each."""
+               batch_size: int | None = None, *, speaker: Any = None, f0: Any = None) -> list[np.ndarray]:
+        """A batch of unit sequences of different lengths -> one trimmed float32 waveform each.
+
+        ``speaker``: overrides the constructor's (see the class doc): an id / a list of ids per item for a
+        multi-speaker checkpoint, a vector / an (N, D) array for a speaker-embedding one.  ``f0``: one F0
+        track per item for an F0-conditioned checkpoint.  Missing or ill-formed conditioning is a
+        :class:`ConditioningError` before anything is vocoded.
+        """
         check_units(units_list, self.n_units)
         check_durations(units_list, durations)
-        out: list[np.ndarray | None] = [None] * len(units_list)
+        n = len(units_list)
+        spk = self._speaker_tensor(speaker, n) if speaker is not None else self.speaker
+        if spk is None and (self.model.multispkr or self.model.embedder):
+            raise ConditioningError(self.model.speaker_need())
+        tracks = self._f0_tracks(f0, n)
+        out: list[np.ndarray | None] = [None] * n
         dev = self.model.dict.weight.device
         min_fill = CPU_MIN_FILL if dev.type == "cpu" else 0.0
         for idx in length_batches([len(u) for u in units_list], batch_size or self.batch_size, min_fill):
@@ -463,9 +576,20 @@ class HifiganVocoder:
                 dur: Any = nn.utils.rnn.pad_sequence([torch.tensor(durations[i]) for i in idx], batch_first=True)
             else:
                 dur = "predict" if self.model.dur_predictor is not None else None
-            x, frames = self.model.features(codes.to(dev), lengths.to(dev), dur, self.cond)
+            sel = torch.tensor(idx, device=spk.device) if spk is not None and spk.shape[0] > 1 else None
+            cond = _Cond(spkr=None if spk is None else (spk[sel] if sel is not None else spk),
+                         f0=None if tracks is None else [tracks[i] for i in idx])
+            try:
+                x, frames = self.model.features(codes.to(dev), lengths.to(dev), dur, cond)
+            except VocoderInputError as e:
+                raise VocoderInputError(idx[e.index], e.reason) from None
             wav = self.model.generate(x, frames.to(dev)).float().cpu().numpy()  # (B, T * hop)
             n_out = self.model.output_lengths(frames)
             for j, i in enumerate(idx):
                 out[i] = wav[j, : int(n_out[j])].copy()
         return out  # type: ignore[return-value]
+
+
+def _short(x: Any) -> str:
+    r = repr(x)
+    return r if len(r) <= 40 else r[:37] + "..."
