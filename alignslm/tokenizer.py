@@ -125,7 +125,9 @@ def load_tokenizer(stage_dir: str | Path, device: str = "cpu", batch_size: int =
         raise TokenizerError(f"{js}: missing key {e}; the file is corrupt, re-run the tokenize stage") from e
     enc = build_encoder(kind, meta.get("encoder_path"), layer=int(meta.get("layer", 11)),
                         pool=int(meta.get("pool", 1)), compute_type=meta.get("compute_type", "default"),
-                        batch_size=batch_size, device=device)
+                        batch_size=batch_size, device=device,
+                        norm=meta.get("norm", "utterance"),  # files written before tokenize.norm existed
+                        cepstra=int(meta.get("cepstra", 19)))
     if abs(enc.frame_rate - float(meta.get("frame_rate", enc.frame_rate))) > 1e-6:
         raise TokenizerError(f"{js}: frame rate {meta['frame_rate']} recorded, but encoder gives {enc.frame_rate}")
     scale = np.load(d / meta["feature_scale"], allow_pickle=False) if meta.get("feature_scale") else None

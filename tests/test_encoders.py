@@ -136,3 +136,47 @@ def test_logmel_shapes_and_normalisation():
     np.testing.assert_allclose(x.std(0), 1, atol=1e-2)
     with pytest.raises(EncoderError, match="shorter than one frame"):
         enc.encode([np.ones(100, np.float32)])
+
+
+def test_logmel_cepstra_frames_do_not_depend_on_the_rest_of_the_utterance():
+    """An isolated word must get the frames it gets inside a longer utterance (issue 6: benchmark words are
+    spoken alone, the LM learns them inside stories).  Per-utterance normalisation breaks this."""
+    a = speechlike(16000, 1)
+    longer = np.concatenate([a, 0.25 * a[::-1]])  # quieter tail: the utterance's log-mel maximum is in ``a``
+    n = a.size // 320 - 3  # frames of ``a`` away from its end (the STFT window straddles the join)
+    for norm in ("cepstra", "none"):
+        enc = LogMelEncoder(norm=norm)
+        alone, inside = enc.encode([a])[0], enc.encode([longer])[0]
+        np.testing.assert_allclose(inside[:n], alone[:n], atol=1e-4)
+    utt = LogMelEncoder(norm="utterance")
+    assert np.abs(utt.encode([longer])[0][:n] - utt.encode([a])[0][:n]).max() > 0.1
+
+
+def test_logmel_cepstra_shape_gain_invariance_and_tokenizer_round_trip(tmp_path):
+    import json
+
+    from alignslm.quantizer import Quantizer
+    from alignslm.tokenizer import Tokenizer, load_tokenizer
+
+    enc = build_encoder("logmel", norm="cepstra", cepstra=19)
+    w = speechlike(16000 + 500, 3)
+    (x,) = enc.encode([w])
+    assert x.shape == (w.size // 320, 19) and enc.dim == 19 and enc.name.endswith(":c19")
+    np.testing.assert_allclose(enc.encode([0.3 * w])[0], x, atol=1e-4)  # loudness lives in c0 (dropped)
+    assert np.abs(LogMelEncoder(norm="none").encode([0.3 * w])[0] - LogMelEncoder(norm="none").encode([w])[0]
+                  ).max() > 0.1
+    Tokenizer(enc, Quantizer(x[::7].copy()), dedup=False).save(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    assert tok.encoder.norm == "cepstra" and tok.encoder.dim == 19
+    assert tok.encode([w])[0][0].tolist() == Quantizer(x[::7].copy()).assign(x).tolist()
+    # a tokenizer.json written before tokenize.norm existed means per-utterance normalised log-mel bands
+    utt = LogMelEncoder()
+    Tokenizer(utt, Quantizer(utt.encode([w])[0][::7].copy())).save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "tokenizer.json").read_text())
+    del meta["norm"]
+    (tmp_path / "old" / "tokenizer.json").write_text(json.dumps(meta))
+    assert load_tokenizer(tmp_path / "old").encoder.norm == "utterance"
+    with pytest.raises(EncoderError, match="choose one of"):
+        LogMelEncoder(norm="speaker")
+    with pytest.raises(EncoderError, match="cepstral coefficients"):
+        LogMelEncoder(norm="cepstra", cepstra=80)

@@ -118,9 +118,10 @@ def test_stage_units_rejects_and_reload(tmp_path):
         assert r["quantizer"] == tok.quantizer_id and r["encoder"] == tok.encoder.name
         (u, d), = tok.encode([sf.read(row["path"], dtype="float32")[0]])
         assert u.tolist() == r["units"] and d.tolist() == r["durations"]  # load_tokenizer reproduces the stage
-    assert tok.scale is not None and tok.scale.shape == (80,)  # standardize is on by default
+    assert tok.encoder.norm == "cepstra" and tok.encoder.dim == 19  # the demo default (tokenize.norm)
+    assert tok.scale is not None and tok.scale.shape == (19,)  # standardize is on by default
     meta = json.loads((tmp_path / "tokenize" / "quantizer.json").read_text())
-    assert meta["k"] == 8 and meta["dim"] == 80
+    assert meta["k"] == 8 and meta["dim"] == 19
 
 
 def test_stage_is_deterministic_and_resumes(tmp_path):
@@ -191,7 +192,7 @@ def test_joblib_kmeans_round_trip(tmp_path):
     from sklearn.cluster import KMeans
 
     write_corpus(tmp_path, n=4, bad=False)
-    enc = LogMelEncoder()
+    enc = LogMelEncoder(norm="cepstra")  # the stage's default features
     wavs = [sf.read(r["path"], dtype="float32")[0] for r in read_jsonl(tmp_path / "corpus" / "manifest.jsonl")]
     feats = enc.encode(wavs)
     km = KMeans(n_clusters=10, n_init=1, random_state=0).fit(np.concatenate(feats))

@@ -46,6 +46,8 @@ def check(cfg: Any) -> list[str]:
             problems.append(f"tokenize.quantizer={q} is a pickle/joblib file: set tokenize.trust_pickle=true "
                             f"if you trust it, or convert it: python -m alignslm.quantizer convert {q} out.npy "
                             "--trust-pickle")
+    if t.norm not in ("cepstra", "utterance", "none"):
+        problems.append(f"tokenize.norm={t.norm!r}: choose one of cepstra, utterance, none")
     if t.pool < 1 or t.n_units < 2 or t.batch_size < 1 or t.shard_size < 1:
         problems.append("tokenize.pool, batch_size and shard_size must be >= 1 and n_units >= 2")
     return problems
@@ -169,7 +171,7 @@ def run(ctx: StageContext) -> dict:
     if not rows or None in ids or len(set(ids)) != len(ids):
         raise ValueError(f"{manifest}: need a non-empty manifest with a unique utt_id on every row")
     enc = build_encoder(t.encoder, t.encoder_path, layer=t.layer, batch_size=t.batch_size, pool=t.pool,
-                        compute_type=t.compute_type, device=_device(ctx.cfg))
+                        compute_type=t.compute_type, device=_device(ctx.cfg), norm=t.norm, cepstra=t.cepstra)
     if t.quantizer:  # fail fast on a mismatched file, before any audio is read
         q = load_quantizer(Path(t.quantizer).expanduser(), trust_pickle=t.trust_pickle)
         problem = quantizer_dim_problem(q.dim, enc.dim, t.quantizer, f"{enc.name} (dim {enc.dim})", t.layer)
