@@ -192,6 +192,8 @@ class JudgeConfig:
     timeout_s: float = opt(60.0, "HTTP timeout per request.")
     retries: int = opt(3, "HTTP retries with exponential backoff.")
     batch_size: int = opt(8, "Prompts per in-process batch.")
+    dtype: str = opt("auto", "In-process judge weights: auto (bfloat16 on a GPU or a CPU with native bf16, else "
+                             "float32) | float32 | bfloat16.")
     max_new_tokens: int = opt(96, "Score mode without expected_score: tokens of analysis + 'Score: N'.")
     backoff_s: float = opt(0.5, "HTTP: first retry delay (doubles each retry).")
     shard_size: int = opt(128, "Continuations per output shard (resume granularity).")

