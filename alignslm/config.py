@@ -167,7 +167,8 @@ class ASRConfig:
     beam_size: int = opt(5, "Beam size (5, as faster-whisper; 1 is ~20% faster and worse: demo WER "
                                 "0.30 vs 0.24 on eSpeak stories with tiny.en).")
     language: str = opt("en", "Language token.")
-    compute_type: str = opt("default", "CTranslate2 compute type.")
+    compute_type: str = opt("auto", "CTranslate2 compute type; auto = int8 on a CPU (1.5x faster, +0.009 WER on demo "
+                                    "clips), the model's own type on a GPU; or default | int8 | float16 | ...")
     min_window_s: float = opt(10.0, "Floor of the trimmed feature window (seconds); see bench/bench_asr.py.")
     max_tokens_per_s: float = opt(8.0, "Output budget per second of audio; an output that reaches it is a runaway.")
     compression_ratio_max: float = opt(2.4, "Drop (and record) outputs whose zlib compression ratio exceeds this.")

@@ -106,3 +106,13 @@ def test_transcribe_stage(tmp_path, clips):
     rejects = read_jsonl(ctx.out / "rejects.jsonl")
     assert {r["id"] for r in rejects} == {"p0/2", "p0/3"}
     assert transcribe.check(cfg) == []
+
+
+def test_compute_type_auto_is_int8_on_cpu_and_accurate(asr, clips):
+    from alignslm.asr import asr_compute_type
+
+    assert asr_compute_type("auto", "cpu") == "int8" and asr_compute_type("auto", "cuda") == "default"
+    assert asr_compute_type("float32", "cpu") == "float32"
+    assert asr.compute_type == "int8"  # the config default (auto) on this CPU
+    full = ASR(default_model_dir(), compute_type="default")
+    assert wer(TEXTS, asr.transcribe(clips)) <= wer(TEXTS, full.transcribe(clips)) + 0.1
