@@ -103,7 +103,7 @@ def _demo_speed(quick: bool, threads: int) -> list[dict]:
                        repeats=3 if quick else 5)
 
 
-def wer_bench(run_dir: Path, n: int) -> tuple[list[dict], dict]:
+def wer_bench(run_dir: Path, n: int, beam: int = 5) -> tuple[list[dict], dict]:
     from alignslm.asr import ASR, default_model_dir
     from alignslm.audio import read_audio
     from alignslm.rundir import read_jsonl
@@ -115,7 +115,7 @@ def wer_bench(run_dir: Path, n: int) -> tuple[list[dict], dict]:
              if manifest.get(u["utt_id"], {}).get("split") == "test"][:n]
     encoder = json.loads((run_dir / "tokenize" / "tokenizer.json").read_text()).get("encoder_name", "?")
     voc = load_vocoder(run_dir / "vocoder")
-    asr = ASR(default_model_dir())
+    asr = ASR(default_model_dir(), beam_size=beam)
     refs = [manifest[u["utt_id"]]["text"] for u in units]
     t0 = time.perf_counter()
     w_true = voc.vocode([u["units"] for u in units], [u["durations"] for u in units])
@@ -124,7 +124,8 @@ def wer_bench(run_dir: Path, n: int) -> tuple[list[dict], dict]:
     res = {"original": wer(refs, asr.transcribe([read_audio(manifest[u["utt_id"]]["path"]) for u in units])),
            "vocoded_true_durations": wer(refs, asr.transcribe(w_true)),
            "vocoded_predicted_durations": wer(refs, asr.transcribe(w_pred))}
-    shape = f"{len(units)} test utts, {encoder}, {getattr(voc, 'spec', None) and voc.spec.duration} durations"
+    dur = getattr(voc, "spec", None) and voc.spec.duration
+    shape = f"{len(units)} test utts, beam {beam}, {encoder}, {dur} durations"
     rows = [row("vocoder_wer", k, shape, "wer", "fraction", v) for k, v in res.items()]
     info = {"encoder": encoder, "n": len(units), "vocode_s": round(t_voc, 1),
             "audio_s": round(sum(w.size for w in w_true + w_pred) / voc.sample_rate, 1), **res}
@@ -138,6 +139,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--run-dir", type=Path)
     ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--beam", type=int, default=5, help="ASR beam size (the demo's asr.beam_size)")
     ap.add_argument("--no-csv", action="store_true")
     a = ap.parse_args()
     if a.what == "speed":
@@ -145,7 +147,7 @@ def main() -> None:
     else:
         if a.run_dir is None:
             ap.error("wer needs --run-dir (a run with the corpus, tokenize and vocoder stages done)")
-        rows, info = wer_bench(a.run_dir, a.n)
+        rows, info = wer_bench(a.run_dir, a.n, a.beam)
         print(json.dumps(info))
     print_table(rows)
     if not a.no_csv:

@@ -191,3 +191,65 @@ def test_vocoder_stage_hifigan_checks_unit_table(tmp_path):
         vocoder_stage.run(ctx)
     bad = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={tmp_path}/nope"])
     assert any("generator.pt is missing" in p for p in vocoder_stage.check(bad))
+
+
+# --------------------------------------------------------------------------------------------------
+# Exemplar method
+# --------------------------------------------------------------------------------------------------
+
+
+def test_exemplar_longest_match_backs_off():
+    from alignslm.vocoder.demo import ExemplarBank
+
+    # bank: [-1] 1 2 3 4 [-1] 2 3 5 ; durations = 1 except the second "2 3" run lengths (4, 4)
+    units = np.array([-1, 1, 2, 3, 4, -1, 2, 3, 5])
+    durs = np.array([0, 1, 1, 1, 1, 0, 4, 4, 1])
+    start = np.concatenate([[0], np.cumsum(durs)[:-1]]) * 2
+    bank = ExemplarBank(units, durs, start, np.zeros((int(durs.sum()) * 2, 3), np.uint8), 2, 8, 512)
+    n, pos = bank.longest([1, 2, 3, 4, 9])
+    assert n == 4 and pos.tolist() == [1]
+    n, pos = bank.longest([2, 3, 7])  # "2 3" twice; 7 never: backs off to the bigram
+    assert n == 2 and pos.tolist() == [2, 6]
+    assert bank.longest([7, 1])[0] == 0  # an unseen unit
+    assert bank.longest([3, 5])[1].tolist() == [7]  # never across an utterance boundary: "4 -1 2" is no match
+    # durations pick among occurrences: long runs -> the second "2 3"; own durations follow the median
+    steps, d = bank.plan([2, 3], [4, 4])
+    assert steps == [(0, 6, 2)] and d == [4, 4]
+    steps, d = bank.plan([2, 3], [1, 1])
+    assert steps == [(0, 2, 2)]
+    # a unit never banked gets the fallback frame; the plan goes on after it
+    steps, d = bank.plan([1, 2, 7, 5])
+    assert [s[1] for s in steps] == [1, -1, 8] and len(d) == 4
+    lm, d2 = bank.select([1, 2, 7, 5], [1, 2, 3, 1])
+    assert lm.shape == (7 * 2, 3) and d2 == [1, 2, 3, 1]
+
+
+@pytest.fixture(scope="module")
+def exemplar_vocoder():
+    spec = DemoSpec(n_units=K, frame_rate=FR, dim=16, layers=1, kernel=3, gl_iters=16, method="exemplar")
+    voc, summary = train(utterances(24), utterances(6, seed=1), spec, steps=3, batch_size=4, crop=32,
+                         duration="exemplar")
+    return voc, summary
+
+
+def test_exemplar_vocoder_tones_durations_batches(exemplar_vocoder, monkeypatch, tmp_path):
+    voc, summary = exemplar_vocoder
+    assert summary["duration_mae_exemplar"] == 0.0 and voc.spec.duration == "exemplar"
+    assert voc.predict_durations([[0, 1, 2, 5]]) == [[1, 2, 3, 3]]
+    for k in range(K):
+        wav = voc.vocode([[k]], durations=[[10]])[0]
+        assert wav.shape == (10 * SPF,)
+        assert abs(dominant_hz(wav[SPF:-SPF]) - tone_of(k)) < 40, f"unit {k}"
+    monkeypatch.setattr("alignslm.vocoder.demo.CPU_MIN_FILL", 0.0)
+    units = [u for u, _ in corpus(5, seed=7)]
+    batched = voc.vocode(units, batch_size=5)
+    for i, u in enumerate(units):
+        np.testing.assert_allclose(batched[i], voc.vocode([u], batch_size=1)[0], atol=1e-4, err_msg=f"item {i}")
+    with pytest.raises(VocoderInputError, match=r"item 1: unit id 6 is outside"):
+        voc.vocode([[1], [6]])
+    with pytest.raises(VocoderInputError, match="item 0: empty"):
+        voc.vocode([[]])
+    voc.save(tmp_path)
+    again = load_vocoder(tmp_path)
+    assert again.spec.method == "exemplar"
+    np.testing.assert_allclose(again.vocode([[1, 2, 3]])[0], voc.vocode([[1, 2, 3]])[0], atol=1e-6)

@@ -39,8 +39,16 @@ def check(cfg: Any) -> list[str]:
             for f in ("generator.pt", "config.json"):
                 if not (d / f).is_file():
                     problems.append(f"vocoder.path={d}: {f} is missing")
-    if v.duration not in ("auto", "mean", "conv"):
-        problems.append(f"vocoder.duration={v.duration!r}: choose auto, mean or conv")
+    if v.duration not in ("auto", "mean", "conv", "exemplar"):
+        problems.append(f"vocoder.duration={v.duration!r}: choose auto, mean, conv or exemplar")
+    if v.duration == "exemplar" and v.method != "exemplar":
+        problems.append("vocoder.duration=exemplar needs vocoder.method=exemplar")
+    if v.method not in ("exemplar", "net"):
+        problems.append(f"vocoder.method={v.method!r}: choose exemplar or net")
+    if v.bank_voice not in ("inference", "all"):
+        problems.append(f"vocoder.bank_voice={v.bank_voice!r}: choose inference or all")
+    if v.bank_utterances < 1 or v.max_match < 1:
+        problems.append("vocoder.bank_utterances and vocoder.max_match must be >= 1")
     if v.batch_size < 1 or v.train_batch < 1 or v.steps < 0:
         problems.append("vocoder.batch_size and train_batch must be >= 1, steps >= 0")
     return problems
@@ -126,13 +134,15 @@ def _run_demo(ctx: StageContext, meta: dict) -> dict:
     if voice not in voices:
         raise ValueError(f"vocoder.voice={voice!r} is not a corpus voice; choose one of {', '.join(voices)}")
     spec = DemoSpec(n_units=n_units, frame_rate=frame_rate, voices=voices, voice=voice, dim=v.dim, layers=v.layers,
-                    kernel=3, hop=choose_hop(SAMPLE_RATE, frame_rate), gl_iters=v.gl_iters)
+                    kernel=3, hop=choose_hop(SAMPLE_RATE, frame_rate), gl_iters=v.gl_iters,
+                    method=v.method, max_match=v.max_match)
     utts = load_utterances(ctx, frame_rate, voices, "train", v.max_train_utterances)
     held = load_utterances(ctx, frame_rate, voices, "dev", HELD_OUT)
     logger.info("vocoder: training the demo vocoder on %d utterances (%.0f s), %d steps", len(utts),
                 sum(u.wav.size for u in utts) / SAMPLE_RATE, v.steps)
     voc, summary = train(utts, held, spec, v.steps, lr=v.lr, batch_size=v.train_batch, seed=ctx.seed("train"),
-                         duration=v.duration, threads=v.threads)
+                         duration=v.duration, threads=v.threads, bank_utterances=v.bank_utterances,
+                         bank_voice=v.bank_voice)
     voc.batch_size = v.batch_size
     voc.save(ctx.out)
     write_json(ctx.out / VOCODER_JSON, {"kind": "demo", "path": ".", "batch_size": v.batch_size,

@@ -4,10 +4,13 @@ Trained from scratch on the demo corpus in minutes on a CPU, with no pretrained 
 
 - durations: each unit's mean run length in the training units (``mean``), or a small conv predictor over
   the unit sequence (``conv``); ``auto`` keeps whichever has the lower held-out error;
-- units are repeated by their durations to the tokenizer's frame rate; each frame gets the unit embedding,
-  a voice embedding (the corpus' eSpeak voice; one fixed voice at inference) and its position within its
-  run; a residual conv stack (masked, so a padded batch equals one-at-a-time) predicts ``r`` STFT frames
-  of log-magnitude per unit frame (``r`` = hop of the units / hop of the STFT), trained with L1;
+- spectra, ``method=exemplar`` (the default): an :class:`ExemplarBank` of real log-magnitude frames of the
+  training utterances, searched (suffix array) for the longest unit n-gram of the query; each chosen run's
+  real frames are time-warped to the wanted duration (``duration=exemplar``: the chosen runs' own lengths);
+- spectra, ``method=net``: units are repeated by their durations to the tokenizer's frame rate; each frame
+  gets the unit embedding, a voice embedding (the corpus' eSpeak voice; one fixed voice at inference) and
+  its position within its run; a residual conv stack (masked, so a padded batch equals one-at-a-time)
+  predicts ``r`` STFT frames of log-magnitude per unit frame (``r`` = unit hop / STFT hop), trained with L1;
 - the waveform is rebuilt by fast Griffin-Lim (momentum 0.99, zero initial phase: deterministic).
 """
 
@@ -50,6 +53,8 @@ class DemoSpec:
     mean_durations: list[float] = field(default_factory=list)
     gl_iters: int = 32
     sharpen: float = 1.0  # spectral contrast: each frame's log-magnitude is scaled about its mean by this
+    method: str = "net"  # net (conv stack over unit frames) | exemplar (real spectra from an ExemplarBank)
+    max_match: int = 8  # exemplar: longest unit n-gram looked up in the bank
 
     @property
     def samples_per_frame(self) -> int:
@@ -188,6 +193,178 @@ def griffin_lim(mag: torch.Tensor, lengths: torch.Tensor, n_fft: int, hop: int, 
 
 
 # --------------------------------------------------------------------------------------------------
+# Exemplars: real spectra of the training corpus, found by the longest matching unit n-gram
+# --------------------------------------------------------------------------------------------------
+
+BANK_FILE = "demo_bank.npz"
+CONTEXT_PENALTY = 0.5  # cost of a candidate whose left neighbour in the bank differs from the query's
+CONTIGUOUS_BONUS = 0.5  # cost taken off a candidate that continues the previous pick in the bank
+# banked log-magnitudes are stored as uint8 over [log(1e-4), log(n_fft / 2)] (|STFT| of a Hann-windowed
+# signal in [-1, 1] is at most n_fft / 2): steps of ~0.06 nats = 0.5 dB, half the size of float16
+LOG_FLOOR = math.log(1e-4)
+
+
+def quantize(lm: np.ndarray, n_fft: int) -> np.ndarray:
+    step = (math.log(n_fft / 2) - LOG_FLOOR) / 255
+    return np.clip(np.round((lm - LOG_FLOOR) / step), 0, 255).astype(np.uint8)
+
+
+def dequantize(q: np.ndarray, n_fft: int) -> np.ndarray:
+    return q.astype(np.float32) * np.float32((math.log(n_fft / 2) - LOG_FLOOR) / 255) + np.float32(LOG_FLOOR)
+
+
+def warp(x: np.ndarray, n: int) -> np.ndarray:
+    """(T, F) frames -> (n, F) by linear interpolation in time (frame centres kept aligned)."""
+    t = x.shape[0]
+    if t == n:
+        return x
+    pos = np.clip((np.arange(n) + 0.5) * (t / n) - 0.5, 0.0, t - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, t - 1)
+    w = (pos - lo).astype(np.float32)[:, None]
+    return x[lo] * (1 - w) + x[hi] * w
+
+
+class ExemplarBank:
+    """Log-magnitude STFT frames of real training utterances, indexed by unit n-grams (1..max_match).
+
+    ``units`` (M,) int32 holds the banked utterances' deduplicated units with -1 before each utterance,
+    ``durs`` (M,) their run lengths (unit frames), ``start`` (M,) each run's first row in ``frames``
+    (Fn, F) uint8 (:func:`quantize`).  :meth:`select` covers a query left to right with the longest n-gram
+    found in the bank, choosing among its occurrences the one whose run lengths best fit the wanted durations
+    (and whose left neighbour matches the query's), then time-warps each run's real frames to its wanted length: real
+    spectra, not the over-smoothed mean a regression net predicts.
+    """
+
+    def __init__(self, units: np.ndarray, durs: np.ndarray, start: np.ndarray, frames: np.ndarray, r: int,
+                 max_match: int, n_fft: int):
+        self.units = np.asarray(units, dtype=np.int32)
+        self.durs = np.asarray(durs, dtype=np.int32)
+        self.start = np.asarray(start, dtype=np.int64)
+        self.frames = np.asarray(frames, dtype=np.uint8)
+        self.r, self.max_match, self.n_fft = int(r), max(1, int(max_match)), int(n_fft)
+        self.fallback = dequantize(self.frames, n_fft).mean(0) if len(self.frames) else None
+        self._index: tuple[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def build(cls, utts: list[Utterance], spec: DemoSpec, voice: int | None, max_utterances: int) -> ExemplarBank:
+        """Bank up to ``max_utterances`` utterances of ``voice`` (None: of any voice), plus utterances of other
+        voices only where they hold units the bank still lacks (so every unit seen in training has one)."""
+        mine = [u for u in utts if voice is None or u.voice == voice][:max_utterances]
+        seen = {x for u in mine for x in u.units}
+        for u in utts:
+            if u.voice != voice and not set(u.units) <= seen:
+                mine.append(u)
+                seen |= set(u.units)
+        units, durs, start, frames, row = [], [], [], [], 0
+        for u in mine:
+            f, _ = expand(u.units, u.durations)
+            wav = torch.from_numpy(u.wav.astype(np.float32) / 32767.0)[None]
+            lm = log_magnitude(wav, spec.n_fft, spec.hop, f.size * spec.r)[0].numpy()  # (T*r, F)
+            d = np.asarray(u.durations, dtype=np.int64)
+            units += [-1, *u.units]
+            durs += [0, *u.durations]
+            start += [row, *(row + (np.cumsum(d) - d) * spec.r).tolist()]
+            frames.append(quantize(lm, spec.n_fft))
+            row += lm.shape[0]
+        n_bins = spec.n_fft // 2 + 1
+        return cls(np.asarray(units), np.asarray(durs), np.asarray(start),
+                   np.concatenate(frames) if frames else np.zeros((0, n_bins), np.uint8), spec.r, spec.max_match,
+                   spec.n_fft)
+
+    # -- persistence (plain arrays, no pickle) --
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, units=self.units, durs=self.durs, start=self.start, frames=self.frames)
+
+    @classmethod
+    def load(cls, path: Path, spec: DemoSpec) -> ExemplarBank:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["units"], z["durs"], z["start"], z["frames"], spec.r, spec.max_match, spec.n_fft)
+
+    # -- lookup --
+    def index(self) -> tuple[np.ndarray, np.ndarray]:
+        """A suffix array of the bank's units cut to ``max_match``: (order (M,), sorted prefixes (M, L)),
+        so the occurrences of any n-gram (n <= L) are one contiguous range, narrowed a column at a time."""
+        if self._index is None:
+            m, length = len(self.units), self.max_match
+            dt = np.int16 if self.units.max(initial=0) < 2**15 else np.int32
+            padded = np.concatenate([self.units, np.full(length, -1, np.int32)]).astype(dt)
+            windows = np.lib.stride_tricks.sliding_window_view(padded, length)[:m]  # (M, L) view
+            order = np.lexsort(windows.T[::-1])  # column 0 is the primary key
+            self._index = (order, np.ascontiguousarray(windows[order]))
+        return self._index
+
+    def longest(self, query: list[int] | np.ndarray) -> tuple[int, np.ndarray]:
+        """(n, bank positions) of the longest prefix of ``query`` (n <= max_match) found in the bank;
+        (0, empty) when not even its first unit is."""
+        order, pref = self.index()
+        lo, hi, n = 0, len(order), 0
+        for k in range(min(self.max_match, len(query))):
+            col = pref[lo:hi, k]
+            a = int(np.searchsorted(col, query[k], "left"))
+            b = int(np.searchsorted(col, query[k], "right"))
+            if a == b:
+                break
+            lo, hi, n = lo + a, lo + b, k + 1
+        return (n, np.sort(order[lo:hi])) if n else (0, np.zeros(0, np.int64))
+
+    def plan(self, units: list[int], durations: list[int] | None = None
+             ) -> tuple[list[tuple[int, int, int]], list[int]]:
+        """Cover ``units`` left to right by the longest n-gram found in the bank.
+
+        Among an n-gram's occurrences the cheapest wins: the run lengths' misfit to ``durations``
+        (sum of |log ratio|; without durations, to the occurrences' median), plus a penalty where the left
+        neighbour differs from the query's, minus a bonus where it continues the previous pick; ties go to the
+        lowest position (deterministic).  Returns [(query index, bank position or -1 = unseen unit, n)] and
+        the durations (``durations``, or the chosen exemplars' own run lengths).
+        """
+        fit_own = durations is None
+        out_d = [] if fit_own else list(durations)
+        steps: list[tuple[int, int, int]] = []
+        q = np.asarray(units)
+        i, prev_end, n_all = 0, -1, len(units)
+        while i < n_all:
+            n, c = self.longest(q[i:])
+            if not n:  # a unit never seen in training
+                steps.append((i, -1, 1))
+                if fit_own:
+                    out_d.append(2)
+                i, prev_end = i + 1, -1
+                continue
+            have = self.durs[c[:, None] + np.arange(n)].astype(np.float64)  # (C, n)
+            want = np.median(have, axis=0) if fit_own else np.asarray(durations[i:i + n], dtype=np.float64)
+            cost = np.abs(np.log(have / want[None])).sum(1)
+            if i > 0:
+                cost += CONTEXT_PENALTY * (self.units[c - 1] != units[i - 1])
+                cost -= CONTIGUOUS_BONUS * (c == prev_end)
+            j = int(np.argmin(cost))  # the first (lowest position) of equal costs
+            p = int(c[j])
+            steps.append((i, p, n))
+            if fit_own:
+                out_d += have[j].astype(int).tolist()
+            i, prev_end = i + n, p + n
+        return steps, out_d
+
+    def select(self, units: list[int], durations: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
+        """Units (+ durations in unit frames; None: the exemplars' own) -> ((sum(durations) * r, F) float32
+        log-magnitude of real frames, durations)."""
+        steps, durs = self.plan(units, durations)
+        r, out = self.r, []
+        for i, p, n in steps:
+            if p < 0:
+                if self.fallback is None:
+                    raise ValueError("the exemplar bank is empty")
+                out.append(np.repeat(self.fallback[None], durs[i] * r, axis=0))
+                continue
+            for j in range(n):
+                a = int(self.start[p + j])
+                seg = dequantize(self.frames[a:a + int(self.durs[p + j]) * r], self.n_fft)
+                out.append(warp(seg, durs[i + j] * r))
+        return np.concatenate(out), durs
+
+
+# --------------------------------------------------------------------------------------------------
 # The vocoder
 # --------------------------------------------------------------------------------------------------
 
@@ -197,8 +374,11 @@ class DemoVocoder:
 
     kind = "demo"
 
-    def __init__(self, net: DemoNet, batch_size: int = 16):
+    def __init__(self, net: DemoNet, batch_size: int = 16, bank: ExemplarBank | None = None):
+        if net.spec.method == "exemplar" and bank is None:
+            raise CheckpointError("a demo vocoder with method=exemplar needs its exemplar bank")
         self.net = net.eval()
+        self.bank = bank
         self.spec = net.spec
         self.sample_rate = self.spec.sample_rate
         self.n_units = self.spec.n_units
@@ -214,17 +394,28 @@ class DemoVocoder:
         net = DemoNet(spec)
         state = torch.load(d / "demo.pt", map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
-        return cls(net.to(device), batch_size=batch_size)
+        bank = None
+        if spec.method == "exemplar":
+            if not (d / BANK_FILE).is_file():
+                raise CheckpointError(f"{d}: method=exemplar but {BANK_FILE} is missing")
+            bank = ExemplarBank.load(d / BANK_FILE, spec)
+        return cls(net.to(device), batch_size=batch_size, bank=bank)
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         write_json(d / "demo.json", asdict(self.spec))
         with atomic_path(d / "demo.pt") as tmp:
             torch.save(self.net.state_dict(), tmp)
+        if self.bank is not None:
+            self.bank.save(d / BANK_FILE)
 
     @torch.inference_mode()
     def predict_durations(self, units_list: list[list[int]]) -> list[list[int]]:
         """Run lengths per unit (frames at the tokenizer's rate), >= 1."""
+        if self.spec.duration == "exemplar":
+            if self.bank is None:
+                raise CheckpointError("duration=exemplar needs the exemplar bank (method=exemplar)")
+            return [self.bank.plan(u)[1] for u in units_list]
         if self.spec.duration == "mean":
             table = np.asarray(self.spec.mean_durations)
             return [np.maximum(1, np.round(table[np.asarray(u)])).astype(int).tolist() for u in units_list]
@@ -256,6 +447,8 @@ class DemoVocoder:
         return out
 
     def _synth(self, units_list: list[list[int]], durations: list[list[int]]) -> np.ndarray:
+        if self.spec.method == "exemplar":
+            return self._synth_exemplar(units_list, durations)
         dev = self.net.unit.weight.device
         ex = [expand(u, d) for u, d in zip(units_list, durations)]
         t = max(f.size for f, _ in ex)
@@ -274,6 +467,18 @@ class DemoVocoder:
             logmag = mean + self.spec.sharpen * (logmag - mean)
         mag = torch.exp(logmag) * fmask.unsqueeze(2)
         wav = griffin_lim(mag.float(), n.to(dev) * self.spec.samples_per_frame, self.spec.n_fft, self.spec.hop,
+                          self.spec.gl_iters)
+        return wav.clamp(-1, 1).cpu().numpy()
+
+    def _synth_exemplar(self, units_list: list[list[int]], durations: list[list[int]]) -> np.ndarray:
+        assert self.bank is not None
+        dev = self.net.unit.weight.device
+        logmags = [self.bank.select(u, d)[0] for u, d in zip(units_list, durations)]
+        n = torch.tensor([sum(d) for d in durations])
+        mag = torch.zeros(len(logmags), int(n.max()) * self.spec.r, logmags[0].shape[1])
+        for j, lm in enumerate(logmags):
+            mag[j, : lm.shape[0]] = torch.from_numpy(np.exp(lm))
+        wav = griffin_lim(mag.to(dev), n.to(dev) * self.spec.samples_per_frame, self.spec.n_fft, self.spec.hop,
                           self.spec.gl_iters)
         return wav.clamp(-1, 1).cpu().numpy()
 
@@ -373,13 +578,16 @@ def _dur_batch(utts: list[Utterance], crop: int, rng: np.random.Generator) -> tu
 
 
 def train(utts: list[Utterance], held_out: list[Utterance], spec: DemoSpec, steps: int, *, lr: float = 2e-3,
-          batch_size: int = 8, crop: int = 64, seed: int = 0, duration: str = "auto", threads: int | None = 1
-          ) -> tuple[DemoVocoder, dict]:
-    """Train the spectrogram and duration nets; pick the duration model; return the vocoder and a summary."""
+          batch_size: int = 8, crop: int = 64, seed: int = 0, duration: str = "auto", threads: int | None = 1,
+          bank_utterances: int = 300, bank_voice: str = "inference") -> tuple[DemoVocoder, dict]:
+    """Train the duration net (and, for ``spec.method == "net"``, the spectrogram net; for ``exemplar``, bank
+    up to ``bank_utterances`` utterances of the inference voice, or of all voices with ``bank_voice="all"``);
+    pick the duration model; return the vocoder
+    and a summary."""
     if not utts:
         raise ValueError("the demo vocoder needs training utterances (units + audio); none were found")
     with torch_threads(threads):
-        return _train(utts, held_out, spec, steps, lr, batch_size, crop, seed, duration)
+        return _train(utts, held_out, spec, steps, lr, batch_size, crop, seed, duration, bank_utterances, bank_voice)
 
 
 @contextlib.contextmanager
@@ -395,36 +603,51 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def _train(utts: list[Utterance], held_out: list[Utterance], spec: DemoSpec, steps: int, lr: float,
-           batch_size: int, crop: int, seed: int, duration: str) -> tuple[DemoVocoder, dict]:
+           batch_size: int, crop: int, seed: int, duration: str, bank_utterances: int,
+           bank_voice: str) -> tuple[DemoVocoder, dict]:
+    if spec.method not in ("net", "exemplar"):
+        raise ValueError(f"demo vocoder method={spec.method!r}: choose net or exemplar")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    t0 = time.time()
     spec.mean_durations = mean_durations(utts, spec.n_units)
     net = DemoNet(spec)
-    with torch.no_grad():
-        net.table.weight.copy_(unit_spectra(utts, spec))
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    use_net = spec.method == "net"
+    bank = None
+    if use_net:
+        with torch.no_grad():
+            net.table.weight.copy_(unit_spectra(utts, spec))
+    else:
+        voice = spec.voices.index(spec.voice) if spec.voice in spec.voices else 0
+        bank = ExemplarBank.build(utts, spec, None if bank_voice == "all" else voice, bank_utterances)
+        logger.info("demo vocoder: exemplar bank of %d runs, %d STFT frames (%.0f MB) in %.0fs", len(bank.units),
+                    len(bank.frames), bank.frames.nbytes / 2**20, time.time() - t0)
+    losses: list[float] = []
+    net.train()
+    params = [p for p in net.parameters()] if use_net else list(net.dur.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
-    t0, losses = time.time(), []
-    net.train()
     for step in range(steps):
         pick = rng.integers(0, len(utts), size=batch_size)
-        units, pos, voice, mask, target = _batch([utts[i] for i in pick], spec, crop, rng)
-        pred = net(units, pos, voice, mask)  # (B, crop*r, F)
-        fm = mask.repeat_interleave(spec.r, dim=1).unsqueeze(2).float()  # (B, crop*r, 1)
-        spec_loss = ((pred - target).abs() * fm).sum() / (fm.sum() * target.shape[2])
+        spec_loss = torch.zeros(())
+        if use_net:
+            units, pos, voice, mask, target = _batch([utts[i] for i in pick], spec, crop, rng)
+            pred = net(units, pos, voice, mask)  # (B, crop*r, F)
+            fm = mask.repeat_interleave(spec.r, dim=1).unsqueeze(2).float()  # (B, crop*r, 1)
+            spec_loss = ((pred - target).abs() * fm).sum() / (fm.sum() * target.shape[2])
         du, dm, dlog = _dur_batch([utts[i] for i in pick], 64, rng)
         dur_loss = (((net.dur(du, dm) - dlog) ** 2) * dm).sum() / dm.sum()
         opt.zero_grad(set_to_none=True)
         (spec_loss + dur_loss).backward()
-        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         losses.append(float(spec_loss.detach()))
         if step % 100 == 0 or step == steps - 1:
             logger.info("demo vocoder step %d/%d: L1(log-mag) %.3f, duration MSE %.3f (%.0fs)", step + 1, steps,
                         spec_loss.item(), dur_loss.item(), time.time() - t0)
-    voc = DemoVocoder(net.eval())
+    voc = DemoVocoder(net.eval(), bank=bank)
     summary = {"train_seconds": round(time.time() - t0, 1), "steps": steps,
                "final_l1": float(np.mean(losses[-20:])), "train_utterances": len(utts)}
     summary.update(_pick_duration(voc, held_out or utts[: max(1, len(utts) // 10)], duration))
@@ -435,11 +658,10 @@ def _pick_duration(voc: DemoVocoder, held_out: list[Utterance], duration: str) -
     true = [u.durations for u in held_out]
     units = [u.units for u in held_out]
     err = {}
-    for kind in ("mean", "conv"):
+    for kind in ("mean", "conv") + (("exemplar",) if voc.bank is not None else ()):
         voc.spec.duration = kind
         err[kind] = duration_error(voc.predict_durations(units), true)
     voc.spec.duration = min(err, key=err.get) if duration == "auto" else duration
-    logger.info("demo vocoder durations: held-out MAE mean-per-unit %.3f, conv %.3f frames -> %s",
-                err["mean"], err["conv"], voc.spec.duration)
-    return {"duration_model": voc.spec.duration, "duration_mae_mean": round(err["mean"], 4),
-            "duration_mae_conv": round(err["conv"], 4)}
+    logger.info("demo vocoder durations: held-out MAE per unit %s frames -> %s",
+                ", ".join(f"{k} {v:.3f}" for k, v in err.items()), voc.spec.duration)
+    return {"duration_model": voc.spec.duration, **{f"duration_mae_{k}": round(v, 4) for k, v in err.items()}}
