@@ -116,8 +116,9 @@ class UnitLMConfig:
     lr: float = opt(3e-3, "Demo LM: peak learning rate.")
     warmup: int = opt(40, "Demo LM: warmup steps (then cosine decay).")
     checkpoint_every: int = opt(50, "Demo LM: steps between checkpoints (resume granularity).")
-    threads: int = opt(1, "Demo LM: torch CPU threads while pretraining (0 = torch's default). On a "
-                       "shared/oversubscribed CPU, 1 was 4x faster than 2 (2-core VM, load ~20).")
+    threads: int = opt(0, "Demo LM: torch CPU threads while pretraining (0 = torch's default: every core; "
+                          "1.7x faster than 1 thread on the idle 2-core VM). On an oversubscribed CPU set 1 "
+                          "(4x faster than 2 at load ~20).")
 
 
 @dataclass(frozen=True)
@@ -145,13 +146,13 @@ class VocoderConfig:
     max_match: int = opt(16, "Demo vocoder, exemplar: longest unit n-gram looked up in the bank.")
     gl_iters: int = opt(32, "Demo vocoder: Griffin-Lim iterations.")
     max_train_utterances: int = opt(2000, "Demo vocoder: at most this many training utterances (memory bound).")
-    threads: int = opt(1, "torch CPU threads while training / vocoding (0 = torch's default); the small "
-                          "convolutions here run fastest on 1 thread of a shared CPU.")
+    threads: int = opt(0, "torch CPU threads while training / vocoding (0 = torch's default: every core); on "
+                          "an oversubscribed CPU 1 is faster.")
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    n_prompts: int = opt(200, "Prompts per round (from the train split).")
+    n_prompts: int = opt(160, "Prompts per round (from the train split).")
     prompt_seconds: float = opt(3.0, "Prompt length in seconds (cut at a word boundary when known).")
     word_boundary: bool = opt(True, "Cut the prompt at the last word end <= prompt_seconds when word times "
                               "are known (else at the last unit ending before prompt_seconds).")
@@ -209,7 +210,9 @@ class PairsConfig:
     mode: str = opt("perplexity", "score | perplexity (must equal judge.mode).")
     chosen_min: float = opt(3.0, "Score mode: chosen if score >= this (round 1; see curriculum.thresholds).")
     rejected_max: float = opt(1.0, "Score mode: rejected if score <= this.")
-    all_combinations: bool = opt(False, "All chosen x rejected pairs instead of best vs worst per prompt.")
+    all_combinations: bool = opt(True, "All chosen x rejected pairs instead of best vs worst per prompt (the demo "
+                                       "default: ~3x the pairs from the same samples; the real configs use the "
+                                       "paper's best vs worst).")
     autobleu_delta: float = opt(0.1, "Bigram auto-BLEU above this => rejected outright (repetition).")
 
 

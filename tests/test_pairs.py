@@ -111,7 +111,8 @@ def test_pairs_stage(tmp_path):
                              "text": f"{pid} t{k}"})
     write_jsonl(sdir / "samples.jsonl", samples)
     write_jsonl(jdir / "judgments.jsonl", judg)
-    cfg = load_config(overrides=["curriculum.thresholds=[[3,1],[4,2]]", "judge.mode=score", "pairs.mode=score"])
+    cfg = load_config(overrides=["curriculum.thresholds=[[3,1],[4,2]]", "judge.mode=score", "pairs.mode=score",
+                                 "pairs.all_combinations=false"])
     ctx = StageContext(name="pairs", cfg=cfg, run_dir=tmp_path, out=tmp_path / "round-2" / "pairs", round=2,
                        inputs={"sample": sdir, "judge": jdir}, progress=False)
     s = pairs_stage.run(ctx)
