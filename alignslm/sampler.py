@@ -8,6 +8,8 @@ How (one batch of P prompts):
    position ids and a 4-D mask, into a dynamic cache.                              # (P, Lp)
 2. Expand: every layer's keys/values are repeated N times into a preallocated ``StaticCache`` of
    length Lp + max_new, so the N continuations share the prompt's prefill.          # (P*N, H, L, D)
+   On CPU (LLaMA/OPT) the prompt's keys/values stay once per prompt instead, and a decode step reads them
+   once for all N continuations (a shared-prompt attention; see :func:`_expand_cache`).
 3. Decode: one token per step for all P*N rows (per-row positions, a static additive mask that opens one
    column per step), logits restricted to the LM's softmax support, then :func:`sample_next` (the Triton
    kernel on GPU, the torch reference on CPU).  A row stops at EOS (or, with the full-vocabulary
@@ -117,29 +119,33 @@ def _generate_batch(lm: UnitLM, prompts: list[list[int]], n: int, params: Sampli
     eos_col = (sup == lm.eos_id).nonzero().flatten() if lm.eos_id is not None else sup[:0]  # (0|1,)
     out = torch.full((B, params.max_new), -1, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
+    rows = (torch.full((B,), params.temperature, dtype=torch.float32, device=dev),  # per-row sampling params,
+            torch.full((B,), params.top_k, dtype=torch.long, device=dev),  # built once, not per step
+            torch.full((B,), params.top_p, dtype=torch.float32, device=dev), seed_t)
     stepper = _Stepper(model, static, step_mask, B, dev)
-    for t in range(params.max_new):
-        x = logits[:, sup]  # (B, S)
-        if t < params.min_new:
-            x[:, eos_col] = float("-inf")
-        tok = _pick(x, params, seed_t, t)  # (B,) index into the support
-        tok = sup[tok]  # (B,) token id
-        stop = is_stop[tok]
-        out[:, t] = torch.where(done | stop, torch.full_like(tok, -1), tok)
-        done |= stop
-        if t + 1 == params.max_new or ((dev.type != "cuda" or t % 16 == 15) and bool(done.all())):
-            break
-        step_mask[:, :, :, Lp + t] = 0.0  # open this token's own key column
-        logits = stepper(tok.view(B, 1), pos_b + t)  # (B, V)
+    with _SharedAttention(model, on=dev.type != "cuda" and _shared_prefix_ok(model)):
+        for t in range(params.max_new):
+            x = logits[:, sup]  # (B, S)
+            if t < params.min_new:
+                x[:, eos_col] = float("-inf")
+            tok = _pick(x, params, rows, t)  # (B,) index into the support
+            tok = sup[tok]  # (B,) token id
+            stop = is_stop[tok]
+            out[:, t] = torch.where(done | stop, torch.full_like(tok, -1), tok)
+            done |= stop
+            if t + 1 == params.max_new or ((dev.type != "cuda" or t % 16 == 15) and bool(done.all())):
+                break
+            step_mask[:, :, :, Lp + t] = 0.0  # open this token's own key column
+            logits = stepper(tok.view(B, 1), pos_b + t)  # (B, V)
     LAST_BATCH.update(rows=B, prompt_len=Lp, steps=t + 1, cuda_graph=stepper.graph is not None)
     return _to_units(lm, out.cpu(), P, n)
 
 
-def _pick(logits: torch.Tensor, params: SamplingParams, seed: torch.Tensor, t: int) -> torch.Tensor:
-    """(B, S) -> (B,) index into the support."""
+def _pick(logits: torch.Tensor, params: SamplingParams, rows: tuple, t: int) -> torch.Tensor:
+    """(B, S) -> (B,) index into the support.  ``rows``: (temperature, top_k, top_p, seed), each (B,)."""
     if params.greedy:
         return logits.argmax(-1)
-    return sample_next(logits, params.temperature, params.top_k, params.top_p, seed, t, validate=False)
+    return sample_next(logits, *rows, t, validate=False)
 
 
 def _stop_table(lm: UnitLM, dev: torch.device) -> torch.Tensor:
@@ -183,13 +189,17 @@ def _expand_cache(model: torch.nn.Module, cache: object, n: int, max_len: int) -
     """A preallocated cache holding every row of ``cache`` repeated ``n`` times (p0 x n, p1 x n, ...).
 
     CUDA: transformers' ``StaticCache`` (full-length buffers, fixed addresses: CUDA-graph capturable).
-    CPU: the same buffers, but attention reads only the filled prefix (:class:`_PrefixLayer`), which
-    saves the work over the empty tail that a GPU hides.
+    CPU, LLaMA/OPT: the prompt's keys/values are kept once per prompt, not ``n`` times, and only the
+    generated tokens get per-row buffers (:class:`_SharedLayer`, attended by :func:`_shared_attention`):
+    the decode step reads the prompt's cache once for its ``n`` continuations.
+    CPU, other models: full-length buffers of which attention reads only the filled prefix (:class:`_PrefixLayer`).
     """
     from transformers import StaticCache
     from transformers.cache_utils import Cache
 
     dev = cache.layers[0].keys.device
+    if dev.type != "cuda" and _shared_prefix_ok(model):
+        return Cache(layers=[_shared_layer_cls()(dyn.keys, dyn.values, n, max_len) for dyn in cache.layers])
     if dev.type == "cuda":
         static = StaticCache(config=model.config, max_cache_len=max_len)
     else:
@@ -229,6 +239,137 @@ def _prefix_layer_cls() -> type:
     return _PREFIX_CLS[0]
 
 
+SHARED_ATTN = "alignslm_shared_prefix"  # the attention implementation name registered for the CPU decode steps
+_SHARED_MODEL_TYPES = ("llama", "opt")  # attention = softmax(q k^T * scaling + mask) v, nothing else
+_SHARED_CLS: list = []
+
+
+def _shared_prefix_ok(model: torch.nn.Module) -> bool:
+    """The CPU shared-prefix decode applies: a model whose attention goes through transformers'
+    attention interface with plain scaled-dot-product semantics (no softcap, sliding window, sinks)."""
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "model_type", None) in _SHARED_MODEL_TYPES and not getattr(cfg, "sliding_window", None)
+
+
+def _shared_layer_cls() -> type:
+    """A cache layer holding the prompt's keys/values once per prompt and the generated ones per row (CPU)."""
+    if not _SHARED_CLS:
+        from transformers.cache_utils import StaticLayer
+
+        class _SharedLayer(StaticLayer):
+            """Prompt part (P, Hkv, Lp, D), shared by the ``n`` rows of its prompt; generated part
+            (P*n, Hkv, cap, D), grown ``GROW`` steps at a time.  ``update`` appends one token per row and
+            returns the whole generated buffer (contiguous: a strided prefix view makes the CPU matmuls
+            copy it, 3x slower), tagged so that :func:`_shared_attention` finds the prompt part; the unfilled
+            slots hold zeros and are masked."""
+
+            GROW = 32
+
+            def __init__(self, keys: torch.Tensor, values: torch.Tensor, n: int, max_len: int):
+                super().__init__(max_cache_len=max_len)
+                P, H, Lp, D = keys.shape
+                self.n, self.prompt_len, self.max_new = n, Lp, max_len - Lp
+                self.pk, self.pv = keys.contiguous(), values.contiguous()  # (P, Hkv, Lp, D)
+                self.device, self.batch_size, self.num_heads = keys.device, P * n, H
+                self.k_head_dim, self.v_head_dim = D, values.shape[-1]
+                # two flat buffers per tensor, used in turn as the capacity grows: each growth copies into the
+                # other one, so fresh pages are touched once (page faults cost more than the copies here)
+                self._flat = {"keys": [keys.new_empty(P * n * H * self.max_new * D) for _ in range(2)],
+                              "values": [values.new_empty(P * n * H * self.max_new * self.v_head_dim)
+                                         for _ in range(2)]}
+                self._turn = 0
+                self.keys = self._flat["keys"][0][:0].view(P * n, H, 0, D)
+                self.values = self._flat["values"][0][:0].view(P * n, H, 0, self.v_head_dim)
+                self.cumulative_length = torch.tensor(Lp, dtype=torch.long, device=keys.device)
+                self.t = 0
+                self.is_initialized = True
+
+            def _grow(self) -> None:
+                have = self.keys.shape[2]
+                cap = min(have + self.GROW, self.max_new)
+                self._turn ^= 1
+                for name in ("keys", "values"):
+                    old = getattr(self, name)
+                    B, H, _, D = old.shape
+                    new = self._flat[name][self._turn][:B * H * cap * D].view(B, H, cap, D)
+                    new[:, :, :have].copy_(old)
+                    new[:, :, have:].zero_()  # finite (masked) values in the unfilled slots
+                    setattr(self, name, new)
+
+            def update(self, key_states, value_states, *args, **kwargs):  # (B, Hkv, 1, D)
+                if key_states.shape[-2] != 1:
+                    raise RuntimeError("the shared-prefix decode cache takes one token per step")
+                t = self.t
+                if t == self.keys.shape[2]:
+                    self._grow()
+                self.keys[:, :, t].copy_(key_states[:, :, 0])
+                self.values[:, :, t].copy_(value_states[:, :, 0])
+                self.t = t + 1
+                self.cumulative_length.add_(1)
+                keys = self.keys.view(self.keys.shape)  # a fresh view to carry the tag  (B, Hkv, cap, D)
+                keys._alignslm_shared = self
+                return keys, self.values
+
+        _SHARED_CLS.append(_SharedLayer)
+    return _SHARED_CLS[0]
+
+
+def _shared_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention for a :class:`_SharedLayer`: one query token per row against [prompt part | generated part].
+
+    query (B, H, 1, D); key/value: the generated part's buffers (B, Hkv, cap, D); attention_mask: the decode
+    loop's additive (B, 1, 1, >= Lp + cap) mask, open on the prompt and the tokens so far.  The prompt part
+    is read once per prompt (a (n*G x D) @ (D x Lp) product per prompt and kv head) instead of once per row.
+    Anything else (the prefill: an untagged key) goes to SDPA.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    layer = getattr(key, "_alignslm_shared", None)
+    if layer is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if query.shape[2] != 1 or kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None:
+        raise RuntimeError(f"{type(module).__name__}: attention not supported by the shared-prompt decode cache "
+                           f"(one query token, no softcap or sliding window)")
+    B, H, _, D = query.shape
+    P, Hkv, Lp, _ = layer.pk.shape
+    n, G, t = layer.n, H // Hkv, key.shape[2]
+    scale = D ** -0.5 if scaling is None else scaling
+    q = query.view(P, n, Hkv, G, D)
+    qp = q.permute(0, 2, 1, 3, 4).reshape(P, Hkv, n * G, D)  # the prompt's n rows together
+    sp = torch.matmul(qp, layer.pk.transpose(-1, -2))  # (P, Hkv, n*G, Lp)
+    sp = sp.view(P, Hkv, n, G, Lp).transpose(1, 2).reshape(B, Hkv, G, Lp)
+    sg = torch.matmul(query.view(B, Hkv, G, D), key.transpose(-1, -2))  # (B, Hkv, G, t)
+    s = torch.cat([sp, sg], dim=-1).mul_(scale)  # (B, Hkv, G, Lp + t)
+    s = s.view(B, H, 1, Lp + t).add_(attention_mask[..., :Lp + t]).view(B, Hkv, G, Lp + t)
+    w = torch.softmax(s, dim=-1, dtype=torch.float32).to(query.dtype)
+    wp = w[..., :Lp].reshape(P, n, Hkv, G, Lp).transpose(1, 2).reshape(P, Hkv, n * G, Lp)
+    op = torch.matmul(wp, layer.pv).view(P, Hkv, n, G, -1).transpose(1, 2).reshape(B, Hkv, G, -1)
+    out = op.add_(torch.matmul(w[..., Lp:], value))  # (B, Hkv, G, Dv)
+    return out.reshape(B, 1, H, -1), None  # (B, 1, H, Dv): one query token, so (B, H, 1, Dv) transposed
+
+
+class _SharedAttention:
+    """Context: the model's attention implementation is :func:`_shared_attention` (registered once)."""
+
+    def __init__(self, model: torch.nn.Module, on: bool):
+        self.cfg, self.on = model.config, on
+
+    def __enter__(self):
+        if self.on:
+            from transformers import AttentionInterface
+
+            if SHARED_ATTN not in AttentionInterface._global_mapping:
+                AttentionInterface.register(SHARED_ATTN, _shared_attention)
+            self.before = self.cfg._attn_implementation
+            self.cfg._attn_implementation = SHARED_ATTN
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            self.cfg._attn_implementation = self.before
+
+
 class _Stepper:
     """One decode step of the model: eager on CPU, a captured CUDA graph (static buffers) on CUDA."""
 
@@ -238,15 +379,17 @@ class _Stepper:
         self.tok = torch.zeros((B, 1), dtype=torch.long, device=dev)
         self.pos = torch.zeros((B, 1), dtype=torch.long, device=dev)
         self.use_graph = dev.type == "cuda"
-        self.prefix = dev.type != "cuda"  # the cache is made of _PrefixLayer (see _expand_cache)
+        # CPU: attention over the filled prefix only (_PrefixLayer) or the whole mask (_SharedLayer slices it)
+        self.prefix = dev.type != "cuda" and hasattr(cache.layers[0], "filled")
         self.calls = 0
+        self.cache_kw = _cache_kw(model)  # read off the signature once, not per step
 
     def _forward(self) -> torch.Tensor:
         mask = self.mask
         if self.prefix:  # CPU: attention over the filled prefix only (see _PrefixLayer)
             mask = mask[..., :self.cache.layers[0].filled + 1]  # (B, 1, 1, filled+1)
         return self.model(input_ids=self.tok, attention_mask=mask, position_ids=self.pos,
-                          **{_cache_kw(self.model): self.cache},
+                          **{self.cache_kw: self.cache},
                           use_cache=True).logits[:, -1]  # (B, V)
 
     def __call__(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

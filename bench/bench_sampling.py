@@ -3,7 +3,8 @@ temperature) on the same model and batch (32 prompts x 5 continuations, 150 new 
 
     python bench/bench_sampling.py [--quick] [--model runs/demo/unitlm/model] [--threads N]
 
-Without --model it builds the demo LM architecture (alignslm.unitlm config defaults) with random weights.
+Without --model it builds the demo LM architecture (config defaults: unitlm.d_model/n_layers/n_heads, K =
+tokenize.n_units) with random weights.
 Both providers generate exactly ``max_new`` units per row (EOS suppressed until then: ``min_new`` /
 ``min_new_tokens``), so tokens/s compare like with like.  Before timing it checks that greedy decoding
 gives identical units in both.
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import append_rows, print_table, row, time_alternating  # noqa: E402
 
-from alignslm.config import UnitLMConfig  # noqa: E402
+from alignslm.config import TokenizeConfig, UnitLMConfig  # noqa: E402
 from alignslm.sampler import SamplingParams, generate  # noqa: E402
 from alignslm.unitlm import UnitLM  # noqa: E402
 
@@ -61,7 +62,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    lm = demo_lm(a.model, 100)
+    lm = demo_lm(a.model, TokenizeConfig().n_units)
     P, N = 32, 5
     max_new = 40 if a.quick else 150
     rng = np.random.default_rng(0)

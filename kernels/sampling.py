@@ -120,14 +120,18 @@ def _kept_mass(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Ten
     """Unnormalised kept mass e_j (0 for dropped tokens).  (B, V) -> (B, V) float32."""
     x = logits.float() / temperature.float().unsqueeze(-1)  # (B, V)
     V = x.shape[-1]
-    xs, _ = torch.sort(x, dim=-1, descending=True)  # (B, V)
+    # Only the K = max(top_k) largest values are needed in sorted order (a host read of top_k: fine on the
+    # CPU path).  Exactly the full sort's result: past K every sorted position is either a tie with some
+    # row's k-th value or has zero kept mass, and neither can change the top-p threshold below.
+    kmax = min(int(top_k.max()), V) if top_k.numel() else V
+    xs = torch.topk(x, kmax, dim=-1).values if kmax < V else torch.sort(x, dim=-1, descending=True).values  # (B, K)
     kth = xs.gather(-1, (top_k.long().clamp(1, V) - 1).unsqueeze(-1))  # (B, 1)
     keep_k = x >= kth  # (B, V)
     e = torch.where(keep_k, torch.exp(x - xs[:, :1]), torch.zeros_like(x))  # (B, V)
-    es = torch.where(xs >= kth, torch.exp(xs - xs[:, :1]), torch.zeros_like(xs))  # sorted e (B, V)
+    es = torch.where(xs >= kth, torch.exp(xs - xs[:, :1]), torch.zeros_like(xs))  # sorted e (B, K)
     z = e.sum(-1, keepdim=True)  # (B, 1)
-    before = torch.cumsum(es, -1) - es  # mass strictly before each sorted position (B, V)
-    kept_sorted = before < top_p.float().unsqueeze(-1) * z  # a prefix (B, V)
+    before = torch.cumsum(es, -1) - es  # mass strictly before each sorted position (B, K)
+    kept_sorted = before < top_p.float().unsqueeze(-1) * z  # a prefix (B, K)
     n_keep = kept_sorted.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
     thresh = es.gather(-1, n_keep - 1)  # smallest kept value (B, 1)
     return torch.where(e >= thresh, e, torch.zeros_like(e))

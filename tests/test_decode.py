@@ -148,6 +148,27 @@ def test_reproducible_and_batch_independent():
             assert all(0 <= u < N_UNITS for u in cont) and len(cont) <= 15
 
 
+@pytest.mark.parametrize("make,offset", [(_llama, 3), (_opt, 4)])
+def test_cpu_caches_agree_and_grow(make, offset, monkeypatch):
+    """CPU decode: the shared-prompt cache (grown 32 steps at a time) and the full-length prefix cache both give
+    generate's greedy output past a growth step; sampled output is the same with either."""
+    from alignslm import sampler
+
+    model = make()
+    lm = UnitLM(model, offset=offset, n_units=N_UNITS, bos_id=model.config.bos_token_id,
+                eos_id=model.config.eos_token_id, pad_id=model.config.pad_token_id)
+    g = SamplingParams(greedy=True, max_new=70, min_new=70)
+    ref = _hf_generate(lm, PROMPTS, 1, do_sample=False, max_new_tokens=70, min_new_tokens=70)
+    s = SamplingParams(max_new=40, min_new=40, temperature=1.0, top_k=8, top_p=0.9)
+    shared = generate(lm, PROMPTS, n=2, params=g), generate(lm, PROMPTS, n=3, params=s)
+    assert sampler.LAST_BATCH["steps"] == 40
+    monkeypatch.setattr(sampler, "_shared_prefix_ok", lambda model: False)
+    prefix = generate(lm, PROMPTS, n=2, params=g), generate(lm, PROMPTS, n=3, params=s)
+    assert shared[0] == prefix[0] == [[r[0], r[0]] for r in ref]
+    assert all(len(c) == 70 for conts in shared[0] for c in conts)
+    assert shared[1] == prefix[1]
+
+
 @pytest.mark.parametrize("kw,err,match", [
     ({"temperature": 0.0}, SamplingError, "temperature"),
     ({"top_k": 0}, SamplingError, "top_k"),

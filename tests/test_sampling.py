@@ -73,6 +73,35 @@ def test_top_k_one_is_argmax_and_tiny_p_is_argmax():
     assert torch.equal(S.sample_next(x, 1.0, 33, 1e-6, torch.arange(50), 3, impl="torch"), x.argmax(-1))
 
 
+def _kept_mass_full_sort(logits, temperature, top_k, top_p):
+    """The torch reference's rule with a full sort (what _kept_mass did before it sorted only the top max(k))."""
+    x = logits.float() / temperature.float().unsqueeze(-1)
+    V = x.shape[-1]
+    xs, _ = torch.sort(x, dim=-1, descending=True)
+    kth = xs.gather(-1, (top_k.long().clamp(1, V) - 1).unsqueeze(-1))
+    e = torch.where(x >= kth, torch.exp(x - xs[:, :1]), torch.zeros_like(x))
+    es = torch.where(xs >= kth, torch.exp(xs - xs[:, :1]), torch.zeros_like(xs))
+    before = torch.cumsum(es, -1) - es
+    n_keep = (before < top_p.float().unsqueeze(-1) * e.sum(-1, keepdim=True)).sum(-1, keepdim=True).clamp(min=1)
+    thresh = es.gather(-1, n_keep - 1)
+    return torch.where(e >= thresh, e, torch.zeros_like(e))
+
+
+def test_top_k_partial_sort_equals_full_sort():
+    """Sorting only the max(top_k) largest values gives bitwise the full sort's kept mass: ties at the k-th
+    value (kept, also past position k), per-row k and p, -inf entries, k >= V."""
+    g = torch.Generator().manual_seed(3)
+    B, V = 64, 37
+    x = (torch.randn(B, V, generator=g) * 2).round(decimals=1)  # many exact ties
+    x[::5, :4] = float("-inf")
+    x[1] = 0.5  # a constant row
+    t = torch.rand(B, generator=g) + 0.3
+    p = torch.rand(B, generator=g).clamp(min=0.05)
+    p[::3] = 1.0
+    for k in (torch.randint(1, 12, (B,), generator=g), torch.full((B,), 5), torch.full((B,), V + 3)):
+        assert torch.equal(S._kept_mass(x, t, k, p), _kept_mass_full_sort(x, t, k, p))
+
+
 def test_per_row_params_and_reproducible():
     torch.manual_seed(0)
     x = torch.randn(6, 40)
