@@ -422,7 +422,8 @@ def test_evaluate_stage_with_generation_metrics(tmp_path, unitlm_dir):
     (tmp_path / "vocoder" / "vocoder.json").write_text(json.dumps({"kind": "demo", "path": str(tmp_path / "vocoder")}))
     inputs.update(corpus=tmp_path / "corpus", vocoder=tmp_path / "vocoder")
     ctx = _ctx(tmp_path, inputs, "evaluate", "eval.n_prompts=3", "sample.n_continuations=2",
-               "sample.max_new_units=30", "sample.prompt_seconds=1.0", "eval.bootstrap=100", "eval.n_examples=2")
+               "sample.max_new_units=30", "sample.prompt_seconds=1.0", "eval.bootstrap=100", "eval.n_examples=2",
+               "eval.also_score=true")  # judge.mode=perplexity (the default) + the 1-5 score beside it
     st_eval.run(ctx)
     res = json.loads((tmp_path / "evaluate" / "results.json").read_text())
     assert res["protocol"]["n_prompts"] == 2  # "the end" is too short for a 1 s prompt: a reject
@@ -432,15 +433,18 @@ def test_evaluate_stage_with_generation_metrics(tmp_path, unitlm_dir):
         assert g["n_continuations"] == 4 and g["n_prompts"] == 2
         assert g["prompt_wer"] is not None and g["prompt_wer"] >= 0.0
         rows = [json.loads(x) for x in (tmp_path / "evaluate" / name / "generations.jsonl").read_text().splitlines()]
-        for r in rows:  # every continuation is judged (1..5) or a counted reject with its reason
-            assert (r["reject"] is None and 1.0 <= r["score"] <= 5.0) or r["reject"]
+        assert g["judge_metric"] == "perplexity"
+        for r in rows:  # every continuation is judged (perplexity, and 1..5 beside) or a counted reject
+            assert (r["reject"] is None and r["perplexity"] > 1.0 and 1.0 <= r["score"] <= 5.0) or r["reject"]
         assert g["n_rejects"] == sum(bool(r["reject"]) for r in rows)
         assert all(Path(e["path"]).is_file() for e in res["models"][name]["examples"] if e.get("path"))
     seeds = [[json.loads(x)["seed"] for x in (tmp_path / "evaluate" / n / "generations.jsonl").read_text().splitlines()]
              for n in ("base", "round-1")]
     assert seeds[0] == seeds[1]  # the same prompts and seeds for every model
-    c = res["comparisons"]["round-1"]["score"]
-    assert c["n"] <= 2 and (c["diff"] is None or c["lo"] <= c["diff"] <= c["hi"])
+    for key in ("score", "judge_gain"):
+        c = res["comparisons"]["round-1"][key]
+        assert c["n"] <= 2 and (c["diff"] is None or c["lo"] <= c["diff"] <= c["hi"])
+    assert res["comparisons"]["round-1"]["judge_metric"] == "perplexity"
 
 
 def test_windowed_scoring_of_utterances_longer_than_the_context(lm):
