@@ -64,26 +64,29 @@ def test_digit_probs_and_expected_score(tiny):
     assert alone.probs == pytest.approx(res[1].probs, abs=1e-5)
 
 
+def _manual_perplexity(backend, prompt: str, cont: str) -> float:
+    """exp(mean NLL of the continuation's tokens) from one forward of [BOS] + prompt + continuation alone."""
+    tok, model = backend.tok, backend.model
+    pi = tok.encode(prompt, add_special_tokens=False)
+    ci = tok.encode(" " + cont, add_special_tokens=False)
+    ids = torch.tensor([[tok.bos_token_id] + pi + ci])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)  # (T-1, V)
+    return math.exp(-lp[torch.arange(len(pi), len(pi) + len(ci)), torch.tensor(ci)].mean().item())
+
+
 def test_perplexity_matches_a_manual_forward(tiny):
     prompts = ["The cook washed the pan.", "A"]
     conts = ["The farmer fed the pig on the farm.", "pan"]
     res = PerplexityJudge(tiny).score(prompts, conts)
-    tok, model = tiny.tok, tiny.model
     for p, c, r in zip(prompts, conts, res):
-        pi = tok.encode(p, add_special_tokens=False)
-        ci = tok.encode(" " + c, add_special_tokens=False)
-        ids = torch.tensor([[tok.bos_token_id] + pi + ci])
-        with torch.no_grad():
-            lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)  # (T-1, V)
-        nll = -lp[torch.arange(len(pi), len(pi) + len(ci)), torch.tensor(ci)].mean().item()
-        assert r.perplexity == pytest.approx(math.exp(nll), rel=1e-4)
+        assert r.perplexity == pytest.approx(_manual_perplexity(tiny, p, c), rel=1e-4)
         assert r.score is None
 
 
 def test_perplexity_shares_a_prompt_across_its_continuations(tiny):
     """Continuations of one prompt share its KV cache (chunks of batch_size=2, right-padded, mixed lengths,
     interleaved with another prompt's items, one empty): each equals scoring [BOS]+prompt+continuation alone."""
-    tok, model = tiny.tok, tiny.model
     prompts = ["The cook washed the pan.", "A", "The cook washed the pan.", "The cook washed the pan.", "A",
                "The cook washed the pan.", "The cook washed the pan."]
     conts = ["The farmer fed the pig on the farm.", "pan", "pan", "", "The farmer fed the pig.", "Score: 5",
@@ -91,15 +94,8 @@ def test_perplexity_shares_a_prompt_across_its_continuations(tiny):
     res = tiny.perplexity(prompts, conts)
     assert res[3] == (None, "empty continuation: perplexity undefined")
     for p, c, (ppl, err) in zip(prompts, conts, res):
-        if not c:
-            continue
-        pi = tok.encode(p, add_special_tokens=False)
-        ci = tok.encode(" " + c, add_special_tokens=False)
-        ids = torch.tensor([[tok.bos_token_id] + pi + ci])
-        with torch.no_grad():
-            lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)  # (T-1, V)
-        nll = -lp[torch.arange(len(pi), len(pi) + len(ci)), torch.tensor(ci)].mean().item()
-        assert err is None and ppl == pytest.approx(math.exp(nll), rel=1e-4)
+        if c:
+            assert err is None and ppl == pytest.approx(_manual_perplexity(tiny, p, c), rel=1e-4)
 
 
 def test_judge_dtype_choice(tiny_dir):
