@@ -145,6 +145,27 @@ def protocol_text(results: Mapping) -> str:
     ]) + "\n"
 
 
+def data_problems(results: Mapping) -> str:
+    """Benchmark pairs left out of our numbers and files written with the pair-losing score in the submission."""
+    dropped = {k: n for k, n in (results.get("dropped_pairs") or {}).items() if n}
+    lines = []
+    if dropped:
+        lines.append("- Pairs left out of the numbers above (a file the loader rejected, see rejects.jsonl): "
+                     + ", ".join(f"{k}: {n}" for k, n in dropped.items()) + ".")
+    base = next(iter(results.get("models", {}).values()), {})
+    for name, b in (base.get("benchmarks") or {}).items():
+        filled = b.get("submission_filled") or []
+        if not filled:
+            continue
+        lines.append(f"- {name} submission: {len(filled)} file(s) written with the pair-losing score (the "
+                     "official number is a lower bound):")
+        lines += [f"  - `{f.get('file')}` ({f.get('side')} side of pair {f.get('pair')}): {f.get('reason')}"
+                  for f in filled[:20]]
+        if len(filled) > 20:
+            lines.append(f"  - ... and {len(filled) - 20} more (results.json: submission_filled)")
+    return "\n".join(lines or ["None: every benchmark file was read and scored."]) + "\n"
+
+
 def _windowed(results: Mapping) -> str:
     base = next(iter(results.get("models", {}).values()), {})
     counts = {k: v.get("windowed", 0) for k, v in (base.get("benchmarks") or {}).items()}
@@ -328,7 +349,8 @@ def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_exam
            "auto-BLEU of the continuation transcripts (lower = less repetition).", "", table,
            "## Each round against the base model", "", comparison_table(results) or "No rounds to compare.\n",
            "## Training rounds", "", rounds_table(hists, logs),
-           "## Details", "", _detail_tables(results), "## Protocol", "", protocol_text(results),
+           "## Details", "", _detail_tables(results), "## Benchmark data problems", "", data_problems(results),
+           "## Protocol", "", protocol_text(results),
            "## Plots", ""]
     md += [f"![{k}]({p.name})" for k, p in plots.items()]
     md += ["", "## Example continuations", "", _examples_md(examples)]

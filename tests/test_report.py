@@ -100,3 +100,17 @@ def test_missing_metrics_show_as_na():
 @pytest.mark.parametrize("score,text", [("sum", "**sum**"), ("mean", "**per-token mean**")])
 def test_protocol_names_the_score(score, text):
     assert text in rp.protocol_text({"protocol": {"score": score}})
+
+
+def test_report_lists_dropped_pairs_and_filled_submission_files():
+    res = _results_no_audio()
+    assert "None: every benchmark file was read" in rp.data_problems(res)
+    res["dropped_pairs"] = {"lexical": 1, "syntactic": 0}
+    res["models"]["base"]["benchmarks"]["lexical"]["submission_filled"] = [
+        {"file": "a1b2", "score": "-inf", "side": "correct", "pair": 7, "reason": "not 16 kHz mono"},
+        {"file": "c3d4", "score": "inf", "side": "incorrect", "pair": 7,
+         "reason": "its pair was dropped (the other side was rejected)"}]
+    text = rp.data_problems(res)
+    assert "lexical: 1" in text and "syntactic" not in text.split("\n")[0]
+    assert "lexical submission: 2 file(s)" in text
+    assert "`a1b2` (correct side of pair 7): not 16 kHz mono" in text and "`c3d4` (incorrect side" in text
