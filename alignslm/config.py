@@ -128,6 +128,9 @@ class VocoderConfig:
     steps: int = opt(600, "Demo vocoder: training steps (0 = the per-unit mean spectra alone).")
     batch_size: int = opt(16, "Utterances per vocoding batch.")
     speaker: int | None = opt(None, "HiFi-GAN speaker id when the checkpoint is multi-speaker.")
+    speaker_embedding: str | None = opt(None, "HiFi-GAN conditioned on a speaker embedding (config.json "
+                                              "embedder_params): a .npy file holding one vector of that size "
+                                              "(e.g. the target speaker's d-vector), used for every utterance.")
     duration: str = opt("auto", "Demo vocoder durations: mean (per-unit mean run length) | conv | exemplar "
                                 "(the chosen exemplars' own run lengths; method=exemplar) | auto (lowest "
                                 "held-out error).")

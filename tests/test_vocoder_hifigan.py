@@ -272,3 +272,41 @@ def test_batch_vocode_matches_single_on_gpu(tmp_path):
     batched = voc.vocode(units, batch_size=9)
     for i, u in enumerate(units):
         np.testing.assert_allclose(batched[i], voc.vocode([u], batch_size=1)[0], atol=1e-4, err_msg=f"item {i}")
+
+
+def test_speaker_embedding_from_the_config_file(tmp_path, monkeypatch):
+    """vocoder.speaker_embedding: a .npy vector given in the config reaches vocode(); bad files are named."""
+    from alignslm.config import load_config
+    from alignslm.stages.vocoder import check
+
+    monkeypatch.setattr("alignslm.vocoder.hifigan.CPU_MIN_FILL", 0.0)
+    cfg = {**TINY, "multispkr": True, "embedder_params": {"embedder_type": "ecapa"}, "embedder_dim": 6,
+           "model_in_dim": 16}
+    cfg.pop("dur_predictor_params")
+    d = _save(tmp_path, cfg, _weight_normed(cfg))
+    emb = np.random.default_rng(3).normal(size=6).astype(np.float32)
+    np.save(tmp_path / "spk.npy", emb[None])  # (1, 6) is accepted as one vector
+    conf = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={d}",
+                                  f"vocoder.speaker_embedding={tmp_path / 'spk.npy'}"])
+    assert check(conf) == []
+    voc = load_vocoder(conf)
+    units = _rand_units(2, 3, 12, seed=5)
+    np.testing.assert_allclose(voc.vocode(units)[1], load_vocoder(d).vocode(units, speaker=emb)[1], atol=2e-5)
+
+    np.save(tmp_path / "bad.npy", np.zeros((2, 6)))
+    (tmp_path / "junk.npy").write_text("not numpy")
+    for path, msg in ((tmp_path / "bad.npy", r"one finite numeric vector, got shape \(2, 6\)"),
+                      (tmp_path / "junk.npy", "not a readable .npy"), (tmp_path / "none.npy", "no such file")):
+        bad = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={d}", f"vocoder.speaker_embedding={path}"])
+        with pytest.raises(CheckpointError, match=msg):
+            load_vocoder(bad)
+    both = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={d}", "vocoder.speaker=1",
+                                  f"vocoder.speaker_embedding={tmp_path / 'spk.npy'}"])
+    assert any("set one" in p for p in check(both))
+    with pytest.raises(CheckpointError, match="set one"):
+        load_vocoder(both)
+    np.save(tmp_path / "short.npy", np.zeros(5, np.float32))  # wrong size: the model says what it needs
+    wrong = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={d}",
+                                   f"vocoder.speaker_embedding={tmp_path / 'short.npy'}"])
+    with pytest.raises(ConditioningError, match="6 floats"):
+        load_vocoder(wrong)

@@ -39,6 +39,10 @@ def check(cfg: Any) -> list[str]:
             for f in ("generator.pt", "config.json"):
                 if not (d / f).is_file():
                     problems.append(f"vocoder.path={d}: {f} is missing")
+        if v.speaker_embedding and not Path(v.speaker_embedding).expanduser().is_file():
+            problems.append(f"vocoder.speaker_embedding={v.speaker_embedding}: no such file (a .npy with one vector)")
+        if v.speaker_embedding and v.speaker is not None:
+            problems.append("vocoder.speaker and vocoder.speaker_embedding are both set: set one")
     if v.duration not in ("auto", "mean", "conv", "exemplar"):
         problems.append(f"vocoder.duration={v.duration!r}: choose auto, mean, conv or exemplar")
     if v.duration == "exemplar" and v.method != "exemplar":
@@ -72,18 +76,22 @@ def run(ctx: StageContext) -> dict:
 
 
 def _run_hifigan(ctx: StageContext, meta: dict) -> dict:
+    from alignslm.vocoder import speaker_conditioning
     from alignslm.vocoder.hifigan import CheckpointError, HifiganVocoder
 
     v = ctx.cfg.vocoder
     if not v.path:
         raise CheckpointError("vocoder.kind=hifigan needs vocoder.path (a directory with generator.pt + config.json)")
     path = Path(v.path).expanduser().resolve()
-    voc = HifiganVocoder.from_dir(path, speaker=v.speaker, batch_size=v.batch_size)
+    voc = HifiganVocoder.from_dir(path, speaker=speaker_conditioning(v.speaker, v.speaker_embedding),
+                                  batch_size=v.batch_size)
     n_units = int(meta.get("n_units", 0))
     if n_units > voc.n_units:
         raise CheckpointError(f"{path}/config.json: num_embeddings={voc.n_units} but the tokenizer has {n_units} "
                               "units; use the HiFi-GAN trained on this tokenizer's units")
     write_json(ctx.out / VOCODER_JSON, {"kind": "hifigan", "path": str(path), "speaker": v.speaker,
+                                        "speaker_embedding": (str(Path(v.speaker_embedding).expanduser().resolve())
+                                                              if v.speaker_embedding else None),
                                         "batch_size": v.batch_size, "sample_rate": voc.sample_rate,
                                         "n_units": voc.n_units})
     return {"kind": "hifigan", "n_units": voc.n_units, "sample_rate": voc.sample_rate,

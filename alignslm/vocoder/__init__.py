@@ -60,7 +60,8 @@ def load_vocoder(source: Any, device: str | None = None) -> Vocoder:
         meta = json.loads((d / "vocoder.json").read_text())
         kind = meta.get("kind")
         if kind == "hifigan":
-            return HifiganVocoder.from_dir(d / meta["path"], speaker=meta.get("speaker"),
+            return HifiganVocoder.from_dir(d / meta["path"], speaker=speaker_conditioning(
+                                               meta.get("speaker"), meta.get("speaker_embedding")),
                                            batch_size=int(meta.get("batch_size", 16)), device=_device(device))
         if kind == "demo":
             from alignslm.vocoder.demo import DemoVocoder
@@ -84,4 +85,30 @@ def _from_section(vc: Any, device: str) -> Vocoder:
                               "load it from the stage directory (<run_dir>/vocoder)")
     if not vc.path:
         raise CheckpointError("vocoder.kind=hifigan needs vocoder.path (a directory with generator.pt + config.json)")
-    return HifiganVocoder.from_dir(vc.path, speaker=vc.speaker, batch_size=vc.batch_size, device=device)
+    return HifiganVocoder.from_dir(vc.path, speaker=speaker_conditioning(vc.speaker, vc.speaker_embedding),
+                                   batch_size=vc.batch_size, device=device)
+
+
+def speaker_conditioning(speaker: int | None, embedding: str | None) -> Any:
+    """``vocoder.speaker`` (an id) or the vector in ``vocoder.speaker_embedding`` (a .npy file), or None."""
+    if embedding is None:
+        return speaker
+    if speaker is not None:
+        raise CheckpointError(f"vocoder.speaker={speaker} and vocoder.speaker_embedding={embedding}: set one "
+                              "(an id for a speaker table, a vector file for an embedding-conditioned HiFi-GAN)")
+    import numpy as np
+
+    path = Path(embedding).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"vocoder.speaker_embedding={path}: no such file (a .npy with one vector)")
+    try:
+        vec = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+        raise CheckpointError(f"vocoder.speaker_embedding={path}: not a readable .npy file ({e})") from e
+    vec = np.asarray(vec)
+    if vec.ndim == 2 and vec.shape[0] == 1:
+        vec = vec[0]
+    if vec.ndim != 1 or not np.issubdtype(vec.dtype, np.number) or not np.isfinite(vec).all():
+        raise CheckpointError(f"vocoder.speaker_embedding={path}: expected one finite numeric vector, got shape "
+                              f"{tuple(vec.shape)} dtype {vec.dtype}")
+    return vec.astype(np.float32)
