@@ -52,6 +52,18 @@ def test_wrong_types(override, fragment):
         load_config(None, [override])
 
 
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 (PyYAML) reads ``1e-6`` as a string; a float key takes it as the number (paper lr 1e-6)."""
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 1e-6\n  beta: 5E-2\n")
+    cfg = load_config(tmp_path / "c.yaml", ["sample.temperature=8e-1"])
+    assert (cfg.train.lr, cfg.train.beta, cfg.sample.temperature) == (1e-6, 0.05, 0.8)
+    for bad in ("train.lr=1e-", "train.lr=e-6", "train.lr=nan"):
+        with pytest.raises(ConfigError, match="expected a number"):
+            load_config(None, [bad])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(None, ["sample.top_k=1e3"])
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
