@@ -13,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from alignslm import logger
 from alignslm.genmetrics import score_histogram
-from alignslm.rundir import read_jsonl, write_json, write_text
+from alignslm.rundir import read_json, read_jsonl, write_json, write_text
 
 BENCH_COLS = (("sWUGGY", "lexical"), ("sBLIMP", "syntactic"), ("sSC", "ssc"), ("tSC", "tsc"))
 ACC_KEYS = ("rewards/accuracies", "rewards/accuracy", "reward_accuracy")
@@ -187,19 +189,31 @@ def _plt():
 
 
 def plot_judge_histograms(hists: Mapping[str, Mapping], path: Path) -> Path:
-    """Grouped bars: judge-score counts (1..5) per round."""
+    """Per round: judge-score counts (1..5, grouped bars), or in perplexity mode the distribution of
+    ln(perplexity) of the sampled continuations (step histograms)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    w = 0.8 / max(1, len(hists))
-    for i, (name, h) in enumerate(hists.items()):
-        total = max(1, sum(h["counts"]))
-        ax.bar([s + (i - (len(hists) - 1) / 2) * w for s in range(1, 6)], [c / total for c in h["counts"]],
-               width=w, label=f"{name} (n={sum(h['counts'])}, missing {h['missing']})")
-    ax.set_xlabel("judge score (rounded)")
+    if any(sum(h.get("counts") or []) for h in hists.values()):
+        w = 0.8 / max(1, len(hists))
+        for i, (name, h) in enumerate(hists.items()):
+            total = max(1, sum(h["counts"]))
+            ax.bar([s + (i - (len(hists) - 1) / 2) * w for s in range(1, 6)], [c / total for c in h["counts"]],
+                   width=w, label=f"{name} (n={sum(h['counts'])}, missing {h['missing']})")
+        ax.set_xlabel("judge score (rounded)")
+        ax.set_xticks(range(1, 6))
+        ax.set_title("Judge scores of sampled continuations per round")
+    else:
+        logs_ = {n: np.log(h["perplexities"]) for n, h in hists.items() if h.get("perplexities")}
+        if logs_:
+            lo, hi = min(v.min() for v in logs_.values()), max(v.max() for v in logs_.values())
+            bins = np.linspace(lo, hi + 1e-9, 30)
+            for name, v in logs_.items():
+                ax.hist(v, bins=bins, weights=np.full(v.size, 1.0 / v.size), histtype="step",
+                        label=f"{name} (n={v.size}, median ppl {float(np.exp(np.median(v))):.0f})")
+        ax.set_xlabel("ln perplexity of the continuation transcript (lower = more plausible to the judge)")
+        ax.set_title("Judge perplexities of sampled continuations per round")
     ax.set_ylabel("share of continuations")
-    ax.set_xticks(range(1, 6))
     ax.legend(fontsize=7)
-    ax.set_title("Judge scores of sampled continuations per round")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -257,15 +271,27 @@ def plot_reward_accuracy(logs: Mapping[str, Sequence[Mapping]], path: Path) -> P
 
 
 def round_inputs(run_dir: Path, rounds: int) -> tuple[dict, dict]:
-    """(judge-score histograms, train logs) per round from the run directory; absent files are noted."""
+    """(per-round judge summaries, train logs) from the run directory; absent files are noted.
+
+    A judge summary holds the 1-5 score histogram, the continuations' perplexities (perplexity mode), the
+    pairs built (pairs/summary.json) and the train stage's policy.json (final and held-out reward accuracy).
+    """
     hists, logs = {}, {}
     for r in range(1, rounds + 1):
-        j = run_dir / f"round-{r}" / "judge" / "judgments.jsonl"
+        rd = run_dir / f"round-{r}"
+        j = rd / "judge" / "judgments.jsonl"
         if j.is_file():
-            hists[f"round {r}"] = score_histogram([row.get("score") for row in read_jsonl(j)])
+            rows = read_jsonl(j)
+            h = dict(score_histogram([row.get("score") for row in rows]))
+            h["perplexities"] = [float(row["perplexity"]) for row in rows
+                                 if isinstance(row.get("perplexity"), (int, float)) and row["perplexity"] > 0]
+            for key, f in (("pairs", rd / "pairs" / "summary.json"), ("policy", rd / "train" / "policy.json")):
+                if f.is_file():
+                    h[key] = read_json(f)
+            hists[f"round {r}"] = h
         else:
             logger.warning("report: %s not found; no judge histogram for round %d", j, r)
-        t = run_dir / f"round-{r}" / "train" / "train_log.jsonl"
+        t = rd / "train" / "train_log.jsonl"
         if t.is_file():
             logs[f"round {r}"] = read_jsonl(t)
         else:
@@ -307,20 +333,38 @@ def _examples_md(examples: list[dict]) -> str:
 
 
 def rounds_table(hists: Mapping[str, Mapping], logs: Mapping[str, Sequence[Mapping]]) -> str:
-    """Per training round: judge scores of its sampled continuations and the last logged reward accuracy."""
+    """Per training round: its judged continuations (1-5 scores or perplexities, whichever the judge gave),
+    the pairs built, the reward accuracy over all its pairs after training, and the previous round's policy
+    on this round's pairs before training (prompts it never trained on: 0.5 = nothing carried over)."""
     names = sorted(set(hists) | set(logs))
     if not names:
         return "No round directories with judgments or training logs were found.\n"
-    lines = ["| round | continuations judged | missing scores | mean judge score | last reward accuracy |",
-             "|---|---|---|---|---|"]
+    lines = ["| round | continuations judged | without a judgement | judge signal | pairs | reward accuracy "
+             "(all pairs, after training) | previous policy on these pairs (held out) |",
+             "|---|---|---|---|---|---|---|"]
     for n in names:
-        h = hists.get(n)
-        mean = None
-        if h and sum(h["counts"]):
-            mean = sum((i + 1) * c for i, c in enumerate(h["counts"])) / sum(h["counts"])
-        acc = next((r[k] for r in reversed(list(logs.get(n, []))) for k in ACC_KEYS if k in r), None)
-        lines.append(f"| {n} | {sum(h['counts']) if h else 'n/a'} | {h['missing'] if h else 'n/a'} | "
-                     f"{_num(mean)} (rounded scores) | {_num(acc, '{:.3f}')} |")
+        h = hists.get(n) or {}
+        counts, ppl = h.get("counts") or [], h.get("perplexities") or []
+        if counts and sum(counts):
+            judged = sum(counts)
+            signal = f"mean score {sum((i + 1) * c for i, c in enumerate(counts)) / judged:.2f} (rounded)"
+        elif ppl:
+            judged = len(ppl)
+            signal = f"median perplexity {float(np.median(ppl)):.0f}"
+        else:
+            judged, signal = (0 if h else None), "n/a"
+        pairs = h.get("pairs") or {}
+        total = (pairs["continuations"] + pairs.get("unjudged", 0)) if "continuations" in pairs else None
+        missing = (total - judged) if (total is not None and judged is not None) else h.get("missing")
+        pol = h.get("policy") or {}
+        acc = pol.get("final_reward_accuracy")
+        if acc is None:  # older runs: the last logged step
+            acc = next((r[k] for r in reversed(list(logs.get(n, []))) for k in ACC_KEYS if k in r), None)
+        prior = (pol.get("prior_policy_on_these_pairs") or {}).get("reward_accuracy")
+        lines.append(f"| {n} | {judged if judged is not None else 'n/a'} | "
+                     f"{missing if missing is not None else 'n/a'} | {signal} | "
+                     f"{(h.get('pairs') or {}).get('pairs', 'n/a')} | {_num(acc, '{:.3f}')} | "
+                     f"{_num(prior, '{:.3f}') if prior is not None else 'n/a (round 1, or reference moves)'} |")
     return "\n".join(lines) + "\n"
 
 

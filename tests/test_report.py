@@ -75,7 +75,7 @@ def test_build_report_writes_tables_plots_examples(tmp_path):
     copied = out / "examples" / "round-1" / "p0_k0.wav"
     assert copied.is_file() and "(examples/round-1/p0_k0.wav)" in md
     assert "on the mat \\| ok" in md  # table cells escaped
-    assert "| round 1 | 5 | 1 | 2.60 (rounded scores) | 1.000 |" in md
+    assert "| round 1 | 5 | 1 | mean score 2.60 (rounded) | n/a | 1.000 | n/a (round 1, or reference moves) |" in md
     full = json.loads((out / "results.json").read_text())
     assert full["judge_histograms"]["round 1"]["counts"] == [1, 2, 1, 0, 1]
     assert full["judge_histograms"]["round 1"]["missing"] == 1
@@ -114,3 +114,24 @@ def test_report_lists_dropped_pairs_and_filled_submission_files():
     assert "lexical: 1" in text and "syntactic" not in text.split("\n")[0]
     assert "lexical submission: 2 file(s)" in text
     assert "`a1b2` (correct side of pair 7): not 16 kHz mono" in text and "`c3d4` (incorrect side" in text
+
+
+def test_rounds_table_in_perplexity_mode_shows_perplexities_pairs_and_held_out_accuracy(tmp_path):
+    """The demo's default judge mode gives no 1-5 scores: the rounds table and histogram use perplexities."""
+    res = _results(tmp_path)
+    for r, ppls in ((1, [100.0, 200.0, None, 400.0]), (2, [50.0, 60.0, 70.0, 80.0])):
+        rd = tmp_path / f"round-{r}"
+        write_jsonl(rd / "judge" / "judgments.jsonl",
+                    [{"prompt_id": "p0", "k": k, "score": None, "perplexity": p} for k, p in enumerate(ppls)])
+        (rd / "pairs").mkdir(parents=True)
+        (rd / "pairs" / "summary.json").write_text(json.dumps({"continuations": 4, "unjudged": 1, "pairs": 3 + r}))
+        (rd / "train").mkdir(parents=True)
+        prior = {"reward_accuracy": 0.55, "reward_margin": 0.01, "pairs": 4} if r == 2 else None
+        (rd / "train" / "policy.json").write_text(json.dumps({"final_reward_accuracy": 0.9 + r / 100,
+                                                              "prior_policy_on_these_pairs": prior}))
+    rp.build_report(res, tmp_path, tmp_path / "r", rounds=2, demo=True)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| round 1 | 3 | 2 | median perplexity 200 | 4 | 0.910 | n/a (round 1, or reference moves) |" in md
+    assert "| round 2 | 4 | 1 | median perplexity 65 | 5 | 0.920 | 0.550 |" in md
+    png = (tmp_path / "r" / "judge_histograms.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

@@ -48,7 +48,7 @@ import torch
 from alignslm import logger
 from alignslm.dpo import DPOTrainer, prepare_pairs
 from alignslm.losses import LOSSES
-from alignslm.rundir import StageContext, barrier, read_jsonl, write_json
+from alignslm.rundir import StageContext, barrier, read_json, read_jsonl, write_json
 
 REFERENCES = ("base", "previous_round")
 
@@ -164,13 +164,16 @@ def run(ctx: StageContext) -> dict:
     reference = "initial" if (cfg.curriculum.reference == "previous_round" and init_adapter) else "base"
     trainer = DPOTrainer(lm, t, ctx.out, seed=ctx.seed(), init_adapter=init_adapter, reference=reference,
                          device=device)
+    prior = _prior_policy_on_new_pairs(ctx, trainer, examples, init_adapter, reference)
     result = trainer.train(examples)
     final = trainer.evaluate(examples)  # the trained policy over every pair (no gradient)
     trainer.save_adapter(ctx.out / "adapter")
     policy = {"round": ctx.round, "cumulative": True, "base": str(ctx.inputs["unitlm"]),
               "load": [str(p) for p in policy_adapters(ctx.run_dir, ctx.round)],
               "initialised_from": str(init_adapter) if init_adapter else None,
-              "reference": cfg.curriculum.reference, "support": cfg.unitlm.support, "counts": counts}
+              "reference": cfg.curriculum.reference, "support": cfg.unitlm.support, "counts": counts,
+              "final_reward_accuracy": final["rewards/accuracies"], "final_reward_margin": final["rewards/margins"],
+              "prior_policy_on_these_pairs": prior}
     if ctx.rank == 0:
         write_json(ctx.out / "policy.json", policy)
     barrier()  # every rank returns once the adapter is on disk
@@ -178,7 +181,32 @@ def run(ctx: StageContext) -> dict:
             "truncated_prompt": counts["truncated_prompt"], "truncated_completion": counts["truncated_completion"],
             "reference": cfg.curriculum.reference, "loss": t.loss, "beta": t.beta,
             "final_reward_accuracy": final["rewards/accuracies"], "final_reward_margin": final["rewards/margins"],
-            "final_loss": final["loss"], "last_step": result.get("final", {})}
+            "final_loss": final["loss"], "last_step": result.get("final", {}),
+            "prior_policy_reward_accuracy": (prior or {}).get("reward_accuracy")}
+
+
+def _prior_policy_on_new_pairs(ctx: StageContext, trainer: DPOTrainer, examples: list, init_adapter: Path | None,
+                               reference: str) -> dict | None:
+    """The previous round's policy on this round's pairs, before any training on them.
+
+    These pairs come from prompts the previous round never trained on, so this is a held-out check of what
+    DPO learned: a reward accuracy near 0.5 means the preferences it fitted did not carry over to new prompts.
+    Only meaningful when the reference is the base model (round >= 2, curriculum.reference=base).
+    """
+    if init_adapter is None or reference != "base":
+        return None
+    path = ctx.out / "prior_policy.json"
+    if (ctx.out / "checkpoint").exists():  # resumed mid-training: measured before the first step, or not at all
+        return read_json(path) if path.is_file() else None
+    m = trainer.evaluate(examples)
+    out = {"reward_accuracy": m["rewards/accuracies"], "reward_margin": m["rewards/margins"],
+           "pairs": len(examples), "policy": str(init_adapter)}
+    if ctx.rank == 0:
+        write_json(path, out)
+    logger.info("train round %s: the round-%s policy prefers the chosen side of %.1f%% of this round's %d new "
+                "pairs (held out from its training; 50%% = no carry-over)", ctx.round, ctx.round - 1,
+                100 * out["reward_accuracy"], len(examples))
+    return out
 
 
 def _keep_policy(ctx: StageContext, lm: Any, init_adapter: Path | None, device: torch.device, why: str) -> dict:
