@@ -114,6 +114,8 @@ class UnitLMConfig:
     steps: int = opt(500, "Demo LM: optimiser steps (500 x 8 x 512 tokens: 548 s on this 2-core VM at load "
                           "4.5-5, bench/pretrain_gates.py).")
     batch_size: int = opt(8, "Demo LM: sequences per step.")
+    doc_mask: bool = opt(False, "Demo LM: in a packed window, attend within each utterance only, positions "
+                                "restarting at its BOS (as when it is scored); false = plain causal packing.")
     lr: float = opt(3e-3, "Demo LM: peak learning rate.")
     warmup: int = opt(40, "Demo LM: warmup steps (then cosine decay).")
     checkpoint_every: int = opt(50, "Demo LM: steps between checkpoints (resume granularity).")

@@ -42,6 +42,7 @@ class TrainSpec:
     checkpoint_every: int = 250
     seed: int = 0
     log_every: int = 50
+    doc_mask: bool = False  # attend within one utterance only, positions restart at each BOS (as when scored)
 
 
 def build_model(n_units: int, d_model: int, n_layers: int, n_heads: int, context: int, seed: int = 0):
@@ -81,6 +82,28 @@ def batch_at(stream: torch.Tensor, step: int, spec: TrainSpec) -> torch.Tensor:
     g = torch.Generator().manual_seed(spec.seed * 1_000_003 + step)
     starts = torch.randint(0, len(stream) - T, (spec.batch_size,), generator=g)  # (B,)
     return torch.stack([stream[s:s + T + 1] for s in starts.tolist()])  # (B, T+1)
+
+
+def doc_positions(stream: torch.Tensor) -> torch.Tensor:
+    """(N,) position of every stream token inside its own ``[BOS, ..., EOS]`` block (0 at the BOS)."""
+    idx = torch.arange(len(stream))
+    last_bos = torch.where(stream == BOS, idx, torch.zeros_like(idx))
+    return idx - torch.cummax(last_bos, 0).values
+
+
+def doc_batch(xy: torch.Tensor, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs of a packed window restricted to one utterance each: a (B, 1, T, T) additive attention mask
+    (query i sees key j <= i of the same block) and (B, T) position ids restarting at every BOS.
+
+    ``xy`` is the (B, T+1) window, ``pos`` its (B, T+1) in-block positions (:func:`doc_positions`).
+    """
+    x, p = xy[:, :-1], pos[:, :-1]
+    seg = torch.cumsum((x == BOS).long(), 1)  # (B, T): block index inside the window
+    T = x.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    allowed = (seg[:, :, None] == seg[:, None, :]) & causal  # (B, T, T)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[:, None], p
 
 
 def lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
@@ -126,6 +149,7 @@ def train(model: torch.nn.Module, seqs: Sequence[Sequence[int]], spec: TrainSpec
     after that many steps of this call (tests).  Returns a summary with the loss log."""
     n_units = int(model.config.n_units)
     stream = pack(seqs, n_units)
+    positions = doc_positions(stream) if spec.doc_mask else None
     opt, sched = make_optimizer(model, spec)
     ckpt = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
     step, log = (0, [])
@@ -135,8 +159,14 @@ def train(model: torch.nn.Module, seqs: Sequence[Sequence[int]], spec: TrainSpec
     t0, tokens, done_here = time.perf_counter(), 0, 0
     while step < spec.steps:
         xy = batch_at(stream, step, spec)  # (B, T+1)
-        logits = model(input_ids=xy[:, :-1]).logits  # (B, T, V)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), xy[:, 1:].flatten())
+        if positions is None:
+            logits = model(input_ids=xy[:, :-1]).logits  # (B, T, V)
+            tgt = xy[:, 1:]
+        else:
+            mask, pos = doc_batch(xy, batch_at(positions, step, spec), next(model.parameters()).dtype)
+            logits = model(input_ids=xy[:, :-1], attention_mask=mask, position_ids=pos).logits
+            tgt = xy[:, 1:].masked_fill(xy[:, 1:] == BOS, -100)  # the next block's BOS is not predictable
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

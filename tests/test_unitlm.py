@@ -226,6 +226,49 @@ def test_pretrain_learns_and_resumes_exactly(tmp_path):
         train(build_model(30, 32, 2, 2, 32), [[1, 2], [3, 30]], spec)
 
 
+def test_doc_mask_window_equals_each_utterance_alone():
+    """unitlm.doc_mask: a packed window's logits equal each utterance scored on its own (positions from its
+    BOS), so nothing leaks across utterances; a partial first block keeps its true positions."""
+    from alignslm.pretrain import BOS, build_model, doc_batch, doc_positions, pack
+
+    torch.manual_seed(0)
+    m = build_model(20, 32, 2, 2, 64).eval()
+    seqs = [[int(x) for x in torch.randint(0, 20, (n,))] for n in (5, 9, 3, 12)]
+    stream = pack(seqs, 20)
+    pos = doc_positions(stream)
+    assert pos[:9].tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1]  # [BOS, 5 units, EOS] then the next block
+    xy, p = stream[None, 2:32], pos[None, 2:32]
+    mask, pp = doc_batch(xy, p, torch.float32)
+    x = xy[0, :-1]
+    with torch.no_grad():
+        packed = m(input_ids=xy[:, :-1], attention_mask=mask, position_ids=pp).logits[0]
+        plain = m(input_ids=xy[:, :-1]).logits[0]
+        bounds = [0, *[i for i in range(len(x)) if x[i] == BOS and i > 0], len(x)]
+        assert len(bounds) == 5 and pp[0, 0] == 2
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            alone = m(input_ids=x[None, a:b], position_ids=pp[:, a:b]).logits[0]
+            torch.testing.assert_close(packed[a:b], alone, atol=1e-5, rtol=1e-5)
+    assert (plain[bounds[1]:] - packed[bounds[1]:]).abs().max() > 1e-3  # plain packing does attend across
+
+
+def test_pretrain_with_doc_mask_learns_and_resumes(tmp_path):
+    from alignslm.pretrain import TrainSpec, build_model, eval_loss, train
+
+    seqs = synthetic_units(60)
+    spec = TrainSpec(steps=12, batch_size=4, context=32, lr=3e-3, warmup=3, checkpoint_every=4, log_every=4,
+                     doc_mask=True)
+    a = build_model(30, 32, 2, 2, 32, seed=1)
+    before = eval_loss(a, seqs[:10], 32)
+    sa = train(a, seqs, spec, ckpt_dir=tmp_path / "a")
+    assert eval_loss(a, seqs[:10], 32) < before - 0.3
+    b = build_model(30, 32, 2, 2, 32, seed=1)
+    train(b, seqs, spec, ckpt_dir=tmp_path / "b", stop_after=6)
+    b2 = build_model(30, 32, 2, 2, 32, seed=7)
+    assert train(b2, seqs, spec, ckpt_dir=tmp_path / "b")["log"] == sa["log"]
+    for (n1, p1), (_, p2) in zip(a.state_dict().items(), b2.state_dict().items()):
+        assert torch.equal(p1, p2), n1
+
+
 def _fake_run(tmp_path, n_units: int = 30) -> Path:
     """corpus/manifest.jsonl + tokenize/{units.jsonl, tokenizer.json} as the real stages write them."""
     from alignslm.rundir import write_json, write_jsonl

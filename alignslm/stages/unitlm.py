@@ -113,7 +113,8 @@ def run(ctx: StageContext) -> dict:
     train_seqs = [r["units"] for r in rows if split.get(r["utt_id"], "train") == "train" and r["units"]]
     dev_seqs = [r["units"] for r in rows if split.get(r["utt_id"]) == "dev" and r["units"]]
     spec = TrainSpec(steps=u.steps, batch_size=u.batch_size, context=u.context, lr=u.lr, warmup=u.warmup,
-                     checkpoint_every=u.checkpoint_every, seed=ctx.seed("pretrain") % (2**31))
+                     checkpoint_every=u.checkpoint_every, seed=ctx.seed("pretrain") % (2**31),
+                     doc_mask=u.doc_mask)
     logger.info("unitlm: pretraining on %d train utterances (%d units), %d dev; %d steps", len(train_seqs),
                 sum(map(len, train_seqs)), len(dev_seqs), spec.steps)
     t0 = time.perf_counter()
