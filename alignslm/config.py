@@ -267,6 +267,9 @@ class EvalConfig:
     score: str = opt("mean", "Utterance score: mean (per token) | sum of log-likelihood of [BOS, units, EOS].")
     batch_size: int = opt(64, "Utterances per scoring batch.")
     n_prompts: int = opt(100, "Held-out prompts for generation metrics.")
+    generation_models: str = opt("final", "Which models the generation metrics (judge, auto-BLEU) are measured "
+                                          "for: final (the base and the last round: the gate; ~2 min less of "
+                                          "the CPU demo) | all (every round too). Benchmarks: every model.")
     bootstrap: int = opt(2000, "Bootstrap resamples for confidence intervals.")
     n_examples: int = opt(3, "Example continuations per round in the report.")
     also_score: bool = opt(False, "With judge.mode=perplexity, also ask the judge for 1-5 scores of the held-out "

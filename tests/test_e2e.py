@@ -73,6 +73,14 @@ def test_every_stage_ran_and_artifacts_are_consistent(smoke_run):
     report = (smoke_run / "report/report.md").read_text()
     for row in ("base", "round 1", "round 2"):
         assert row in report.lower()
+    # round 2 measured the round-1 policy on its new pairs; generation metrics for the base and the last round
+    pairs2 = read_jsonl(smoke_run / "round-2/pairs/pairs.jsonl")
+    prior = json.loads((smoke_run / "round-2/train/policy.json").read_text()).get("prior_policy_on_these_pairs")
+    if pairs2:  # (a smoke round can end without a pair: then the policy is kept and nothing is measured)
+        assert 0.0 <= prior["reward_accuracy"] <= 1.0 and 0 < prior["pairs"] <= len(pairs2)
+    models = json.loads((smoke_run / "evaluate/results.json").read_text())["models"]
+    assert models["round-1"]["generation"] is None
+    assert models["base"]["generation"]["n_continuations"] == models["round-2"]["generation"]["n_continuations"] > 0
     assert "not comparable" in report.lower()
 
 

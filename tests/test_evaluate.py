@@ -370,6 +370,41 @@ def test_evaluate_and_report_stages(tmp_path, unitlm_dir):
     assert head[2].startswith("| base | ") and head[3].startswith("| round 1 | ")
 
 
+def test_generation_metrics_for_the_base_and_the_last_round_by_default():
+    from alignslm.config import load_config
+    from alignslm.stages import evaluate as st_eval
+
+    models = {"base": [], "round-1": [Path("a")], "round-2": [Path("b")], "round-10": [Path("c")]}
+    assert load_config(None).eval.generation_models == "final"
+    assert st_eval.generation_models(models, "final") == {"base", "round-10"}
+    assert st_eval.generation_models(models, "all") == set(models)
+    assert st_eval.generation_models({"base": []}, "final") == {"base"}
+    with pytest.raises(ev.EvalInputError, match="choose final or all"):
+        st_eval.generation_models(models, "last")
+    assert any("generation_models" in p for p in st_eval.check(load_config(None, ["eval.generation_models=x"])))
+
+
+def test_report_of_a_round_without_generation_metrics_says_n_a(tmp_path):
+    """eval.generation_models=final: an intermediate round has benchmarks only; its judge cells read n/a."""
+    from alignslm import report as rp
+    from alignslm.genmetrics import compare_models, summarize_generations
+
+    rows = [{"prompt_id": f"p{i}", "k": k, "perplexity": 50.0 + i + k, "autobleu": 0.0, "reject": None}
+            for i in range(4) for k in range(2)]
+    g = summarize_generations(rows, 100, 0, None, "perplexity")
+    bench = {"lexical": {"all": 0.7}, "syntactic": {"all": 0.6}, "ssc": {"all": 0.5}, "tsc": {"all": 0.5}}
+    res = {"models": {"base": {"benchmarks": bench, "generation": g},
+                      "round-1": {"benchmarks": bench, "generation": None},
+                      "round-2": {"benchmarks": bench, "generation": g}}}
+    res["comparisons"] = {n: compare_models(g, res["models"][n]["generation"] or {}, 100, 0)
+                          for n in ("round-1", "round-2")}
+    table = rp.headline_table(res).splitlines()
+    assert table[3].startswith("| round 1 |") and "n/a" in table[3] and "n/a" not in table[4]
+    comp = rp.comparison_table(res)
+    r1 = next(line for line in comp.splitlines() if line.startswith("| round 1"))
+    assert "n/a" in r1 and "+0.000 [+0.000, +0.000]" in comp
+
+
 def test_evaluate_stage_refuses_mismatched_units_before_scoring(tmp_path, unitlm_dir):
     from alignslm.stages import evaluate as st_eval
 

@@ -37,6 +37,8 @@ def check(cfg: Any) -> list[str]:
         problems.append("eval.batch_size must be >= 1")
     if cfg.eval.n_prompts < 0 or cfg.eval.bootstrap < 0:
         problems.append("eval.n_prompts and eval.bootstrap must be >= 0")
+    if cfg.eval.generation_models not in ("final", "all"):
+        problems.append(f"eval.generation_models={cfg.eval.generation_models!r}: choose final or all")
     return problems
 
 
@@ -105,6 +107,16 @@ def models_to_evaluate(ctx: StageContext) -> dict[str, list[Path]]:
 # --------------------------------------------------------------------------------------------------
 
 
+def generation_models(models: dict[str, list[Path]], which: str) -> set[str]:
+    """Names of the models that get generation metrics: every one (``all``) or the base and the last round."""
+    if which == "all":
+        return set(models)
+    if which != "final":
+        raise EvalInputError(f"eval.generation_models={which!r}: choose final or all")
+    rounds = [n for n in models if n != "base"]
+    return {"base", *rounds[-1:]}
+
+
 def run(ctx: StageContext) -> dict:
     from alignslm.tokenizer import load_tokenizer
 
@@ -135,6 +147,7 @@ def run(ctx: StageContext) -> dict:
     results: dict[str, Any] = {"models": {},
                                "dropped_pairs": {k: len(b.dropped) for k, b in benches.items()},
                                "timing": {"tokenize_benchmarks_s": round(tok_s, 2)}}
+    with_gen = generation_models(models, cfg.eval.generation_models)
     for name, adapters in models.items():
         done = ctx.out / name / "model.json"
         if done.is_file():
@@ -142,7 +155,7 @@ def run(ctx: StageContext) -> dict:
             continue
         lm = lm if name == "base" else _load(ctx, adapters)
         check_unit_counts(lm.n_units, tok.n_units, lm.source, tok_src)
-        res = _evaluate_model(ctx, name, lm, units, benches, gen)
+        res = _evaluate_model(ctx, name, lm, units, benches, gen if name in with_gen else None)
         res["adapters"] = [str(a) for a in adapters]
         write_json(done, res)
         results["models"][name] = res
