@@ -353,7 +353,8 @@ class DPOTrainer:
 
     def precompute_reference(self, examples: list[Example]) -> None:
         """Reference log-probs of every example, once, cached in ``out/ref_logps.pt`` (rank-sharded)."""
-        key = hash_str(self.reference, repr([(e.idx, e.prompt, e.chosen, e.rejected) for e in examples]))
+        key = self._examples_key(examples)
+        self.ref_key = key
         path = self.out / "ref_logps.pt"
         if path.exists():
             saved = torch.load(path, weights_only=True)
@@ -492,14 +493,31 @@ class DPOTrainer:
         if self.rank == 0 and path.exists():
             write_jsonl(path, [r for r in read_jsonl(path) if r["step"] <= done])
 
+    def _examples_key(self, examples: list[Example]) -> str:
+        return hash_str(self.reference, repr([(e.idx, e.prompt, e.chosen, e.rejected) for e in examples]))
+
     def evaluate(self, examples: list[Example]) -> dict[str, float]:
-        """Metrics of the current policy over all ``examples`` (no gradient), TRL names."""
+        """Metrics of the current policy over all ``examples`` (no gradient), TRL names.
+
+        Cached reference log-probs are used only for the examples they were computed for; other examples
+        (e.g. held-out pairs) get the reference computed now, which needs the reference to be the base
+        model (the adapter disabled): the 'initial' reference no longer exists once training has moved it.
+        """
+        cache = self.ref_cache
+        if cache is not None and self._examples_key(examples) != getattr(self, "ref_key", None):
+            if self.reference != "base":
+                raise ValueError("DPOTrainer.evaluate: reference log-probs (reference='initial') are cached for "
+                                 "the training pairs only; evaluate other pairs with reference='base'")
+            self.ref_cache = None
         self.peft.eval()
         stats = []
-        with torch.no_grad():
-            for s in range(0, len(examples), self.cfg.batch_size):
-                batch = self._collate(examples[s:s + self.cfg.batch_size])
-                stats.append(self._loss(batch)[1] if self.world == 1 else self._eval_loss(batch))
+        try:
+            with torch.no_grad():
+                for s in range(0, len(examples), self.cfg.batch_size):
+                    batch = self._collate(examples[s:s + self.cfg.batch_size])
+                    stats.append(self._loss(batch)[1] if self.world == 1 else self._eval_loss(batch))
+        finally:
+            self.ref_cache = cache
         return metrics_from_stats(torch.cat(stats))
 
     def _eval_loss(self, batch: Batch) -> torch.Tensor:

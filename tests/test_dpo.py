@@ -231,13 +231,23 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path):
 
 
 def test_cached_reference_equals_disabled_adapter(tmp_path):
-    rows, cfg = synthetic_pairs(8), train_cfg(epochs=1, batch_size=4)
-    _run(tmp_path / "a", rows, cfg)
+    rows, cfg = synthetic_pairs(8), train_cfg(epochs=1, batch_size=4, precompute_ref=False)
+    plain, _, _ = _run(tmp_path / "a", rows, cfg)
+    assert plain.ref_cache is None and not (tmp_path / "a" / "ref_logps.pt").exists()
     tr, _, ex = _run(tmp_path / "b", rows, dataclasses.replace(cfg, precompute_ref=True))
     assert (tmp_path / "b" / "ref_logps.pt").exists() and tr.ref_cache.shape == (8, 2)
     for ra, rb in zip(_log(tmp_path / "a"), _log(tmp_path / "b")):
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6)
         assert ra["rewards/chosen"] == pytest.approx(rb["rewards/chosen"], abs=1e-6)
+    # other pairs (held out) are never scored against the training pairs' cached reference
+    other, _ = prepare_pairs(synthetic_pairs(6, seed=9), tr.lm, cfg.max_length)
+    cached, direct = tr.evaluate(other), plain.evaluate(other)
+    for k in ("rewards/chosen", "rewards/margins", "rewards/accuracies", "loss"):
+        assert cached[k] == pytest.approx(direct[k], abs=1e-5), k
+    assert tr.ref_cache is not None and tr.evaluate(ex)["loss"] == pytest.approx(plain.evaluate(ex)["loss"], abs=1e-5)
+    tr.reference = "initial"  # a moved starting policy cannot be recomputed: a clear error, not wrong numbers
+    with pytest.raises(ValueError, match="cached for the training pairs only"):
+        tr.evaluate(other)
 
 
 def test_adapter_saved_as_safetensors_and_reloads_same_policy(tmp_path):
