@@ -196,8 +196,10 @@ def _prior_policy_on_new_pairs(ctx: StageContext, trainer: DPOTrainer, examples:
     if init_adapter is None or reference != "base":
         return None
     path = ctx.out / "prior_policy.json"
-    if (ctx.out / "checkpoint").exists():  # resumed mid-training: measured before the first step, or not at all
+    if trainer._ckpt_path().is_file():  # resumed mid-training: measured before the first step, or not at all
         return read_json(path) if path.is_file() else None
+    if trainer.precompute:  # the reference pass train() needs anyway, done once and used here too
+        trainer.precompute_reference(examples)
     m = trainer.evaluate(examples)
     out = {"reward_accuracy": m["rewards/accuracies"], "reward_margin": m["rewards/margins"],
            "pairs": len(examples), "policy": str(init_adapter)}
