@@ -123,7 +123,7 @@ def _generate_batch(lm: UnitLM, prompts: list[list[int]], n: int, params: Sampli
             torch.full((B,), params.top_k, dtype=torch.long, device=dev),  # built once, not per step
             torch.full((B,), params.top_p, dtype=torch.float32, device=dev), seed_t)
     stepper = _Stepper(model, static, step_mask, B, dev)
-    with _SharedAttention(model, on=dev.type != "cuda" and _shared_prefix_ok(model)):
+    with _SharedAttention(model, on=isinstance(static.layers[0], _shared_layer_cls())):  # the cache built above
         for t in range(params.max_new):
             x = logits[:, sup]  # (B, S)
             if t < params.min_new:
