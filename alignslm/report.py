@@ -363,7 +363,7 @@ def rounds_table(hists: Mapping[str, Mapping], logs: Mapping[str, Sequence[Mappi
         prior = (pol.get("prior_policy_on_these_pairs") or {}).get("reward_accuracy")
         lines.append(f"| {n} | {judged if judged is not None else 'n/a'} | "
                      f"{missing if missing is not None else 'n/a'} | {signal} | "
-                     f"{(h.get('pairs') or {}).get('pairs', 'n/a')} | {_num(acc, '{:.3f}')} | "
+                     f"{pairs.get('pairs', 'n/a')} | {_num(acc, '{:.3f}')} | "
                      f"{_num(prior, '{:.3f}') if prior is not None else 'n/a (round 1, or reference moves)'} |")
     return "\n".join(lines) + "\n"
 

@@ -96,8 +96,6 @@ def speaker_conditioning(speaker: int | None, embedding: str | None) -> Any:
     if speaker is not None:
         raise CheckpointError(f"vocoder.speaker={speaker} and vocoder.speaker_embedding={embedding}: set one "
                               "(an id for a speaker table, a vector file for an embedding-conditioned HiFi-GAN)")
-    import numpy as np
-
     path = Path(embedding).expanduser()
     if not path.is_file():
         raise CheckpointError(f"vocoder.speaker_embedding={path}: no such file (a .npy with one vector)")
