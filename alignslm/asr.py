@@ -87,8 +87,11 @@ class ASR:
                  max_tokens_per_s: float = 8.0, compression_ratio_max: float = 2.4,
                  no_speech_max: float = 0.6, no_repeat_ngram_size: int = 0,
                  repetition_penalty: float = 1.0, cpu_threads: int = 0, device: str = "cpu"):
-        import ctranslate2
         import tokenizers
+
+        from alignslm.ct2 import ctranslate2_module
+
+        ctranslate2 = ctranslate2_module()
         from faster_whisper.feature_extractor import FeatureExtractor
         from faster_whisper.tokenizer import Tokenizer
 
@@ -169,8 +172,9 @@ class ASR:
         return n + (n % 2)  # the encoder's stride-2 convolution wants an even length
 
     def _generate(self, feats: list[np.ndarray]) -> list[ASRResult]:
-        import ctranslate2
+        from alignslm.ct2 import ctranslate2_module
 
+        ctranslate2 = ctranslate2_module()
         n = self.window_frames(max(f.shape[1] for f in feats))
         batch = np.zeros((len(feats), feats[0].shape[0], n), dtype=np.float32)  # (B, n_mels, n)
         for b, f in enumerate(feats):

@@ -191,7 +191,9 @@ class WhisperEncoder:
 
     def __init__(self, path: str | Path | None = None, batch_size: int = 16, pool: int = 1,
                  compute_type: str = "default", threads: int = 0):
-        import ctranslate2
+        from alignslm.ct2 import ctranslate2_module
+
+        ctranslate2 = ctranslate2_module()
         from faster_whisper.feature_extractor import FeatureExtractor
 
         self.given_path = str(path) if path else None  # None: the demo default, resolved on each machine
@@ -267,6 +269,9 @@ class LogMelEncoder:
     NORMS = ("cepstra", "utterance", "none")
 
     def __init__(self, n_mels: int = 80, pool: int = 1, norm: str = "utterance", cepstra: int = 19):
+        from alignslm.ct2 import ctranslate2_module
+
+        ctranslate2_module()  # faster_whisper imports ctranslate2: its backend is chosen first
         from faster_whisper.feature_extractor import FeatureExtractor
 
         if norm not in self.NORMS:

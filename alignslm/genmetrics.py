@@ -232,9 +232,10 @@ class GenerationSetup:
                              "eval.n_prompts=0")
         n = cfg.sample.n_continuations
         seeds = [ctx.seed("generation", p["prompt_id"], k) for p in prompts for k in range(n)]
-        import ctranslate2
-
+        from alignslm.ct2 import ctranslate2_module
         from alignslm.unitlm import resolve_device
+
+        ctranslate2 = ctranslate2_module()
 
         dev = str(resolve_device(cfg.run.device))
         asr_dev = "cuda" if dev.startswith("cuda") and ctranslate2.get_cuda_device_count() > 0 else "cpu"

@@ -116,3 +116,23 @@ def test_compute_type_auto_is_int8_on_cpu_and_accurate(asr, clips):
     assert asr.compute_type == "int8"  # the config default (auto) on this CPU
     full = ASR(default_model_dir(), compute_type="default")
     assert wer(TEXTS, asr.transcribe(clips)) <= wer(TEXTS, full.transcribe(clips)) + 0.1
+
+
+def test_results_do_not_depend_on_the_thread_count(clips):
+    """Transcripts and their scores are artifacts: bit-equal at 1 and 3 intra-op threads (alignslm.ct2 pins
+    CTranslate2's oneDNN backend; MKL's float GEMM differs with the thread count)."""
+    import subprocess
+    import sys
+
+    noisy = [c + np.random.default_rng(i).standard_normal(c.size).astype(np.float32) * 0.05
+             for i, c in enumerate(clips)]
+    wavs = clips + noisy
+    got = []
+    for threads in (1, 3):
+        a = ASR(default_model_dir(), cpu_threads=threads, compute_type="default", batch_size=4)
+        got.append([(r.text, r.avg_logprob, r.no_speech_prob) for r in a.transcribe_detailed(wavs)])
+    assert got[0] == got[1]
+    code = ("import os; os.environ.pop('CT2_USE_MKL', None); from alignslm.ct2 import ctranslate2_module; "
+            "ctranslate2_module(); print(os.environ['CT2_USE_MKL'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"  # set before the library loads, whoever imports it first

@@ -58,9 +58,9 @@ def _use_cuda(device: str) -> bool:
     if device == "cpu":
         return False
     try:
-        import ctranslate2
+        from alignslm.ct2 import ctranslate2_module
 
-        return ctranslate2.get_cuda_device_count() > 0
+        return ctranslate2_module().get_cuda_device_count() > 0
     except Exception:  # noqa: BLE001 - no CUDA build
         return False
 
