@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from alignslm import __version__, logger
+from alignslm.impl import impl_for
 
 _ROWS_PER_BLOCK = 4096  # numpy path: rows per distance block, so (block, K) stays small
 
@@ -47,35 +48,28 @@ _EXT = _load_ext()
 _C = None if isinstance(_EXT, ImportError) else _EXT
 
 
+_UNAVAILABLE = {"cpp": None if _C is not None else
+                f"the C++ extension alignslm._C is not built ({_EXT}); reinstall with `pip install -e .` "
+                "(and a C++ compiler), or unset ALIGNSLM_IMPL"}
+
+
+def _impl(impl: str | None) -> str:
+    """``impl`` argument > alignslm.impl (test override, ALIGNSLM_IMPL) > cpp when built, else numpy."""
+    return impl_for("kmeans", _UNAVAILABLE, requested=impl)
+
+
 def _select_impl() -> str:
-    forced = os.environ.get("ALIGNSLM_IMPL", "").strip().lower()
-    if forced in ("", "auto", "torch", "triton"):  # torch/triton select other modules' paths
-        forced = ""
-    if forced and forced not in ("cpp", "numpy"):
-        raise RuntimeError(f"ALIGNSLM_IMPL={forced!r} is not valid for the k-means quantizer: "
-                           "use cpp or numpy")
-    if forced == "cpp" and _C is None:
-        raise RuntimeError(f"ALIGNSLM_IMPL=cpp but the C++ extension alignslm._C is not built ({_EXT}); "
-                           "reinstall with `pip install -e .` (and a C++ compiler), or unset ALIGNSLM_IMPL")
-    impl = forced or ("cpp" if _C is not None else "numpy")
+    """The k-means implementation at import (alignslm.impl: ALIGNSLM_IMPL=cpp|numpy forces one), logged once."""
+    impl = _impl(None)
     if impl == "cpp":
         logger.info("k-means quantizer: C++ extension alignslm._C (%s)", _C.build_info())
     else:
-        why = "forced by ALIGNSLM_IMPL" if forced else f"alignslm._C not available: {_EXT}"
+        why = "forced by ALIGNSLM_IMPL" if _C is not None else f"alignslm._C not available: {_EXT}"
         logger.info("k-means quantizer: numpy path (%s)", why)
     return impl
 
 
 IMPL: str = _select_impl()
-
-
-def _impl(impl: str | None) -> str:
-    impl = impl or IMPL
-    if impl not in ("cpp", "numpy"):
-        raise ValueError(f"impl must be 'cpp' or 'numpy', got {impl!r}")
-    if impl == "cpp" and _C is None:
-        raise RuntimeError(f"impl='cpp' requested but alignslm._C is not built ({_EXT})")
-    return impl
 
 
 # ----------------------------------------------------------------------------------------------

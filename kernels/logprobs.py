@@ -23,9 +23,9 @@ path run on CPU tensors (tests).
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from alignslm.impl import impl_for, triton_unavailable
 
 try:  # Triton is optional: the torch path is the CPU path and the reference.
     import triton
@@ -64,21 +64,10 @@ def reference_sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mas
 
 
 def pick_impl(device: torch.device, impl: str | None = None) -> str:
-    """'torch' or 'triton' for tensors on ``device`` (argument > ALIGNSLM_IMPL > automatic)."""
-    impl = impl or os.environ.get("ALIGNSLM_IMPL") or None
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if impl in (None, "auto"):
-        return "triton" if HAS_TRITON and device.type == "cuda" else "torch"
-    if impl == "triton":
-        if not HAS_TRITON:
-            raise RuntimeError("impl='triton' requested but triton is not installed (pip install triton), "
-                               "or set ALIGNSLM_IMPL=torch")
-        if device.type != "cuda" and not interpret:
-            raise RuntimeError("the Triton log-prob kernel needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
-        return "triton"
-    if impl in ("torch", "cpp"):  # no C++ variant of this op: cpp falls back to torch
-        return "torch"
-    raise ValueError(f"unknown impl {impl!r}; expected torch | triton")
+    """'torch' or 'triton' for tensors on ``device``: ``impl`` > alignslm.impl (ALIGNSLM_IMPL, test override) >
+    automatic (Triton for CUDA tensors when installed)."""
+    return impl_for("logprobs", {"triton": triton_unavailable(device.type, HAS_TRITON)}, requested=impl,
+                    automatic=("triton", "torch") if device.type == "cuda" else ("torch",))
 
 
 # --------------------------------------------------------------------------------------------------

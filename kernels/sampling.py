@@ -24,9 +24,9 @@ and can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from alignslm.impl import impl_for, triton_unavailable
 
 M32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9
@@ -246,22 +246,12 @@ def sample_triton(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
 # The public function
 # --------------------------------------------------------------------------------------------------
 
-_IMPL_CACHE: dict[str, str] = {}
-
-
 def pick_impl(device: torch.device | str) -> str:
-    """'triton' or 'torch' for logits on ``device`` (decided once per device type; ALIGNSLM_IMPL overrides)."""
+    """'triton' or 'torch' for logits on ``device`` (alignslm.impl: ALIGNSLM_IMPL or a test override forces
+    one; automatic: Triton for CUDA tensors when installed, the torch reference otherwise)."""
     dev_type = torch.device(device).type
-    if dev_type not in _IMPL_CACHE:
-        env = os.environ.get("ALIGNSLM_IMPL", "").lower()
-        interp = os.environ.get("TRITON_INTERPRET") == "1"
-        can_triton = HAVE_TRITON and (dev_type == "cuda" or interp)
-        if env == "triton" and not can_triton:
-            raise RuntimeError("ALIGNSLM_IMPL=triton but Triton cannot run here (not installed, or CPU "
-                               "tensors without TRITON_INTERPRET=1)")
-        _IMPL_CACHE[dev_type] = "triton" if (env == "triton" or (env != "torch" and can_triton
-                                                                  and dev_type == "cuda")) else "torch"
-    return _IMPL_CACHE[dev_type]
+    return impl_for("sample", {"triton": triton_unavailable(dev_type, HAVE_TRITON)},
+                    automatic=("triton", "torch") if dev_type == "cuda" else ("torch",))
 
 
 def sample_next(logits: torch.Tensor, temperature: torch.Tensor | float, top_k: torch.Tensor | int,

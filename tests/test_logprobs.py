@@ -116,8 +116,13 @@ def test_pick_impl_rules(monkeypatch):
     assert pick_impl(torch.device("cpu")) == "torch"
     monkeypatch.setenv("ALIGNSLM_IMPL", "torch")
     assert pick_impl(torch.device("cuda")) == "torch"
-    with pytest.raises(ValueError, match="unknown impl"):
+    with pytest.raises(ValueError, match="unknown impl 'fast' for logprobs"):
         pick_impl(torch.device("cpu"), "fast")
+    monkeypatch.setenv("ALIGNSLM_IMPL", "numpy")  # documented; DPO's first forward crashed on it before
+    assert pick_impl(torch.device("cpu")) == "torch"
+    monkeypatch.setenv("ALIGNSLM_IMPL", "fortran")
+    with pytest.raises(ValueError, match="ALIGNSLM_IMPL='fortran' is not valid"):
+        pick_impl(torch.device("cpu"))
 
 
 _TRITON_SCRIPT = r"""

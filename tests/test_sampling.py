@@ -150,7 +150,6 @@ for B, V in [(16, 128), (13, 101), (5, 7), (3, 600)]:
         b = S.sample_triton(x, t, k, p, seed, **kw)
         res.append([a.tolist(), b.tolist()])
     out[f"{B}x{V}"] = res
-S._IMPL_CACHE.clear()
 out["impl"] = S.pick_impl("cpu")
 print("RESULT" + json.dumps(out))
 """
@@ -179,18 +178,22 @@ def test_triton_equals_reference_interpreter():
 
 
 def test_pick_impl_env(monkeypatch):
+    from alignslm.impl import ImplError, forced
+
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    S._IMPL_CACHE.clear()
     monkeypatch.setenv("ALIGNSLM_IMPL", "torch")
     assert S.pick_impl("cpu") == "torch"
-    S._IMPL_CACHE.clear()
     monkeypatch.delenv("ALIGNSLM_IMPL")
     assert S.pick_impl("cpu") == "torch"  # the default on CPU is the reference
-    S._IMPL_CACHE.clear()
+    monkeypatch.setenv("ALIGNSLM_IMPL", "numpy")  # another op's implementation: sampling keeps its choice
+    assert S.pick_impl("cpu") == "torch"
     monkeypatch.setenv("ALIGNSLM_IMPL", "triton")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+    with pytest.raises(ImplError, match="TRITON_INTERPRET"):
         S.pick_impl("cpu")
-    S._IMPL_CACHE.clear()
+    monkeypatch.delenv("ALIGNSLM_IMPL")
+    with forced("sample", "triton"), pytest.raises(ImplError, match="test override"):
+        S.pick_impl("cpu")
+    assert S.pick_impl("cpu") == "torch"  # the override ends with its block
 
 
 @pytest.mark.gpu
