@@ -41,7 +41,7 @@ from torch import nn
 from alignslm import logger
 from alignslm.kernels.logprobs import fused_linear_token_logprobs
 from alignslm.losses import metrics_from_stats, pair_stats, preference_loss
-from alignslm.rundir import atomic_path, hash_str, read_jsonl, write_jsonl
+from alignslm.rundir import atomic_dir, atomic_path, hash_str, read_jsonl, write_jsonl
 
 # --------------------------------------------------------------------------------------------------
 # Data: validation, truncation, batching
@@ -262,7 +262,7 @@ def attach_lora(model: nn.Module, cfg: Any, init_adapter: str | Path | None, see
         p.requires_grad_(False)
     if init_adapter is not None:
         return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-    torch.manual_seed(seed)
+    seed_all(seed)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, lcfg)
@@ -280,6 +280,14 @@ def linear_schedule(warmup: int, total: int):  # noqa: ANN201
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
     return torch.randperm(n, generator=g).tolist()
+
+
+def seed_all(seed: int) -> None:
+    """Seed every global RNG (torch, CUDA, numpy, random) from ``seed``: what a new adapter's init and the
+    training steps (LoRA dropout) draw depends on the seed alone, never on what the process did before."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def _rng_state() -> dict:
@@ -468,6 +476,7 @@ class DPOTrainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, linear_schedule(self.cfg.warmup_steps, total))
         if self.precompute:
             self.precompute_reference(examples)
+        seed_all(self.seed)  # every round: step 0 draws from the seed (a resumed run restores its checkpoint's RNG)
         start = self.load_checkpoint()
         log_path = self.out / "train_log.jsonl"
         self._truncate_log(log_path, start)
@@ -532,18 +541,11 @@ class DPOTrainer:
 
     def save_adapter(self, path: str | Path) -> Path:
         """``save_pretrained`` (safetensors) into a temporary directory, renamed into place."""
-        import shutil
-
         path = Path(path)
         if self.rank != 0:
             return path
-        tmp = path.with_name(f".{path.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.peft.save_pretrained(str(tmp), safe_serialization=True)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        with atomic_dir(path) as tmp:
+            self.peft.save_pretrained(str(tmp), safe_serialization=True)
         return path
 
 

@@ -48,7 +48,7 @@ import torch
 from alignslm import logger
 from alignslm.dpo import DPOTrainer, prepare_pairs
 from alignslm.losses import LOSSES
-from alignslm.rundir import StageContext, barrier, read_json, read_jsonl, write_json
+from alignslm.rundir import StageContext, barrier, read_json, read_jsonl, relative_path, write_json
 
 REFERENCES = ("base", "previous_round")
 
@@ -168,9 +168,10 @@ def run(ctx: StageContext) -> dict:
     result = trainer.train(examples)
     final = trainer.evaluate(examples)  # the trained policy over every pair (no gradient)
     trainer.save_adapter(ctx.out / "adapter")
-    policy = {"round": ctx.round, "cumulative": True, "base": str(ctx.inputs["unitlm"]),
-              "load": [str(p) for p in policy_adapters(ctx.run_dir, ctx.round)],
-              "initialised_from": str(init_adapter) if init_adapter else None,
+    rel = lambda p: relative_path(p, ctx.run_dir)  # noqa: E731 - paths inside the run dir stay relative
+    policy = {"round": ctx.round, "cumulative": True, "base": rel(ctx.inputs["unitlm"]),
+              "load": [rel(p) for p in policy_adapters(ctx.run_dir, ctx.round)],
+              "initialised_from": rel(init_adapter) if init_adapter else None,
               "reference": cfg.curriculum.reference, "support": cfg.unitlm.support, "counts": counts,
               "final_reward_accuracy": final["rewards/accuracies"], "final_reward_margin": final["rewards/margins"],
               "prior_policy_on_these_pairs": prior}
@@ -202,7 +203,7 @@ def _prior_policy_on_new_pairs(ctx: StageContext, trainer: DPOTrainer, examples:
         trainer.precompute_reference(examples)
     m = trainer.evaluate(examples)
     out = {"reward_accuracy": m["rewards/accuracies"], "reward_margin": m["rewards/margins"],
-           "pairs": len(examples), "policy": str(init_adapter)}
+           "pairs": len(examples), "policy": relative_path(init_adapter, ctx.run_dir)}
     if ctx.rank == 0:
         write_json(path, out)
     logger.info("train round %s: the round-%s policy prefers the chosen side of %.1f%% of this round's %d new "
@@ -223,6 +224,8 @@ def _keep_policy(ctx: StageContext, lm: Any, init_adapter: Path | None, device: 
     trainer.save_adapter(ctx.out / "adapter")
     if ctx.rank == 0:
         write_json(ctx.out / "policy.json", {"round": ctx.round, "cumulative": True, "trained": False,
-                                             "reason": why, "initialised_from": str(init_adapter or "")})
+                                             "reason": why,
+                                             "initialised_from": relative_path(init_adapter, ctx.run_dir)
+                                             if init_adapter else ""})
     barrier()
     return {"steps": 0, "pairs": 0, "trained": False, "reason": "no valid preference pair"}
