@@ -41,7 +41,7 @@ from torch import nn
 from alignslm import logger
 from alignslm.kernels.logprobs import fused_linear_token_logprobs
 from alignslm.losses import metrics_from_stats, pair_stats, preference_loss
-from alignslm.rundir import atomic_dir, atomic_path, hash_str, read_jsonl, write_jsonl
+from alignslm.rundir import atomic_dir, atomic_path, disk_errors, hash_str, read_jsonl, write_jsonl
 
 # --------------------------------------------------------------------------------------------------
 # Data: validation, truncation, batching
@@ -492,7 +492,7 @@ class DPOTrainer:
                     **metrics_from_stats(st), "grad_norm": norm, "seconds": round(time.perf_counter() - t0, 4),
                     "time": time.time()}
             if self.rank == 0:
-                with open(log_path, "a") as f:
+                with disk_errors(log_path), open(log_path, "a") as f:
                     f.write(_json(last) + "\n")
                 logger.info("train step %d/%d loss %.4f acc %.3f margin %.4f", step + 1, total, last["loss"],
                             last["rewards/accuracies"], last["rewards/margins"])
@@ -539,11 +539,16 @@ class DPOTrainer:
         finally:
             self.ddp = ddp
 
-    def save_adapter(self, path: str | Path) -> Path:
-        """``save_pretrained`` (safetensors) into a temporary directory, renamed into place."""
+    def save_adapter(self, path: str | Path, base_name: str | None = None) -> Path:
+        """``save_pretrained`` (safetensors) into a temporary directory, renamed into place.
+
+        ``base_name``: what adapter_config.json records as the base model (e.g. a run-relative path)."""
         path = Path(path)
         if self.rank != 0:
             return path
+        if base_name is not None:
+            for c in self.peft.peft_config.values():
+                c.base_model_name_or_path = base_name
         with atomic_dir(path) as tmp:
             self.peft.save_pretrained(str(tmp), safe_serialization=True)
         return path

@@ -219,7 +219,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cfg: Config, steps: l
     for st in steps:
         manifest = Manifest(run_dir)  # other ranks may have written it
         try:
-            ran, summary = run_step(st, cfg, run_dir, manifest, force=args.force, progress=not args.quiet)
+            with disk_errors(run_dir / st.key):  # a write no helper wrapped still says "disk full" clearly
+                ran, summary = run_step(st, cfg, run_dir, manifest, force=args.force, progress=not args.quiet)
         except KeyboardInterrupt:
             _resume_hint(argv, "interrupted")
             return 130

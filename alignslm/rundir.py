@@ -71,14 +71,15 @@ def disk_free(path: str | Path) -> int:
 
 @contextlib.contextmanager
 def disk_errors(path: str | Path, needed: int | None = None) -> Iterator[None]:
-    """Turn "no space left" (ENOSPC/EDQUOT, or any write error on a full device) into a DiskFullError."""
+    """Turn "no space left" (ENOSPC/EDQUOT, or any write error on a full device) into a DiskFullError
+    naming the file the error names, else ``path``."""
     try:
         yield
     except DiskFullError:
         raise
     except Exception as e:
         if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or _full(path):
-            raise DiskFullError(path, needed) from e
+            raise DiskFullError(getattr(e, "filename", None) or path, needed) from e
         raise
 
 
@@ -124,6 +125,19 @@ def remove_stale_temps(root: str | Path, *, only_dead: bool = False) -> int:
     return n
 
 
+def umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -165,6 +179,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         tmp.mkdir(parents=True)
         try:
             yield tmp
+            mode = 0o666 & ~umask()  # some writers (safetensors) create 0600 files
+            for f in tmp.rglob("*"):
+                if f.is_file() and not f.is_symlink():
+                    f.chmod(mode)
             if path.exists():
                 old = temp_name(path)
                 path.rename(old)

@@ -112,12 +112,12 @@ def test_chaos_sigkills_then_resume_equals_uninterrupted(clean, tmp_path):
     while kills < N_KILLS and time.time() < t_end:
         before = _progress(run_dir)
         p = subprocess.Popen(_cmd(run_dir), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             p.wait(timeout=rng.uniform(0.3, 1.5) * gap + 3.0)  # + the imports before any work
             break  # it finished before the kill: the remaining kills have nothing to hit
         except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGKILL)
+            os.killpg(p.pid, signal.SIGKILL)  # the run and any worker it forked (its own process group)
             p.wait()
             kills += 1
         gap = gap * 2 if _progress(run_dir) == before else seconds / N_KILLS  # a stage longer than the gap
