@@ -408,7 +408,7 @@ class Rejects:
         try:
             yield rows
         finally:
-            self._captures.remove(rows)
+            self._captures = [c for c in self._captures if c is not rows]  # by identity: nested blocks
 
     def _write(self, row: dict) -> None:
         self._count(str(row["id"]), str(row.get("reason", "")))

@@ -36,6 +36,7 @@ def test_demo_corpus_stage(tmp_path):
     assert len({r["voice"] for r in rows}) >= 2 and len({r["rate"] for r in rows}) >= 2
     for r in rows:
         assert FIELDS <= set(r) and r["path"] == f"wavs/{r['utt_id']}.wav"  # relative: the run dir moves
+        assert (ctx.out / r["path"]).stat().st_nlink == 1  # a copy: editing it cannot change the TTS cache
         info = sf.info(ctx.out / r["path"])
         assert (info.samplerate, info.channels) == (16000, 1)
         assert abs(info.frames / 16000 - r["duration"]) < 1e-3
