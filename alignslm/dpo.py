@@ -41,7 +41,7 @@ from torch import nn
 from alignslm import logger
 from alignslm.kernels.logprobs import fused_linear_token_logprobs
 from alignslm.losses import metrics_from_stats, pair_stats, preference_loss
-from alignslm.rundir import atomic_dir, atomic_path, disk_errors, hash_str, read_jsonl, write_jsonl
+from alignslm.rundir import atomic_dir, disk_errors, hash_str, read_jsonl, write_jsonl, write_torch
 
 # --------------------------------------------------------------------------------------------------
 # Data: validation, truncation, batching
@@ -385,8 +385,7 @@ class DPOTrainer:
             dist.all_reduce(cache)
         self.ref_cache = cache.cpu()
         if self.rank == 0:
-            with atomic_path(path) as tmp:
-                torch.save({"key": key, "logps": self.ref_cache}, tmp)
+            write_torch(path, {"key": key, "logps": self.ref_cache})
 
     # ---------------------------------------------------------------- one step
 
@@ -444,8 +443,7 @@ class DPOTrainer:
 
         state = {"step": step, "adapter": get_peft_model_state_dict(self.peft), "optimizer": self.opt.state_dict(),
                  "scheduler": self.sched.state_dict(), "rng": _rng_state(), "seed": self.seed}
-        with atomic_path(self._ckpt_path()) as tmp:
-            torch.save(state, tmp)
+        write_torch(self._ckpt_path(), state)
 
     def load_checkpoint(self) -> int:
         """Restore the latest checkpoint if any; return the number of steps already done."""
@@ -550,8 +548,22 @@ class DPOTrainer:
             for c in self.peft.peft_config.values():
                 c.base_model_name_or_path = base_name
         with atomic_dir(path) as tmp:
-            self.peft.save_pretrained(str(tmp), safe_serialization=True)
+            self.peft.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+            _stable_adapter_files(tmp)
         return path
+
+
+def _stable_adapter_files(adapter_dir: Path) -> None:
+    """Make a saved adapter's bytes a function of its content: peft writes target_modules from a set (its
+    order changes with the process's hash seed) and a model card naming the base model's absolute path."""
+    import json
+
+    cfg_path = adapter_dir / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    (adapter_dir / "README.md").unlink(missing_ok=True)  # a boilerplate card; loading never reads it
 
 
 def _json(row: dict) -> str:

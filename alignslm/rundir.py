@@ -201,6 +201,15 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def write_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save`` atomically, through a file object: the archive inside is named "archive", not after
+    the temporary file, so the bytes depend on the content only (a resumed run writes the same file)."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

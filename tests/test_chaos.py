@@ -80,7 +80,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert sorted(fa) == sorted(fb)
     differ = [k for k in fa if fa[k] != fb[k]]
     bad = [k for k in differ if Path(k).suffix not in (".json", ".jsonl") or _content(a / k) != _content(b / k)]
-    assert bad == [], f"differ beyond timings: {bad[:10]}"
+    assert bad == [], f"differ beyond timings: {bad}"
     ma, mb = _manifest(a), _manifest(b)
     assert {k: (e["hash"], _untimed(e["summary"])) for k, e in ma.items()} == \
         {k: (e["hash"], _untimed(e["summary"])) for k, e in mb.items()}

@@ -331,3 +331,16 @@ def test_not_enough_space_for_a_heavy_stage_is_said_before_it_runs(tmp_path, cap
     err = capsys.readouterr().err
     assert rc == 1 and "no space left" in err and str(tmp_path / "run" / "corpus") in err and "needed" in err
     assert "Traceback" not in err and not (tmp_path / "run" / "corpus").exists()
+
+
+def test_torch_files_depend_on_their_content_only(tmp_path):
+    """torch.save names its archive after the file: through write_torch the temporary name does not leak."""
+    import torch
+
+    from alignslm.rundir import write_torch
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "step": 4}
+    write_torch(tmp_path / "a" / "state.pt", state)
+    write_torch(tmp_path / "b" / "state.pt", state)
+    assert (tmp_path / "a" / "state.pt").read_bytes() == (tmp_path / "b" / "state.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a" / "state.pt", weights_only=True)["w"], state["w"])
