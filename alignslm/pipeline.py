@@ -173,7 +173,7 @@ def check_space(step: Step, cfg: Config, run_dir: Path) -> None:
     free = disk_free(run_dir)
     logger.info("%s: expects to write up to %.1f MiB (%.1f MiB free)", step.key, need / 2**20, free / 2**20)
     if free < need:
-        raise DiskFullError(run_dir / step.key, needed=need, free=free)
+        raise DiskFullError(run_dir / step.key, needed=need, free=free, what="not enough space on the device for")
 
 
 def step_of(key: str) -> Step:

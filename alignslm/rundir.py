@@ -41,12 +41,13 @@ TMP_SUFFIX = ".tmp"  # every temporary file or directory is ".<name>.<pid>.<rand
 class DiskFullError(OSError):
     """No space left on the device: one message naming the path, the bytes free and (if known) needed."""
 
-    def __init__(self, path: str | Path, needed: int | None = None, free: int | None = None):
+    def __init__(self, path: str | Path, needed: int | None = None, free: int | None = None,
+                 what: str = "no space left on the device writing"):
         self.path, self.needed = Path(path), needed
         self.free = disk_free(self.path) if free is None else free
         need = f", about {_size(needed)} needed" if needed else ""
-        super().__init__(errno.ENOSPC, f"no space left on the device writing {self.path}: {_size(self.free)} free"
-                                       f"{need}. Free some space and run the same command again")
+        super().__init__(errno.ENOSPC, f"{what} {self.path}: {_size(self.free)} free{need}. "
+                                       "Free some space and run the same command again")
 
     def __str__(self) -> str:
         return self.strerror

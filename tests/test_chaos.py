@@ -26,7 +26,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 # small shards and frequent checkpoints so kills land between shards and mid-training; dropout so that
 # training draws random numbers in every round
-SMOKE = ["--smoke", "--quiet", "sample.shard_size=2", "train.checkpoint_every=2", "train.lora_dropout=0.1"]
+SMOKE = ["--smoke", "--quiet", "sample.shard_size=2", "train.checkpoint_every=2", "train.lora_dropout=0.1",
+         "train.epochs=4", "train.warmup_steps=0"]  # several steps at lr > 0: the adapter really moves
 N_KILLS = int(os.environ.get("ALIGNSLM_CHAOS_KILLS", "10"))
 
 # The one list of what may differ between a resumed and an uninterrupted run: timings.  Keys, at any
@@ -86,6 +87,15 @@ def assert_same_run(a: Path, b: Path) -> None:
         {k: (e["hash"], _untimed(e["summary"])) for k, e in mb.items()}
 
 
+def _assert_trained(run_dir: Path) -> None:
+    """Training really updated the policy in every round (LoRA B starts at 0)."""
+    from safetensors.torch import load_file
+
+    for r in (1, 2):
+        t = load_file(run_dir / f"round-{r}/train/adapter/adapter_model.safetensors")
+        assert max(v.abs().max().item() for k, v in t.items() if "lora_B" in k) > 0, f"round {r} did not train"
+
+
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> tuple[Path, float]:
     run_dir = tmp_path_factory.mktemp("chaos") / "clean"
@@ -126,6 +136,7 @@ def test_chaos_sigkills_then_resume_equals_uninterrupted(clean, tmp_path):
     assert kills >= min(N_KILLS, 3), f"only {kills} kills landed"
     assert not [p for p in run_dir.rglob("*.tmp")], "temporary files left behind"
     assert_same_run(clean_dir, run_dir)
+    _assert_trained(run_dir)
     print(f"chaos: {kills} SIGKILLs, resumed run equals the uninterrupted one (clean run {seconds:.0f} s)")
 
 
