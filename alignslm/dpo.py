@@ -41,7 +41,7 @@ from torch import nn
 from alignslm import logger
 from alignslm.kernels.logprobs import fused_linear_token_logprobs
 from alignslm.losses import metrics_from_stats, pair_stats, preference_loss
-from alignslm.rundir import atomic_path, hash_str, read_jsonl, write_jsonl
+from alignslm.rundir import atomic_dir, disk_errors, hash_str, read_jsonl, write_jsonl, write_torch
 
 # --------------------------------------------------------------------------------------------------
 # Data: validation, truncation, batching
@@ -262,7 +262,7 @@ def attach_lora(model: nn.Module, cfg: Any, init_adapter: str | Path | None, see
         p.requires_grad_(False)
     if init_adapter is not None:
         return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-    torch.manual_seed(seed)
+    seed_all(seed)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, lcfg)
@@ -280,6 +280,14 @@ def linear_schedule(warmup: int, total: int):  # noqa: ANN201
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
     return torch.randperm(n, generator=g).tolist()
+
+
+def seed_all(seed: int) -> None:
+    """Seed every global RNG (torch, CUDA, numpy, random) from ``seed``: what a new adapter's init and the
+    training steps (LoRA dropout) draw depends on the seed alone, never on what the process did before."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def _rng_state() -> dict:
@@ -377,8 +385,7 @@ class DPOTrainer:
             dist.all_reduce(cache)
         self.ref_cache = cache.cpu()
         if self.rank == 0:
-            with atomic_path(path) as tmp:
-                torch.save({"key": key, "logps": self.ref_cache}, tmp)
+            write_torch(path, {"key": key, "logps": self.ref_cache})
 
     # ---------------------------------------------------------------- one step
 
@@ -436,8 +443,7 @@ class DPOTrainer:
 
         state = {"step": step, "adapter": get_peft_model_state_dict(self.peft), "optimizer": self.opt.state_dict(),
                  "scheduler": self.sched.state_dict(), "rng": _rng_state(), "seed": self.seed}
-        with atomic_path(self._ckpt_path()) as tmp:
-            torch.save(state, tmp)
+        write_torch(self._ckpt_path(), state)
 
     def load_checkpoint(self) -> int:
         """Restore the latest checkpoint if any; return the number of steps already done."""
@@ -468,6 +474,7 @@ class DPOTrainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, linear_schedule(self.cfg.warmup_steps, total))
         if self.precompute:
             self.precompute_reference(examples)
+        seed_all(self.seed)  # every round: step 0 draws from the seed (a resumed run restores its checkpoint's RNG)
         start = self.load_checkpoint()
         log_path = self.out / "train_log.jsonl"
         self._truncate_log(log_path, start)
@@ -483,7 +490,7 @@ class DPOTrainer:
                     **metrics_from_stats(st), "grad_norm": norm, "seconds": round(time.perf_counter() - t0, 4),
                     "time": time.time()}
             if self.rank == 0:
-                with open(log_path, "a") as f:
+                with disk_errors(log_path), open(log_path, "a") as f:
                     f.write(_json(last) + "\n")
                 logger.info("train step %d/%d loss %.4f acc %.3f margin %.4f", step + 1, total, last["loss"],
                             last["rewards/accuracies"], last["rewards/margins"])
@@ -530,21 +537,33 @@ class DPOTrainer:
         finally:
             self.ddp = ddp
 
-    def save_adapter(self, path: str | Path) -> Path:
-        """``save_pretrained`` (safetensors) into a temporary directory, renamed into place."""
-        import shutil
+    def save_adapter(self, path: str | Path, base_name: str | None = None) -> Path:
+        """``save_pretrained`` (safetensors) into a temporary directory, renamed into place.
 
+        ``base_name``: what adapter_config.json records as the base model (e.g. a run-relative path)."""
         path = Path(path)
         if self.rank != 0:
             return path
-        tmp = path.with_name(f".{path.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.peft.save_pretrained(str(tmp), safe_serialization=True)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        if base_name is not None:
+            for c in self.peft.peft_config.values():
+                c.base_model_name_or_path = base_name
+        with atomic_dir(path) as tmp:
+            self.peft.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+            _stable_adapter_files(tmp)
         return path
+
+
+def _stable_adapter_files(adapter_dir: Path) -> None:
+    """Make a saved adapter's bytes a function of its content: peft writes target_modules from a set (its
+    order changes with the process's hash seed) and a model card naming the base model's absolute path."""
+    import json
+
+    cfg_path = adapter_dir / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    (adapter_dir / "README.md").unlink(missing_ok=True)  # a boilerplate card; loading never reads it
 
 
 def _json(row: dict) -> str:

@@ -221,7 +221,8 @@ class GenerationSetup:
         from alignslm.vocoder import load_vocoder
 
         cfg = ctx.cfg
-        manifest = read_jsonl(ctx.inputs["corpus"] / "manifest.jsonl")
+        manifest = [{**r, "path": str(ctx.inputs["corpus"] / r["path"])}  # paths relative to the corpus dir
+                    for r in read_jsonl(ctx.inputs["corpus"] / "manifest.jsonl")]
         units = {r["utt_id"]: r for r in read_jsonl(ctx.inputs["tokenize"] / "units.jsonl")}
         frame_rate = float(read_json(ctx.inputs["tokenize"] / "tokenizer.json")["frame_rate"])
         prompts = held_out_prompts(manifest, units, frame_rate, cfg.eval.n_prompts, cfg.sample.prompt_seconds,
@@ -264,10 +265,10 @@ class GenerationSetup:
         orig, paths = [], []
         for p in self.prompts:
             x = read_audio(p["path"])[: int(round(p["prompt_end_s"] * 16000))]  # (T,)
-            path = self.out / "prompts" / f"{p['prompt_id']}.wav"
-            write_wav(path, x)
+            path = f"prompts/{p['prompt_id']}.wav"  # relative to the evaluate directory
+            write_wav(self.out / path, x)
             orig.append(x)
-            paths.append(str(path))
+            paths.append(path)
         texts = self.asr.transcribe(orig)
         with_ref = [i for i, p in enumerate(self.prompts) if p["reference"]]
         pwer = None
@@ -310,8 +311,8 @@ class GenerationSetup:
                 r["reject"] = "empty continuation (EOS first): nothing to vocode"
         wavs = self.vocoder.vocode([r["continuation"] for r in ok]) if ok else []
         for r, w in zip(ok, wavs):
-            r["path"] = str(self.out / name / "audio" / f"{r['prompt_id']}_k{r['k']}.wav")
-            write_wav(r["path"], w)
+            r["path"] = f"{name}/audio/{r['prompt_id']}_k{r['k']}.wav"  # relative to the evaluate directory
+            write_wav(self.out / r["path"], w)
         results = self.asr.transcribe_detailed(list(wavs)) if ok else []
         for r, a in zip(ok, results):
             r["text"] = a.text

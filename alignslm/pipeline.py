@@ -17,7 +17,18 @@ from typing import Any
 
 from alignslm import __version__, logger
 from alignslm.config import Config, section_json
-from alignslm.rundir import Manifest, StageContext, barrier, hash_path, hash_str, rank_world
+from alignslm.rundir import (
+    STAMP,
+    DiskFullError,
+    Manifest,
+    StageContext,
+    barrier,
+    disk_free,
+    hash_path,
+    hash_str,
+    rank_world,
+    write_text,
+)
 
 
 @dataclass(frozen=True)
@@ -132,25 +143,83 @@ def resolve(target: str) -> Callable[[StageContext], dict]:
     return getattr(importlib.import_module(mod), fn)
 
 
+WAV_BYTES_PER_S = 2 * 16000  # 16-bit mono at 16 kHz
+
+
+def expected_bytes(step: Step, cfg: Config) -> int:
+    """A generous estimate of what ``step`` writes (0 for the light stages), for the free-space check."""
+    n = step.spec.name
+    clip_s = cfg.sample.max_new_units / 25.0 + 10.0  # a continuation at >= 25 units/s, plus its prompt
+    if n == "corpus" and not cfg.corpus.manifest:
+        return cfg.corpus.n_stories * 20 * WAV_BYTES_PER_S  # a demo story lasts well under 20 s
+    if n == "benchmarks" and not cfg.benchmarks.root:
+        return cfg.benchmarks.n_pairs * 4 * 2 * 3 * 20 * WAV_BYTES_PER_S  # 4 sets, 2 sides, <= 3 voices
+    if n == "vocode":
+        return int(cfg.sample.n_prompts * cfg.sample.n_continuations * clip_s * WAV_BYTES_PER_S)
+    if n == "unitlm" and not cfg.unitlm.path:  # weights + an Adam checkpoint, fp32
+        params = 12 * cfg.unitlm.n_layers * cfg.unitlm.d_model ** 2 + 2 * 1024 * cfg.unitlm.d_model
+        return 4 * params * 4
+    if n == "evaluate":
+        rounds = cfg.curriculum.rounds + 1
+        return int(rounds * cfg.eval.n_prompts * cfg.sample.n_continuations * clip_s * WAV_BYTES_PER_S)
+    return 0
+
+
+def check_space(step: Step, cfg: Config, run_dir: Path) -> None:
+    """Before a heavy stage: say what it expects to write, and stop now if the device has less free."""
+    need = expected_bytes(step, cfg)
+    if need == 0:
+        return
+    free = disk_free(run_dir)
+    logger.info("%s: expects to write up to %.1f MiB (%.1f MiB free)", step.key, need / 2**20, free / 2**20)
+    if free < need:
+        raise DiskFullError(run_dir / step.key, needed=need, free=free, what="not enough space on the device for")
+
+
+def step_of(key: str) -> Step:
+    """The step a manifest key names ("tokenize", "round-2/train")."""
+    if key.startswith("round-"):
+        r, name = key.split("/", 1)
+        return Step(STAGES[name], int(r.split("-")[1]))
+    return Step(STAGES[key], None)
+
+
 def run_step(step: Step, cfg: Config, run_dir: Path, manifest: Manifest, *, force: bool = False,
              progress: bool = True) -> tuple[bool, dict]:
-    """Run one step unless it is done with the same hash. Returns (ran, summary)."""
+    """Run one step unless it is done with the same hash and its files are as it wrote them.
+
+    A finished step whose files are missing, truncated or altered runs again from scratch, as does a step
+    under ``force``; a damaged input (a finished dependency's files) makes its producing step run again
+    first.  Returns (ran, summary).
+    """
     h = step_hash(step, cfg, manifest)
+    redo = force
     if not force and manifest.is_done(step.key, h):
-        return False, manifest.entry(step.key)["summary"]
+        problem = manifest.problem(step.key)
+        if problem is None:
+            return False, manifest.entry(step.key)["summary"]
+        logger.warning("%s: %s; running %s again", step.key, problem, step.key)
+        redo = True
     deps = dep_keys(step, cfg)
     missing = [k for k in deps.values() if not (manifest.entry(k) or {}).get("finished")]
     if missing:
         raise RuntimeError(f"stage {step.key} needs {', '.join(missing)} first "
                            f"(run them, or run the whole pipeline without --stage)")
+    for k in deps.values():  # inputs are checked before they are read
+        if manifest.problem(k) is not None:
+            run_step(step_of(k), cfg, run_dir, manifest, progress=progress)
+    h = step_hash(step, cfg, manifest)
     out = out_dir(run_dir, step)
-    stamp = out / ".hash"
+    check_space(step, cfg, run_dir)
+    stamp = out / STAMP
     rank, world = rank_world()
     if rank == 0:
-        if out.exists() and (not stamp.exists() or stamp.read_text().strip() != h):
-            _clear(out)  # outputs of another config: start over (shards of the same hash are kept)
+        if out.exists() and (redo or not stamp.exists() or stamp.read_text().strip() != h):
+            _clear(out)  # outputs of another config, damaged or forced: start over, shards included
+        for f in out.glob("rejects*.jsonl") if out.exists() else ():
+            f.unlink()  # rejects belong to this attempt (kept shards give theirs back, see run_sharded)
         out.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(h + "\n")
+        write_text(stamp, h + "\n")
         manifest.mark_started(step.key, h)
     barrier()
     ctx = StageContext(name=step.spec.name, cfg=cfg, run_dir=run_dir, out=out, round=step.round,
@@ -171,7 +240,7 @@ def _clear(path: Path) -> None:
     import shutil
 
     for child in path.iterdir():
-        if child.is_dir():
+        if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
             child.unlink()

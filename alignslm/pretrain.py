@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from alignslm import logger
-from alignslm.rundir import atomic_path
+from alignslm.rundir import write_torch
 
 PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
 
@@ -126,8 +126,7 @@ def make_optimizer(model: torch.nn.Module, spec: TrainSpec) -> tuple[torch.optim
 def _save_ckpt(path: Path, model: torch.nn.Module, opt, sched, step: int, spec: TrainSpec, log: list) -> None:
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "rng": torch.get_rng_state(), "step": step, "spec": asdict(spec), "log": log}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    write_torch(path, state)
 
 
 def _load_ckpt(path: Path, model: torch.nn.Module, opt, sched, spec: TrainSpec) -> tuple[int, list]:

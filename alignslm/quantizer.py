@@ -29,6 +29,7 @@ import numpy as np
 
 from alignslm import __version__, logger
 from alignslm.impl import impl_for
+from alignslm.rundir import atomic_path, write_text
 
 _ROWS_PER_BLOCK = 4096  # numpy path: rows per distance block, so (block, K) stays small
 
@@ -282,14 +283,10 @@ class Quantizer:
         p = Path(path)
         base = p.with_suffix("") if p.suffix == ".npy" else p
         npy, js = base.parent / (base.name + ".npy"), base.parent / (base.name + ".json")
-        npy.parent.mkdir(parents=True, exist_ok=True)
-        tmp = npy.parent / (npy.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(npy) as tmp, open(tmp, "wb") as f:
             np.save(f, self.centroids)
-        os.replace(tmp, npy)
-        tmp = js.parent / (js.name + ".tmp")
-        tmp.write_text(json.dumps(self.meta, indent=2, sort_keys=True))
-        os.replace(tmp, js)
+        meta = {k: v for k, v in self.meta.items() if k != "path"}  # where it was loaded from is not content
+        write_text(js, json.dumps(meta, indent=2, sort_keys=True))
         return npy
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from alignslm import logger
 from alignslm.genmetrics import score_histogram
-from alignslm.rundir import read_json, read_jsonl, write_json, write_text
+from alignslm.rundir import atomic_path, read_json, read_jsonl, write_json, write_text
 
 BENCH_COLS = (("sWUGGY", "lexical"), ("sBLIMP", "syntactic"), ("sSC", "ssc"), ("tSC", "tsc"))
 ACC_KEYS = ("rewards/accuracies", "rewards/accuracy", "reward_accuracy")
@@ -299,18 +299,22 @@ def round_inputs(run_dir: Path, rounds: int) -> tuple[dict, dict]:
     return hists, logs
 
 
-def copy_examples(results: Mapping, out: Path, n_examples: int) -> list[dict]:
-    """Copy the example continuations' wavs into ``out/examples/<model>/`` and return their rows."""
+def copy_examples(results: Mapping, out: Path, n_examples: int, base: Path | None = None) -> list[dict]:
+    """Copy the example continuations' wavs into ``out/examples/<model>/`` and return their rows.
+
+    ``base``: the directory the examples' relative paths start from (the evaluate stage's)."""
     rows = []
     for name, m in results["models"].items():
         for ex in (m.get("examples") or [])[:n_examples]:
             row = dict(ex)
             for key in ("path", "prompt_path"):
                 src = ex.get(key)
+                src = (base / src) if (src and base is not None) else src
                 if src and Path(src).is_file():
                     dst = out / "examples" / name / Path(src).name
                     dst.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(src, dst)
+                    with atomic_path(dst) as tmp:
+                        shutil.copyfile(src, tmp)
                     row[key] = str(dst.relative_to(out))
             rows.append({"model": name, **row})
     return rows
@@ -378,7 +382,7 @@ def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_exam
         plots["judge_histograms"] = plot_judge_histograms(hists, out / "judge_histograms.png")
     if logs:
         plots["reward_accuracy"] = plot_reward_accuracy(logs, out / "reward_accuracy.png")
-    examples = copy_examples(results, out, n_examples)
+    examples = copy_examples(results, out, n_examples, run_dir / "evaluate")
     table = headline_table(results)
     comp = comparison_table(results)
     write_text(out / "headline.md", table + ("\nEach round against the base model (paired bootstrap over the same "

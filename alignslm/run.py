@@ -17,7 +17,7 @@ from pathlib import Path
 from alignslm import logger
 from alignslm.config import Config, ConfigError, help_text, load_config, to_dict
 from alignslm.pipeline import STAGES, Step, dep_keys, plan, resolve, run_step
-from alignslm.rundir import Manifest, rank_world, write_text
+from alignslm.rundir import DiskFullError, Manifest, barrier, disk_errors, rank_world, remove_stale_temps, write_text
 
 EPILOG = "stages (in order; round stages repeat per curriculum round):\n" + "\n".join(
     f"  {s.name:<11} {s.help}" for s in STAGES.values()) + "\n\noptions (key=value overrides):\n"
@@ -196,21 +196,37 @@ def main(argv: list[str] | None = None) -> int:
         print("config error:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
     run_dir = Path(cfg.run.run_dir).expanduser()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(args, argv, cfg, steps, run_dir, rank)
+    except DiskFullError as e:  # at start (config.yaml, the manifest) as in a stage: one line, then the hint
+        _resume_hint(argv, str(e))
+        return 1
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, cfg: Config, steps: list[Step], run_dir: Path,
+         rank: int) -> int:
+    with disk_errors(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
     _init_distributed()
     if rank == 0:
         import yaml
 
+        remove_stale_temps(run_dir)  # what writes killed mid-way left behind
+        remove_stale_temps(Path(cfg.run.cache_dir).expanduser(), only_dead=True)
         write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    manifest = Manifest(run_dir)
+    barrier()
     t_all = time.time()
     for st in steps:
         manifest = Manifest(run_dir)  # other ranks may have written it
         try:
-            ran, summary = run_step(st, cfg, run_dir, manifest, force=args.force, progress=not args.quiet)
+            with disk_errors(run_dir / st.key):  # a write no helper wrapped still says "disk full" clearly
+                ran, summary = run_step(st, cfg, run_dir, manifest, force=args.force, progress=not args.quiet)
         except KeyboardInterrupt:
             _resume_hint(argv, "interrupted")
             return 130
+        except DiskFullError as e:
+            _resume_hint(argv, f"stage {st.key} stopped: {e}")
+            return 1
         except Exception as e:  # noqa: BLE001 - report, keep the run resumable
             logger.exception("stage %s failed", st.key)
             _resume_hint(argv, f"stage {st.key} failed: {type(e).__name__}: {e}")

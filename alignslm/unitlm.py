@@ -300,7 +300,8 @@ def load_unitlm(unitlm_dir: str | Path, adapters: Sequence[str | Path] = (), mer
     if not meta_path.is_file():
         raise UnitLMError(f"{meta_path} not found; run the unitlm stage first")
     meta = json.loads(meta_path.read_text())
-    lm = UnitLM.from_pretrained(meta["path"], offset=meta.get("offset"), n_units=meta.get("n_units"),
+    path = Path(unitlm_dir) / meta["path"]  # relative to unitlm_dir (the demo's model/), or an external model
+    lm = UnitLM.from_pretrained(path, offset=meta.get("offset"), n_units=meta.get("n_units"),
                                 support=support or meta.get("support", "units"), device=device, dtype=dtype,
                                 bos_id=meta.get("bos_id"), eos_id=meta.get("eos_id"), pad_id=meta.get("pad_id"))
     for i, a in enumerate(adapters):

@@ -32,7 +32,7 @@ def context_gain(run: Path, lm_dir: Path) -> None:
     from alignslm.tokenizer import load_tokenizer
     from alignslm.unitlm import load_unitlm
 
-    root = Path(json.loads((run / "benchmarks/benchmarks.json").read_text())["root"])
+    root = run / "benchmarks" / json.loads((run / "benchmarks/benchmarks.json").read_text())["root"]
     texts = {(r["benchmark"], r["file"]): r["text"] for r in map(json.loads, open(root / "texts.jsonl"))}
     benches = load_all(root, "dev")
     tok = load_tokenizer(run / "tokenize")

@@ -35,8 +35,9 @@ def test_demo_corpus_stage(tmp_path):
     stories = {s["story_id"]: s for s in read_jsonl(ctx.out / "stories.jsonl")}
     assert len({r["voice"] for r in rows}) >= 2 and len({r["rate"] for r in rows}) >= 2
     for r in rows:
-        assert FIELDS <= set(r) and Path(r["path"]).is_absolute()
-        info = sf.info(r["path"])
+        assert FIELDS <= set(r) and r["path"] == f"wavs/{r['utt_id']}.wav"  # relative: the run dir moves
+        assert (ctx.out / r["path"]).stat().st_nlink == 1  # a copy: editing it cannot change the TTS cache
+        info = sf.info(ctx.out / r["path"])
         assert (info.samplerate, info.channels) == (16000, 1)
         assert abs(info.frames / 16000 - r["duration"]) < 1e-3
         assert r["words"][-1]["end"] <= r["duration"] + 1e-6
@@ -94,7 +95,8 @@ def test_demo_benchmarks_stage_reads_back_through_the_loaders(tmp_path):
     summary = bench_stage.run(ctx)
     assert summary["lexical_pairs"] == 12 and summary["ssc_pairs"] == 6 and summary["source"] == "demo"
     assert not (ctx.out / "rejects.jsonl").exists()
-    root = Path(json.loads((ctx.out / "benchmarks.json").read_text())["root"])
+    assert json.loads((ctx.out / "benchmarks.json").read_text())["root"] == "data"  # relative to the stage dir
+    root = ctx.out / "data"
     sets = load_all(root)
     assert {k: len(v.pairs) for k, v in sets.items()} == {"lexical": 12, "syntactic": 12, "ssc": 6, "tsc": 6}
     assert {p["voice"] for p in sets["lexical"].pairs} == {"en-us", "en+m3"}
@@ -143,6 +145,6 @@ def test_smoke_corpus_and_benchmarks_through_the_driver(tmp_path):
         assert run_step(Step(STAGES[name], None), cfg, run_dir, man, progress=False)[0] is False
     rows = read_jsonl(run_dir / "corpus" / "manifest.jsonl")
     assert len(rows) == 100 and len({r["topic"] for r in rows}) == 10
-    root = json.loads((run_dir / "benchmarks" / "benchmarks.json").read_text())["root"]
+    root = run_dir / "benchmarks" / json.loads((run_dir / "benchmarks" / "benchmarks.json").read_text())["root"]
     assert {k: len(v.pairs) for k, v in load_all(root).items()} == {"lexical": 60, "syntactic": 60, "ssc": 20,
                                                                      "tsc": 20}

@@ -230,6 +230,30 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path):
     assert summary["steps"] == 6 and la[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # LoRA B = 0 at start
 
 
+def _continued(tmp, rows, cfg, init, process_seed, seed=3):
+    """A round-2 trainer (continuing ``init``) after the process's RNG was left in some state."""
+    lm = tiny_lm()
+    ex, _ = prepare_pairs(rows, lm, cfg.max_length)
+    torch.manual_seed(process_seed)  # what the process happened to do before (another round, another stage)
+    random.seed(process_seed)
+    tr = DPOTrainer(lm, cfg, tmp, seed=seed, init_adapter=init)
+    torch.rand(process_seed % 7 + 1)  # ... and in between
+    tr.train(ex)
+    return {n: p.detach().clone() for n, p in tr.peft.named_parameters() if p.requires_grad}
+
+
+def test_continued_adapter_with_dropout_depends_on_the_seed_only(tmp_path):
+    """Round 2+ continues an adapter: its dropout draws come from the trainer's seed, not process state."""
+    rows, cfg = synthetic_pairs(8), train_cfg(epochs=1, lora_dropout=0.3)
+    first, _, _ = _run(tmp_path / "r1", rows, cfg)
+    init = first.save_adapter(tmp_path / "r1" / "adapter")
+    a = _continued(tmp_path / "a", rows, cfg, init, process_seed=1)
+    b = _continued(tmp_path / "b", rows, cfg, init, process_seed=12345)
+    other = _continued(tmp_path / "c", rows, cfg, init, process_seed=1, seed=4)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], other[n]) for n in a)  # and the seed does matter
+
+
 def test_cached_reference_equals_disabled_adapter(tmp_path):
     rows, cfg = synthetic_pairs(8), train_cfg(epochs=1, batch_size=4, precompute_ref=False)
     plain, _, _ = _run(tmp_path / "a", rows, cfg)

@@ -66,7 +66,7 @@ def test_two_rounds_cumulative_adapter_and_reference(tmp_path, reference):
     s2 = train_stage.run(stage_ctx(run, cfg, 2))
     pol = json.loads((run / "round-2" / "train" / "policy.json").read_text())
     assert pol["cumulative"] and pol["initialised_from"].endswith("round-1/train/adapter")
-    assert pol["load"] == [str(run / "round-2" / "train")] and pol["reference"] == reference
+    assert pol["load"] == ["round-2/train"] and pol["reference"] == reference  # relative to the run dir
     # base + round-2 adapter alone is the round-2 policy, and it differs from round 1's and the base's
     base, p1, p2 = policy_logps(run, 0, rows2), policy_logps(run, 1, rows2), policy_logps(run, 2, rows2)
     assert (p2 - p1).abs().max() > 1e-4 and (p1 - base).abs().max() > 1e-4

@@ -472,7 +472,8 @@ def test_evaluate_stage_with_generation_metrics(tmp_path, unitlm_dir):
         for r in rows:  # every continuation is judged (perplexity, and 1..5 beside) or a counted reject
             assert (r["reject"] is None and r["perplexity"] > 1.0 and 1.0 <= r["score"] <= 5.0) or r["reject"]
         assert g["n_rejects"] == sum(bool(r["reject"]) for r in rows)
-        assert all(Path(e["path"]).is_file() for e in res["models"][name]["examples"] if e.get("path"))
+        examples = res["models"][name]["examples"]  # paths relative to the evaluate directory
+        assert all((tmp_path / "evaluate" / e["path"]).is_file() for e in examples if e.get("path"))
     seeds = [[json.loads(x)["seed"] for x in (tmp_path / "evaluate" / n / "generations.jsonl").read_text().splitlines()]
              for n in ("base", "round-1")]
     assert seeds[0] == seeds[1]  # the same prompts and seeds for every model

@@ -180,6 +180,9 @@ def test_save_load_roundtrip(tmp_path):
     np.testing.assert_array_equal(back.centroids, qz.centroids)
     np.testing.assert_array_equal(back.assign(X), qz.assign(X))
     assert q.load_quantizer(tmp_path / "quantizer").k == 7  # path without extension
+    saved = (tmp_path / "quantizer.json").read_bytes()
+    back.save(tmp_path / "quantizer")  # a resumed tokenize stage saves what it loaded: the same bytes
+    assert (tmp_path / "quantizer.json").read_bytes() == saved and "path" not in json.loads(saved)
 
 
 def _sklearn_bin(tmp_path, k=5, d=6):

@@ -183,3 +183,165 @@ def test_missing_dependency_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(pl.STAGES, "toy_a", StageSpec("toy_a", f"{__name__}:toy_stage", (), ()))
     with pytest.raises(RuntimeError, match="needs toy_a first"):
         run_step(Step(spec_b, None), load_config(), tmp_path, Manifest(tmp_path), progress=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# A run directory you can trust: verified artifacts, per-attempt rejects, no leftovers, disk full
+# --------------------------------------------------------------------------------------------------
+
+
+def _toy_steps(monkeypatch, target: str = "toy_stage") -> tuple[Step, Step]:
+    import alignslm.pipeline as pl
+
+    spec_a = StageSpec("toy_a", f"{__name__}:{target}", ("sample",), ())
+    spec_b = StageSpec("toy_b", f"{__name__}:toy_stage", ("pairs",), ("toy_a",))
+    monkeypatch.setitem(pl.STAGES, "toy_a", spec_a)
+    monkeypatch.setitem(pl.STAGES, "toy_b", spec_b)
+    return Step(spec_a, None), Step(spec_b, None)
+
+
+@pytest.mark.parametrize("damage", ["truncate_line", "truncate_mid", "delete", "alter"])
+def test_damaged_artifact_reruns_its_stage_with_one_line(tmp_path, monkeypatch, caplog, damage):
+    a, b = _toy_steps(monkeypatch)
+    cfg = load_config()
+    for st in (a, b):
+        run_step(st, cfg, tmp_path, Manifest(tmp_path), progress=False)
+    out = tmp_path / "toy_a" / "out.jsonl"
+    good = out.read_text()
+    write_jsonl(out, [{"top_k": i} for i in range(3)])  # a longer file, then damaged as the user's were
+    Manifest(tmp_path).mark_done("toy_a", Manifest(tmp_path).entry("toy_a")["hash"], {}, 0.0)
+    full = out.read_bytes()
+    if damage == "truncate_line":
+        out.write_bytes(full[:full.index(b"\n") + 1])  # cut at a line boundary: still valid JSONL
+    elif damage == "truncate_mid":
+        out.write_bytes(full[:len(full) // 2])
+    elif damage == "delete":
+        out.unlink()
+    else:
+        out.write_bytes(full.replace(b"0", b"7", 1))  # same size, other content
+    CALLS.clear()
+    with caplog.at_level("WARNING", logger="alignslm"):
+        ran = [run_step(st, cfg, tmp_path, Manifest(tmp_path), progress=False)[0] for st in (a, b)]
+    assert ran == [True, False] and CALLS == ["toy_a"]  # the producer re-ran; its consumer's hash is unchanged
+    assert out.read_text() == good
+    lines = [r.getMessage() for r in caplog.records if "toy_a" in r.getMessage()]
+    what = {"truncate_line": "truncated", "truncate_mid": "truncated", "delete": "missing", "alter": "altered"}
+    assert len(lines) == 1 and str(out) in lines[0] and what[damage] in lines[0], lines
+    assert Manifest(tmp_path).problem("toy_a") is None
+
+
+def test_damaged_input_of_a_single_stage_reruns_its_producer_first(tmp_path, monkeypatch):
+    """``--stage toy_b``: the input it reads is verified first; a damaged one is produced again."""
+    a, b = _toy_steps(monkeypatch)
+    cfg = load_config()
+    for st in (a, b):
+        run_step(st, cfg, tmp_path, Manifest(tmp_path), progress=False)
+    (tmp_path / "toy_a" / "out.jsonl").unlink()
+    CALLS.clear()
+    assert run_step(b, cfg, tmp_path, Manifest(tmp_path), force=True, progress=False)[0]
+    assert CALLS == ["toy_a", "toy_b"] and (tmp_path / "toy_a" / "out.jsonl").is_file()
+
+
+SHARD_CALLS: list[list[int]] = []
+
+
+def sharded_stage(ctx: StageContext) -> dict:
+    """Six items in shards of two; an odd item is a reject while ``bad`` exists; ``crash`` stops it after
+    the first shard (as a kill would)."""
+    def process(chunk: list[int]) -> list[dict]:
+        SHARD_CALLS.append(chunk)
+        if chunk[0] > 0 and (ctx.run_dir / "crash").exists():
+            raise RuntimeError("killed")
+        for i in chunk:
+            if i % 2 and (ctx.run_dir / "bad").exists():
+                ctx.rejects.add(f"item{i}", "bad: cause")
+        return [{"i": i} for i in chunk if f"item{i}" not in ctx.rejects]
+
+    rows = run_sharded(ctx, list(range(6)), 2, process, "rows.jsonl")
+    return {"rows": len(rows)}
+
+
+def test_force_redoes_every_shard(tmp_path, monkeypatch):
+    a, _ = _toy_steps(monkeypatch, "sharded_stage")
+    cfg = load_config()
+    SHARD_CALLS.clear()
+    run_step(a, cfg, tmp_path, Manifest(tmp_path), progress=False)
+    assert len(SHARD_CALLS) == 3
+    assert not run_step(a, cfg, tmp_path, Manifest(tmp_path), progress=False)[0]
+    assert run_step(a, cfg, tmp_path, Manifest(tmp_path), force=True, progress=False)[0]
+    assert len(SHARD_CALLS) == 6  # from scratch, shards included
+
+
+def test_rejects_belong_to_the_attempt_that_made_them(tmp_path, monkeypatch):
+    a, _ = _toy_steps(monkeypatch, "sharded_stage")
+    cfg = load_config()
+    (tmp_path / "bad").touch()
+    (tmp_path / "crash").touch()
+    with pytest.raises(RuntimeError, match="killed"):  # shard 0 done (item1 rejected), then a crash
+        run_step(a, cfg, tmp_path, Manifest(tmp_path), progress=False)
+    (tmp_path / "crash").unlink()
+    _, summary = run_step(a, cfg, tmp_path, Manifest(tmp_path), progress=False)
+    # shard 0 is reused with its reject; shards 1-2 reject items 3 and 5: each listed once
+    assert summary["rejects"] == 3 and summary["rows"] == 3
+    assert sorted(r["id"] for r in read_jsonl(tmp_path / "toy_a" / "rejects.jsonl")) == ["item1", "item3", "item5"]
+    (tmp_path / "bad").unlink()  # the cause is fixed: a new attempt has no stale rejects
+    _, summary = run_step(a, cfg, tmp_path, Manifest(tmp_path), force=True, progress=False)
+    assert summary["rejects"] == 0 and summary["rows"] == 6 and not (tmp_path / "toy_a" / "rejects.jsonl").exists()
+
+
+def test_atomic_files_get_the_umask_mode_and_stale_temps_are_removed(tmp_path):
+    from alignslm.rundir import atomic_dir, remove_stale_temps, temp_name
+
+    umask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"a": 1})
+        with atomic_dir(tmp_path / "model") as d:
+            (d / "w.bin").write_bytes(b"x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model" / "w.bin").read_bytes() == b"x"
+    dead = tmp_path / "sub" / ".x.wav.999999999.abcd.tmp"  # a writer that no longer exists
+    dead.parent.mkdir()
+    dead.write_text("half")
+    mine = temp_name(tmp_path / "sub" / "y.json")  # a writer alive now (this process)
+    mine.write_text("half")
+    (tmp_path / ".adapter.1.ab.tmp").mkdir()
+    assert remove_stale_temps(tmp_path, only_dead=True) == 1 and not dead.exists() and mine.exists()
+    assert remove_stale_temps(tmp_path) == 2 and not mine.exists()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.json", "model", "sub", "w.bin"]
+
+
+def test_disk_full_names_the_path_and_the_bytes_free(tmp_path):
+    from alignslm.rundir import DiskFullError, disk_errors
+
+    target = tmp_path / "round-1" / "vocode" / "x.wav"
+    with pytest.raises(DiskFullError) as e:
+        with disk_errors(target, needed=5000), open("/dev/full", "w") as f:  # a real ENOSPC
+            f.write("x" * 10)
+            f.flush()
+    msg = str(e.value)
+    assert str(target) in msg and "free" in msg and "5000 bytes" in msg and "\n" not in msg
+
+
+def test_not_enough_space_for_a_heavy_stage_is_said_before_it_runs(tmp_path, capsys):
+    from alignslm.run import main
+
+    rc = main(["--quiet", "--stage", "corpus", f"run.run_dir={tmp_path / 'run'}", "corpus.n_stories=100000000000"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"not enough space on the device for {tmp_path / 'run' / 'corpus'}: " in err
+    assert " free, about " in err and " needed." in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "corpus").exists()
+
+
+def test_torch_files_depend_on_their_content_only(tmp_path):
+    """torch.save names its archive after the file: through write_torch the temporary name does not leak."""
+    import torch
+
+    from alignslm.rundir import write_torch
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "step": 4}
+    write_torch(tmp_path / "a" / "state.pt", state)
+    write_torch(tmp_path / "b" / "state.pt", state)
+    assert (tmp_path / "a" / "state.pt").read_bytes() == (tmp_path / "b" / "state.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a" / "state.pt", weights_only=True)["w"], state["w"])

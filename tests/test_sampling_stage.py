@@ -130,7 +130,7 @@ def test_sample_stage_rows_resume_and_rounds(tmp_path):
     pm.save_pretrained(run / "round-1" / "train" / "adapter")
     ctx2 = _ctx(run, [], rnd=2, extra={"train_prev": run / "round-1" / "train"})
     s2 = stage.run(ctx2)
-    assert s2["adapters"] == [str(run / "round-1" / "train")]
+    assert s2["adapters"] == ["round-1/train"]  # relative to the run dir
     rows2 = read_jsonl(ctx2.out / "samples.jsonl")
     assert len(rows2) == 24
     assert {r["prompt_id"] for r in rows2} == pids  # all usable train prompts in both rounds

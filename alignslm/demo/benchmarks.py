@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import random
 import string
 from collections import Counter
@@ -42,7 +41,7 @@ from alignslm.demo.stories import (
     topics,
 )
 from alignslm.demo.tts import engine, place_wav, synthesize_many
-from alignslm.rundir import write_jsonl
+from alignslm.rundir import atomic_path, write_jsonl
 
 VOWELS = ("a", "e", "i", "o", "u", "ee", "oo", "ai", "oa", "ou")
 CONSONANTS = tuple("bdfgklmnprstvz")
@@ -193,12 +192,10 @@ def _file_ids(rng: random.Random, n: int) -> list[str]:
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(columns))
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def word_frequencies(seed: int, n_stories: int = 2000, n_topics: int | None = None) -> Counter:

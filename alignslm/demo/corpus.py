@@ -76,7 +76,7 @@ def build_demo_corpus(out: Path, *, n_stories: int, seed: int, n_topics: int | N
             continue
         dst = wav_dir / f"{utt_id}.wav"
         place_wav(syn["path"], dst)
-        rows.append({"utt_id": utt_id, "path": str(dst.resolve()), "text": s.text, "words": syn["words"],
+        rows.append({"utt_id": utt_id, "path": dst.relative_to(out).as_posix(), "text": s.text, "words": syn["words"],
                      "voice": syn["voice"], "rate": syn["rate"], "topic": s.topic, "story_id": s.story_id,
                      "split": lab, "duration": syn["duration"], "sentences": s.sentences,
                      "sentence_spans": sentence_spans(s.sentences, syn["words"])})

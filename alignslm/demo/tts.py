@@ -27,7 +27,7 @@ import numpy as np
 
 from alignslm import logger
 from alignslm.audio import SAMPLE_RATE, read_audio, resample
-from alignslm.rundir import hash_str
+from alignslm.rundir import atomic_path, disk_errors, hash_str, temp_name
 
 TTS_VERSION = "espeak-tts-3"  # bump when synthesis or word timing changes: invalidates the cache
 
@@ -238,9 +238,10 @@ def _write_cache_wav(path: Path, audio: np.ndarray) -> None:
     import soundfile as sf
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sf.write(str(tmp), np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    tmp = temp_name(path)
+    with disk_errors(path):
+        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
 
 
 def synthesize_cached(text: str, voice: str, rate: int, cache_dir: str | Path) -> dict:
@@ -256,9 +257,10 @@ def synthesize_cached(text: str, voice: str, rate: int, cache_dir: str | Path) -
     _write_cache_wav(wav, utt.audio)
     info = {"text": text, "words": utt.words, "duration": round(utt.duration, 4), "voice": voice,
             "rate": int(rate), "version": TTS_VERSION}
-    tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, meta)  # the json is the commit mark: written after the wav
+    tmp = temp_name(meta)
+    with disk_errors(meta):
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, meta)  # the json is the commit mark: written after the wav
     return {**info, "path": str(wav), "cached": False}
 
 
@@ -292,17 +294,10 @@ def synthesize_many(items: Sequence[tuple[str, str, int]], cache_dir: str | Path
 
 
 def place_wav(src: str | Path, dst: Path) -> None:
-    """Put a cached wav at ``dst``: a hard link (a copy across file systems), renamed into place so that
-    concurrent ranks or a rerun never see a missing or half-written file."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
+    """Put a copy of a cached wav at ``dst`` (never a link: nothing written in a run may change the cache),
+    renamed into place so that concurrent ranks or a rerun never see a missing or half-written file."""
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def load_utterance(path: str | Path) -> np.ndarray:

@@ -4,13 +4,15 @@ define ``check(cfg) -> list[str]`` (problems found by ``--dry-run`` without heav
 The artifact contract between stages (paths relative to the run directory; round stages live under
 ``round-N/<stage>/``; ``ctx.inputs[<dep>]`` is the directory of a dependency, see alignslm.pipeline):
 
-corpus/manifest.jsonl      utt_id, path (absolute wav, 16 kHz mono), text, words [{word,start,end}] (s),
+corpus/manifest.jsonl      utt_id, path (wav, 16 kHz mono; the demo's relative to corpus/, a real one's absolute:
+                           read it as corpus_dir / path), text, words [{word,start,end}] (s),
                            voice, rate, topic, story_id, split (train|dev|test), duration (s),
                            sentences [str] (demo only; a real manifest may carry only utt_id, path);
                            demo also: sentence_spans [[start,end]] (s) or null; a word eSpeak joined
                            to the previous one ("in the") carries approx: true (interpolated onset)
 corpus/stories.jsonl       (demo) story_id, utt_id, topic, sentences, text, verb, obj, number, result, split
-benchmarks/benchmarks.json {"root": <dir with lexical/ syntactic/ ssc/ tsc/ in the official layouts>,
+benchmarks/benchmarks.json {"root": <dir with lexical/ syntactic/ ssc/ tsc/ in the official layouts; the demo's
+                           is "data", relative to benchmarks/: read it as benchmarks_dir / root>,
                            "split", "source": demo|real, "sets": {name: counts}}; read the sets with
                            alignslm.benchdata (load_zerospeech / load_storycloze / load_all);
                            demo root also has texts.jsonl (benchmark, file, text, correct)
@@ -20,7 +22,8 @@ tokenize/tokenizer.json    what alignslm.tokenizer.load_tokenizer(dir) needs to 
                            (encoder, encoder_path, layer, pool, frame_rate, n_units, dedup, ...)
 tokenize/feature_scale.npy (D,) float32, optional: frames are multiplied by it before the nearest-centroid
                            search (the centroids live in the scaled space); use load_tokenizer, not the .npy
-unitlm/unitlm.json         {"path": <HF model dir>, "offset", "n_units", ...}; load with alignslm.unitlm
+unitlm/unitlm.json         {"path": <HF model dir; the demo's "model", relative to unitlm/>, "offset", "n_units", ...};
+                           load with alignslm.unitlm
 vocoder/vocoder.json       {"kind", "path", ...}; load with alignslm.vocoder.load_vocoder(dir)
 round-N/sample/samples.jsonl     prompt_id, utt_id, k, seed, prompt [int], continuation [int],
                                  prompt_end_s (where the prompt was cut in the original audio)
@@ -38,5 +41,7 @@ round-N/train/adapter/          peft LoRA adapter (safetensors), CUMULATIVE: bas
                                 rounds); train_log.jsonl (step, lr, loss, rewards/*, logps/*), policy.json
 evaluate/results.json           per model (base, round-1, ...) benchmark + generation metrics
 report/report.md, report/results.json, report/headline.md, report/*.png
-Every stage: rejects.jsonl (id, reason) for items it could not process.
+Every stage: rejects.jsonl (id, reason) for items its last attempt could not process.  Paths written inside the
+run directory are relative (to the file's stage directory unless said otherwise), so a run directory moves.
+manifest.json records, per finished stage, the size and content hash of every file it wrote (rundir.Manifest).
 """

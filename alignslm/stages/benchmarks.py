@@ -2,7 +2,7 @@
 
 * ``benchmarks.root`` set: the real ZeroSpeech 2021 (lexical, syntactic) and Spoken StoryCloze (sSC,
   tSC) layouts are checked with alignslm.benchdata (every pair complete, every file present);
-  ``benchmarks.json`` = {"root": root}.
+  ``benchmarks.json`` = {"root": root}; the demo's root is ``data`` (relative to this directory).
 * otherwise: the demo mini benchmarks are written under ``data/`` in the same layouts
   (alignslm.demo.benchmarks) and read back through the same loaders.
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from alignslm.benchdata import check_layout, load_all
-from alignslm.rundir import StageContext, write_json
+from alignslm.rundir import StageContext, relative_path, write_json
 
 
 def run(ctx: StageContext) -> dict:
@@ -28,7 +28,7 @@ def run(ctx: StageContext) -> dict:
     else:
         from alignslm.demo.benchmarks import write_demo_benchmarks
 
-        root = (ctx.out / "data").resolve()
+        root = ctx.out / "data"
         write_demo_benchmarks(root, n_pairs=b.n_pairs, seed=ctx.cfg.run.seed, voices=list(b.voices),
                               rate=b.rate, story_voice=b.story_voice, n_topics=b.n_topics,
                               cache_dir=ctx.cfg.run.cache_dir, workers=min(2, os.cpu_count() or 1),
@@ -41,7 +41,7 @@ def run(ctx: StageContext) -> dict:
             ctx.rejects.add(f"{name}/{fid}", f"bad audio: {reason}")
         summary[f"{name}_pairs"] = len(bs.pairs)
         summary[f"{name}_files"] = len(bs.items)
-    write_json(ctx.out / "benchmarks.json", {"root": str(root), "split": b.split, "source": source,
+    write_json(ctx.out / "benchmarks.json", {"root": relative_path(root, ctx.out), "split": b.split, "source": source,
                                              "sets": {k: v.summary() for k, v in sets.items()}})
     return summary
 

@@ -4,7 +4,9 @@
   and copied to ``manifest.jsonl`` with absolute paths, a duration and a split; rows whose audio is
   missing, unreadable or empty go to ``rejects.jsonl``.
 * otherwise: the demo corpus (alignslm.demo.corpus): seeded stories spoken by eSpeak NG, one utterance
-  per story, plus ``stories.jsonl`` with the true texts, topics and ending facts.
+  per story, plus ``stories.jsonl`` with the true texts, topics and ending facts.  Its wavs are copies
+  under ``wavs/`` and their paths are relative to this directory (``corpus_dir / row["path"]`` reads
+  both kinds), so the run directory can move.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from alignslm.evaluate import (
     tokenize_items,
 )
 from alignslm.genmetrics import GenerationSetup, compare_models
-from alignslm.rundir import StageContext, hash_str, read_json, read_jsonl, write_json, write_jsonl
+from alignslm.rundir import StageContext, hash_str, read_json, read_jsonl, relative_path, write_json, write_jsonl
 
 
 def check(cfg: Any) -> list[str]:
@@ -124,7 +124,7 @@ def run(ctx: StageContext) -> dict:
     problems = check(cfg)
     if problems:
         raise EvalInputError("; ".join(problems))
-    root = Path(read_json(ctx.inputs["benchmarks"] / "benchmarks.json")["root"])
+    root = ctx.inputs["benchmarks"] / read_json(ctx.inputs["benchmarks"] / "benchmarks.json")["root"]
     benches = load_benchmarks(ctx, root, cfg.benchmarks.split)
     for name, bset in benches.items():
         check_benchmark(name, bset.items, bset.pairs)
@@ -149,14 +149,17 @@ def run(ctx: StageContext) -> dict:
                                "timing": {"tokenize_benchmarks_s": round(tok_s, 2)}}
     with_gen = generation_models(models, cfg.eval.generation_models)
     for name, adapters in models.items():
-        done = ctx.out / name / "model.json"
-        if done.is_file():
+        done, rejected_file = ctx.out / name / "model.json", ctx.out / name / "rejects.jsonl"
+        if done.is_file():  # its rejects are this attempt's too
             results["models"][name] = read_json(done)
+            ctx.rejects.replay(read_jsonl(rejected_file) if rejected_file.is_file() else [])
             continue
         lm = lm if name == "base" else _load(ctx, adapters)
         check_unit_counts(lm.n_units, tok.n_units, lm.source, tok_src)
-        res = _evaluate_model(ctx, name, lm, units, benches, gen if name in with_gen else None)
-        res["adapters"] = [str(a) for a in adapters]
+        with ctx.rejects.capture() as rejected:
+            res = _evaluate_model(ctx, name, lm, units, benches, gen if name in with_gen else None)
+        res["adapters"] = [relative_path(a, ctx.run_dir) for a in adapters]
+        write_jsonl(rejected_file, rejected)
         write_json(done, res)
         results["models"][name] = res
     results["comparisons"] = _comparisons(results["models"], cfg.eval.bootstrap, ctx.seed("compare"))

@@ -22,7 +22,7 @@ import numpy as np
 from alignslm import logger
 from alignslm.kernels.sampling import SamplingError, check_params
 from alignslm.prompts import PromptError, make_prompt
-from alignslm.rundir import StageContext, read_json, read_jsonl, run_sharded
+from alignslm.rundir import StageContext, read_json, read_jsonl, relative_path, run_sharded
 
 
 def check(cfg: Any) -> list[str]:
@@ -102,7 +102,8 @@ def run(ctx: StageContext) -> dict:
     rows = run_sharded(ctx, prompts, s.shard_size, process, "samples.jsonl")
     secs = time.perf_counter() - t0
     lens = np.array([len(r["continuation"]) for r in rows])
-    return {"prompts": len(prompts), "samples": len(rows), "adapters": [str(a) for a in adapters],
+    return {"prompts": len(prompts), "samples": len(rows),
+            "adapters": [relative_path(a, ctx.run_dir) for a in adapters],
             "mean_prompt_units": round(float(np.mean([len(p["prompt"]) for p in prompts])), 1),
             "mean_continuation_units": round(float(lens.mean()), 1) if len(rows) else 0.0,
             "eos_rate": round(float((lens < s.max_new_units).mean()), 3) if len(rows) else 0.0,

@@ -76,7 +76,8 @@ def _device(cfg: Any) -> str:
 
 
 def _read(row: dict, enc: Encoder) -> np.ndarray:
-    """One manifest row's audio, checked against what the encoder accepts (AudioError otherwise)."""
+    """One manifest row's audio (path made absolute by :func:`run`), checked against what the encoder
+    accepts (AudioError otherwise)."""
     if "path" not in row:
         raise AudioError(row.get("utt_id", "?"), "manifest row has no 'path'")
     wav = read_audio(row["path"])
@@ -166,7 +167,7 @@ def _wait_for_file(path: Path, timeout_s: float = 4 * 3600) -> None:
 def run(ctx: StageContext) -> dict:
     t = ctx.cfg.tokenize
     manifest = ctx.inputs["corpus"] / "manifest.jsonl"
-    rows = read_jsonl(manifest)
+    rows = [{**r, "path": str(manifest.parent / r["path"])} if "path" in r else r for r in read_jsonl(manifest)]
     ids = [r.get("utt_id") for r in rows]
     if not rows or None in ids or len(set(ids)) != len(ids):
         raise ValueError(f"{manifest}: need a non-empty manifest with a unique utt_id on every row")

@@ -48,7 +48,7 @@ import torch
 from alignslm import logger
 from alignslm.dpo import DPOTrainer, prepare_pairs
 from alignslm.losses import LOSSES
-from alignslm.rundir import StageContext, barrier, read_json, read_jsonl, write_json
+from alignslm.rundir import StageContext, barrier, read_json, read_jsonl, relative_path, write_json
 
 REFERENCES = ("base", "previous_round")
 
@@ -167,10 +167,11 @@ def run(ctx: StageContext) -> dict:
     prior = _prior_policy_on_new_pairs(ctx, trainer, examples, init_adapter, reference)
     result = trainer.train(examples)
     final = trainer.evaluate(examples)  # the trained policy over every pair (no gradient)
-    trainer.save_adapter(ctx.out / "adapter")
-    policy = {"round": ctx.round, "cumulative": True, "base": str(ctx.inputs["unitlm"]),
-              "load": [str(p) for p in policy_adapters(ctx.run_dir, ctx.round)],
-              "initialised_from": str(init_adapter) if init_adapter else None,
+    trainer.save_adapter(ctx.out / "adapter", _base_name(ctx, lm))
+    rel = lambda p: relative_path(p, ctx.run_dir)  # noqa: E731 - paths inside the run dir stay relative
+    policy = {"round": ctx.round, "cumulative": True, "base": rel(ctx.inputs["unitlm"]),
+              "load": [rel(p) for p in policy_adapters(ctx.run_dir, ctx.round)],
+              "initialised_from": rel(init_adapter) if init_adapter else None,
               "reference": cfg.curriculum.reference, "support": cfg.unitlm.support, "counts": counts,
               "final_reward_accuracy": final["rewards/accuracies"], "final_reward_margin": final["rewards/margins"],
               "prior_policy_on_these_pairs": prior}
@@ -183,6 +184,11 @@ def run(ctx: StageContext) -> dict:
             "final_reward_accuracy": final["rewards/accuracies"], "final_reward_margin": final["rewards/margins"],
             "final_loss": final["loss"], "last_step": result.get("final", {}),
             "prior_policy_reward_accuracy": (prior or {}).get("reward_accuracy")}
+
+
+def _base_name(ctx: StageContext, lm: Any) -> str:
+    """The base model as the adapter records it: relative to the run directory when it lies inside."""
+    return relative_path(lm.model.config._name_or_path, ctx.run_dir)
 
 
 def _prior_policy_on_new_pairs(ctx: StageContext, trainer: DPOTrainer, examples: list, init_adapter: Path | None,
@@ -202,7 +208,7 @@ def _prior_policy_on_new_pairs(ctx: StageContext, trainer: DPOTrainer, examples:
         trainer.precompute_reference(examples)
     m = trainer.evaluate(examples)
     out = {"reward_accuracy": m["rewards/accuracies"], "reward_margin": m["rewards/margins"],
-           "pairs": len(examples), "policy": str(init_adapter)}
+           "pairs": len(examples), "policy": relative_path(init_adapter, ctx.run_dir)}
     if ctx.rank == 0:
         write_json(path, out)
     logger.info("train round %s: the round-%s policy prefers the chosen side of %.1f%% of this round's %d new "
@@ -220,9 +226,11 @@ def _keep_policy(ctx: StageContext, lm: Any, init_adapter: Path | None, device: 
     logger.warning("train round %s: %s -- keeping the policy of the previous round (train.on_no_pairs)",
                    ctx.round, why)
     trainer = DPOTrainer(lm, ctx.cfg.train, ctx.out, seed=ctx.seed(), init_adapter=init_adapter, device=device)
-    trainer.save_adapter(ctx.out / "adapter")
+    trainer.save_adapter(ctx.out / "adapter", _base_name(ctx, lm))
     if ctx.rank == 0:
         write_json(ctx.out / "policy.json", {"round": ctx.round, "cumulative": True, "trained": False,
-                                             "reason": why, "initialised_from": str(init_adapter or "")})
+                                             "reason": why,
+                                             "initialised_from": relative_path(init_adapter, ctx.run_dir)
+                                             if init_adapter else ""})
     barrier()
     return {"steps": 0, "pairs": 0, "trained": False, "reason": "no valid preference pair"}

@@ -2,13 +2,13 @@
 
 Reads ``tokenize/units.jsonl`` + ``tokenizer.json`` (K) and ``corpus/manifest.jsonl`` (split).  Writes
 ``unitlm/unitlm.json`` ({"path", "offset", "n_units", "bos_id", "eos_id", "pad_id", "support", ...}, read
-by :func:`alignslm.unitlm.load_unitlm`) and, for the demo, ``unitlm/model/`` (save_pretrained, with
-``config.offset``) and ``unitlm/ckpt/last.pt`` (resume).
+by :func:`alignslm.unitlm.load_unitlm`; "path" is relative to this directory, or an external model)
+and, for the demo, ``unitlm/model/`` (save_pretrained, with ``config.offset``) and ``unitlm/ckpt/last.pt``
+(resume).
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from alignslm import logger
-from alignslm.rundir import StageContext, read_json, read_jsonl, write_json
+from alignslm.rundir import StageContext, atomic_dir, read_json, read_jsonl, write_json
 from alignslm.unitlm import SUPPORTS, UnitLMError, _special_ids
 
 
@@ -126,14 +126,11 @@ def run(ctx: StageContext) -> dict:
     finally:
         torch.set_num_threads(threads)
     model_dir = ctx.out / "model"
-    tmp = ctx.out / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    tmp.rename(model_dir)
+    with atomic_dir(model_dir) as tmp:
+        model.save_pretrained(tmp)
     dev = round(eval_loss(model, dev_seqs, u.context), 4) if dev_seqs else None
     cfg = model.config
-    meta = {"path": str(model_dir.resolve()), "offset": int(cfg.offset), "n_units": k, "bos_id": cfg.bos_token_id,
+    meta = {"path": model_dir.name, "offset": int(cfg.offset), "n_units": k, "bos_id": cfg.bos_token_id,
             "eos_id": cfg.eos_token_id, "pad_id": cfg.pad_token_id, "support": u.support,
             "vocab_size": int(cfg.vocab_size), "source": "demo", "dev_loss": dev,
             "params": sum(p.numel() for p in model.parameters()), "train_log": summary.pop("log")}

@@ -43,7 +43,7 @@ def _prompt_wav(ctx: StageContext, row: dict, manifest: dict[str, dict]) -> str:
     m = manifest.get(row.get("utt_id", row["prompt_id"]))
     if m is None:
         raise AudioError(str(row.get("utt_id")), "utterance not in corpus/manifest.jsonl")
-    wav = read_audio(m["path"], warn=False)
+    wav = read_audio(ctx.inputs["corpus"] / m["path"], warn=False)
     end = int(round(float(row["prompt_end_s"]) * SAMPLE_RATE))
     if end <= 0:
         raise AudioError(m["path"], f"prompt_end_s={row['prompt_end_s']} leaves no prompt audio")

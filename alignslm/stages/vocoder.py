@@ -116,7 +116,7 @@ def load_utterances(ctx: StageContext, frame_rate: float, voices: list[str], spl
             ctx.rejects.add(u["utt_id"], "units and durations disagree with n_frames")
             continue
         try:
-            wav = read_audio(m["path"], warn=False)
+            wav = read_audio(ctx.inputs["corpus"] / m["path"], warn=False)
         except AudioError as e:
             ctx.rejects.add(u["utt_id"], f"audio: {e}")
             continue

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignslm import logger
-from alignslm.rundir import atomic_path, write_json
+from alignslm.rundir import atomic_path, write_json, write_torch
 from alignslm.vocoder.hifigan import CPU_MIN_FILL, CheckpointError, check_durations, check_units, length_batches
 
 
@@ -404,8 +404,7 @@ class DemoVocoder:
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         write_json(d / "demo.json", asdict(self.spec))
-        with atomic_path(d / "demo.pt") as tmp:
-            torch.save(self.net.state_dict(), tmp)
+        write_torch(d / "demo.pt", self.net.state_dict())
         if self.bank is not None:
             self.bank.save(d / BANK_FILE)
 
