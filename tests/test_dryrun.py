@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +53,14 @@ def standins(tmp_path_factory) -> dict[str, str]:
     from transformers import HubertConfig, HubertModel, OPTConfig, OPTForCausalLM
 
     root = tmp_path_factory.mktemp("standins")
-    hub = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16,
+    hub = HubertConfig(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, intermediate_size=64,
+                       conv_dim=(16, 16), conv_stride=(5, 128), conv_kernel=(10, 128), num_conv_pos_embeddings=16,
                        num_conv_pos_embedding_groups=2)
     HubertModel(hub).save_pretrained(root / "mhubert")
     np.save(root / "km.npy", np.random.default_rng(0).standard_normal((K, 32)).astype(np.float32))
     np.save(root / "km_wrongdim.npy", np.zeros((K, 48), np.float32))
     opt = OPTConfig(vocab_size=4 + K, hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
-                    word_embed_proj_dim=16, max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
+                    word_embed_proj_dim=16, max_position_embeddings=512, bos_token_id=0, pad_token_id=1,
                     eos_token_id=2)
     opt.offset = 4  # TWIST: unit k is token k + offset
     OPTForCausalLM(opt).save_pretrained(root / "twist")
@@ -83,6 +86,36 @@ def standins(tmp_path_factory) -> dict[str, str]:
             "root": root}
 
 
+class _Models(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint as far as --dry-run looks at it: ``GET /v1/models``."""
+
+    def log_message(self, *a):  # silence http.server
+        pass
+
+    def do_GET(self):  # noqa: N802
+        data = json.dumps({"object": "list", "data": [{"id": "mistral-7b-instruct", "object": "model"}]}).encode()
+        self.send_response(200 if self.path.endswith("/models") else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Models)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+    srv.server_close()
+
+
+def _dead_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # nothing listens once the socket is closed
+
+
 def _dry(config: str, standins: dict, **extra: str) -> subprocess.CompletedProcess:
     over = {k: str(v) for k, v in standins.items() if k != "root"} | extra
     cmd = [sys.executable, "-m", "alignslm.run", "--config", str(ROOT / "configs" / config), "--dry-run",
@@ -91,13 +124,27 @@ def _dry(config: str, standins: dict, **extra: str) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("config", ["twist-1.3b-librispeech.yaml", "twist-7b-librispeech.yaml"])
-def test_real_configs_check_out_against_standins(config, standins):
-    out = _dry(config, standins)
+def test_real_configs_check_out_against_standins(config, standins, endpoint):
+    out = _dry(config, standins, **{"judge.url": endpoint})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all paths and formats check out" in out.stdout
     for step in ("corpus", "tokenize", "round-1/sample", "round-2/train", "evaluate", "report"):
         assert step in out.stdout
     assert "20000 prompts x 5 continuations" in out.stdout
+
+
+def test_dry_run_checks_layer_context_and_judge_endpoint(standins, endpoint):
+    out = _dry("twist-1.3b-librispeech.yaml", standins, **{"judge.url": endpoint, "tokenize.layer": "13"})
+    assert out.returncode == 2 and "tokenize.layer=13 but the model has 12 layers" in out.stdout
+    # stand-in HuBERT at 25 Hz: a 3 s prompt is up to 76 tokens with BOS; the stand-in TWIST holds 512
+    out = _dry("twist-1.3b-librispeech.yaml", standins, **{"judge.url": endpoint, "sample.max_new_units": "437"})
+    assert out.returncode == 2 and "make 513 > the LM's context of 512" in out.stdout
+    out = _dry("twist-1.3b-librispeech.yaml", standins, **{"judge.url": endpoint, "sample.max_new_units": "436"})
+    assert out.returncode == 0, out.stdout
+    dead = _dead_url()
+    out = _dry("twist-1.3b-librispeech.yaml", standins, **{"judge.url": dead})
+    assert out.returncode == 2 and f"judge endpoint {dead} is not reachable" in out.stdout
+    assert "all paths and formats check out" not in out.stdout
 
 
 def test_dry_run_names_mismatched_formats(standins):
@@ -187,3 +234,25 @@ def test_dry_run_reports_a_missing_path_once(tmp_path, capsys):
     for key, v in paths.items():
         said = [x for x in lines if str(tmp_path / "gone" / v) in x]
         assert len(said) == 1 and key in said[0], (key, said)
+
+
+def test_plan_marks_what_a_changed_config_reruns(tmp_path, capsys):
+    """After a finished run, a changed sample section re-runs sample and every stage downstream of it."""
+    from alignslm import run
+    from alignslm.config import load_config
+    from alignslm.pipeline import plan, step_hash, will_run
+    from alignslm.rundir import Manifest
+
+    cfg = load_config(overrides=[f"run.run_dir={tmp_path}", "curriculum.rounds=2"])
+    man = Manifest(tmp_path)
+    for st in plan(cfg):  # as if every stage had finished with this config
+        man.mark_done(st.key, step_hash(st, cfg, man), {}, 0.0)
+    assert not any(will_run(plan(cfg), cfg, Manifest(tmp_path)))
+    changed = load_config(overrides=[f"run.run_dir={tmp_path}", "curriculum.rounds=2", "sample.top_k=10"])
+    runs = dict(zip([s.key for s in plan(changed)], will_run(plan(changed), changed, Manifest(tmp_path))))
+    assert [k for k, r in runs.items() if not r] == ["corpus", "benchmarks", "tokenize", "unitlm", "vocoder"]
+    assert runs["round-1/sample"] and runs["round-2/train"] and runs["evaluate"] and runs["report"]
+    run.dry_run(changed, plan(changed))
+    out = capsys.readouterr().out
+    assert "corpus                 [skip]" in out and "round-1/judge          [run ]" in out
+    assert all(will_run(plan(cfg), cfg, Manifest(tmp_path), force=True))

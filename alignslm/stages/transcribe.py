@@ -49,7 +49,7 @@ def run(ctx: StageContext) -> dict:
 
     done = run_sharded(ctx, rows, ctx.cfg.asr.shard_size, process, "transcripts.jsonl")
     n_ok = sum(r["error"] is None for r in done)
-    return {"clips": len(done), "transcribed": n_ok, "failed": len(done) - n_ok,
+    return {"clips": len(done), "transcribed": n_ok, "tried": len(done), "failed": len(done) - n_ok,
             "empty": sum(r["error"] == "empty transcript" for r in done),
             "words_per_clip": sum(len(r["text"].split()) for r in done) / max(1, len(done))}
 

@@ -91,5 +91,6 @@ def run(ctx: StageContext) -> dict:
     with torch_threads(ctx.cfg.vocoder.threads):
         merged = run_sharded(ctx, rows, max(bs * 4, 1), process, AUDIO_JSONL)
     secs = [r["seconds"] for r in merged]
-    return {"continuations": len(merged), "audio_seconds": round(float(np.sum(secs)), 1) if secs else 0.0,
+    return {"continuations": len(merged), "tried": len(rows), "failed": len(rows) - len(merged),
+            "audio_seconds": round(float(np.sum(secs)), 1) if secs else 0.0,
             "mean_seconds": round(float(np.mean(secs)), 3) if secs else 0.0}
