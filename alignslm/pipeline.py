@@ -197,20 +197,21 @@ class StageFailed(RuntimeError):
 def failure_problem(key: str, summary: dict, max_share: float) -> str | None:
     """Why a finished stage must count as failed, or None.
 
-    The one rule for every stage: a stage that reports ``tried`` (items it attempted) and ``failed`` (items
-    it could not process; upstream failures are not its own) fails when every tried item failed, or more
-    than ``max_share`` (run.max_failed_share) of them.
+    The one rule for every stage: a stage that reports ``items_tried`` (items it attempted) and
+    ``items_failed`` (items it could not process: bad input, a service error; not items whose content it
+    found unusable, such as a continuation without speech, nor upstream failures) fails when every tried
+    item failed, or more than ``max_share`` (run.max_failed_share) of them.
     """
-    tried, failed = summary.get("tried"), summary.get("failed")
+    tried, failed = summary.get("items_tried"), summary.get("items_failed")
     if not tried or failed is None:
         return None
     if failed < tried and failed <= max_share * tried:
         return None
     reasons = sorted((summary.get("reject_reasons") or {}).items(), key=lambda kv: -kv[1])
     why = "; ".join(f"{r or 'unknown'}: {n}" for r, n in reasons[:3]) or "see rejects.jsonl"
-    return (f"stage {key}: {failed} of {tried} items failed ({why}), more than run.max_failed_share="
-            f"{max_share:g}; it is not recorded as finished. Fix the cause (its rejects are kept in "
-            f"{key}/failed-attempt/) and run the same command again: the failed items are redone")
+    return (f"stage {key}: {failed} of {tried} items failed (rejects by reason: {why}), more than "
+            f"run.max_failed_share={max_share:g}; it is not recorded as finished. Fix the cause (its rejects are "
+            f"kept in {key}/failed-attempt/) and run the same command again: the failed items are redone")
 
 
 def _set_aside(out: Path) -> None:

@@ -288,7 +288,7 @@ def test_judge_down_fails_before_any_work_and_the_same_step_resumes(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
-    assert ran and summary["judged"] == summary["tried"] == len(TEXTS) and summary["failed"] == 0
+    assert ran and summary["judged"] == summary["items_tried"] == len(TEXTS) and summary["items_failed"] == 0
     assert Manifest(run).entry("round-1/judge")["finished"]
     assert [r["score"] for r in read_jsonl(out / "judgments.jsonl")] == [4.0, 4.0, 4.0, 3.0, 4.0, 4.0]
 
@@ -302,7 +302,7 @@ def test_stage_where_most_items_fail_is_not_finished_and_resumes_to_the_same_art
     url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
     try:
         run, cfg, step = _judge_step(tmp_path / "a", url, TEXTS)
-        with pytest.raises(StageFailed, match=r"round-1/judge: 6 of 6 items failed \(judge: 6\)"):
+        with pytest.raises(StageFailed, match=r"round-1/judge: 6 of 6 items failed \(rejects by reason: judge: 6\)"):
             run_step(step, cfg, run, Manifest(run), progress=False)
         out = run / "round-1" / "judge"
         assert not Manifest(run).entry("round-1/judge")["finished"]
@@ -310,7 +310,7 @@ def test_stage_where_most_items_fail_is_not_finished_and_resumes_to_the_same_art
         assert not (out / "shards").exists() and not (out / "rejects.jsonl").exists()
         Scripted.broken = False  # the cause is fixed: the same command redoes the failed items
         ran, summary = run_step(step, cfg, run, Manifest(run), progress=False)
-        assert ran and summary["failed"] == 0 and summary["rejects"] == 0
+        assert ran and summary["items_failed"] == 0 and summary["rejects"] == 0
         assert Manifest(run).entry("round-1/judge")["finished"]
         run_b, cfg_b, _ = _judge_step(tmp_path / "b", url, TEXTS)  # a run where the server never broke
         run_step(step, cfg_b, run_b, Manifest(run_b), progress=False)
@@ -323,12 +323,12 @@ def test_stage_where_most_items_fail_is_not_finished_and_resumes_to_the_same_art
 def test_failure_share_rule():
     from alignslm.pipeline import failure_problem
 
-    ok = {"tried": 6, "failed": 3, "reject_reasons": {"judge": 3}}
+    ok = {"items_tried": 6, "items_failed": 3, "reject_reasons": {"judge": 3}}
     assert failure_problem("round-1/judge", ok, 0.5) is None
-    assert "4 of 6 items failed (judge: 4)" in failure_problem("round-1/judge", {**ok, "failed": 4,
-                                                                                  "reject_reasons": {"judge": 4}}, 0.5)
-    assert failure_problem("k", {"tried": 2, "failed": 2}, 1.0)  # every item failed: whatever the share
-    assert failure_problem("k", {"tried": 0, "failed": 0}, 0.5) is None
+    bad = {**ok, "items_failed": 4, "reject_reasons": {"judge": 4}}
+    assert "4 of 6 items failed (rejects by reason: judge: 4)" in failure_problem("round-1/judge", bad, 0.5)
+    assert failure_problem("k", {"items_tried": 2, "items_failed": 2}, 1.0)  # every item failed: whatever the share
+    assert failure_problem("k", {"items_tried": 0, "items_failed": 0}, 0.5) is None
     assert failure_problem("k", {"items": 5}, 0.5) is None  # a stage that does not count items
 
 

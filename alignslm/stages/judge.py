@@ -80,7 +80,7 @@ def _summary(done: list[dict], mode: str, http_stats: dict | None) -> dict:
     kinds = Counter((r["error"] or "").split(":")[0].split(" (")[0] for r in done if r[key] is None)
     asked = [r for r in done if r.get("asked", True)]  # the judge's own items (upstream failures are not)
     out = {"items": len(done), "judged": len(vals), "missing": len(done) - len(vals),
-           "tried": len(asked), "failed": sum(r[key] is None for r in asked),
+           "items_tried": len(asked), "items_failed": sum(r[key] is None for r in asked),
            "missing_by_reason": dict(kinds), f"mean_{key}": sum(vals) / len(vals) if vals else None,
            "retried": sum(bool(r.get("retried")) for r in done)}
     if mode == "score":
