@@ -66,6 +66,10 @@ def _unit_list(x: Any, n_units: int) -> str | None:
     return f"unit {bad[0]} outside the vocabulary [0, {n_units})" if bad else None
 
 
+class NoPairs(ValueError):
+    """No usable preference pair (train.on_no_pairs decides what a round does then)."""
+
+
 def prepare_pairs(rows: list[dict], lm: Any, max_length: int, rejects: Any = None,
                   source: str = "pairs") -> tuple[list[Example], dict[str, int]]:
     """Validate pairs rows (prompt/chosen/rejected unit lists) and turn them into token ids.
@@ -108,8 +112,12 @@ def prepare_pairs(rows: list[dict], lm: Any, max_length: int, rejects: Any = Non
             counts["truncated_prompt"] += 1
             prompt = prompt[len(prompt) - keep:] if keep > 0 else []
         examples.append(Example(i, bos + prompt, chosen, rejected))
+    if not rows:
+        raise NoPairs(f"{source}: no valid preference pair: the pairs stage built none; its summary.json says "
+                      f"why for each prompt (no judged continuation, none reaching the thresholds), and the judge "
+                      f"stage's summary how many continuations it scored")
     if not examples:
-        raise ValueError(f"{source}: no valid preference pair among {len(rows)} rows "
+        raise NoPairs(f"{source}: no valid preference pair among {len(rows)} rows "
                          f"(see rejects.jsonl for the reasons); check the pairs stage's thresholds")
     counts["pairs_used"] = len(examples)
     return examples, counts

@@ -121,3 +121,10 @@ def test_a_schedule_without_any_update_is_an_error_before_training(tmp_path):
     assert not (tmp_path / "train_log.jsonl").exists()
     b0 = [p.detach().clone() for n, p in tr.peft.named_parameters() if "lora_B" in n]
     assert all((b == 0).all() for b in b0)
+
+
+def test_an_empty_pairs_file_names_the_pairs_and_judge_summaries():
+    from alignslm.dpo import NoPairs
+
+    with pytest.raises(NoPairs, match="the pairs stage built none; its summary.json says why"):
+        prepare_pairs([], tiny_opt(), 64, source="round-1/pairs/pairs.jsonl")

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from alignslm import logger
-from alignslm.dpo import DPOTrainer, prepare_pairs, schedule_problem
+from alignslm.dpo import DPOTrainer, NoPairs, prepare_pairs, schedule_problem
 from alignslm.losses import LOSSES
 from alignslm.rundir import StageContext, barrier, rank_world, read_json, read_jsonl, write_json
 
@@ -163,8 +163,8 @@ def run(ctx: StageContext) -> dict:
     rows = read_jsonl(pairs_path)
     try:
         examples, counts = prepare_pairs(rows, lm, max_len, rejects=ctx.rejects, source=str(pairs_path))
-    except ValueError as e:
-        if t.on_no_pairs != "keep_policy" or "no valid preference pair" not in str(e):
+    except NoPairs as e:
+        if t.on_no_pairs != "keep_policy":
             raise
         return _keep_policy(ctx, lm, init_adapter, device, str(e))
     reference = "initial" if (cfg.curriculum.reference == "previous_round" and init_adapter) else "base"
