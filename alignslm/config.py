@@ -316,6 +316,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "sample.n_continuations": 3,
     "sample.max_new_units": 40,
     "train.epochs": 1,
+    "train.warmup_steps": 0,  # a smoke round has one or two steps: with warm-up the first has learning rate 0
     "eval.n_prompts": 6,
     "eval.bootstrap": 200,
 }

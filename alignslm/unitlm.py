@@ -269,9 +269,13 @@ class UnitLM:
         return cls(model, offset=offset, n_units=n_units, support=support, source=str(path), **ids)
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Save the model with ``offset``/``n_units`` in config.json (TWIST's convention)."""
+        """Save the model with ``offset``/``n_units`` (and the special ids) in config.json (TWIST's convention),
+        so that ``UnitLM.from_pretrained(path)`` reads the same mapping back."""
         self.model.config.offset = self.offset
         self.model.config.n_units = self.n_units
+        for key, v in (("bos_token_id", self.bos_id), ("eos_token_id", self.eos_id), ("pad_token_id", self.pad_id)):
+            if v is not None:
+                setattr(self.model.config, key, v)
         self.model.save_pretrained(path)
 
     def meta(self) -> dict:

@@ -29,7 +29,8 @@ round-N/vocode/audio.jsonl       prompt_id, k, path (wav of the continuation), s
                                  both paths relative to round-N/vocode/
 round-N/transcribe/transcripts.jsonl  prompt_id, k, prompt_text, text, error (null, or why text is "")
 round-N/judge/judgments.jsonl   prompt_id, k, score (float|null), perplexity (float|null), autobleu, raw,
-                                error (null, or why the metric is missing), prompt_text, text
+                                error (null, or why the metric is missing), prompt_text, text,
+                                asked (false: failed upstream or unjudgeable text, never sent to the judge)
 round-N/pairs/pairs.jsonl       prompt_id, prompt, chosen, rejected (unit lists), chosen_score,
                                 rejected_score (the judge.mode metric), metric, prompt_text, chosen_text,
                                 rejected_text; round-N/pairs/summary.json (histogram, pairs per prompt)
@@ -38,5 +39,8 @@ round-N/train/adapter/          peft LoRA adapter (safetensors), CUMULATIVE: bas
                                 rounds); train_log.jsonl (step, lr, loss, rewards/*, logps/*), policy.json
 evaluate/results.json           per model (base, round-1, ...) benchmark + generation metrics
 report/report.md, report/results.json, report/headline.md, report/*.png
-Every stage: rejects.jsonl (id, reason) for items it could not process.
+Every stage: rejects.jsonl (id, reason) for items it could not process.  A stage whose summary has
+items_tried/items_failed fails (and is not recorded as finished) when all, or more than
+run.max_failed_share, of them failed (alignslm.pipeline.failure_problem); its shards and rejects are then
+moved to failed-attempt/ so that the same command redoes those items.
 """
