@@ -524,3 +524,12 @@ def test_a_submission_missing_or_carrying_an_unknown_file_is_an_error_naming_it(
         ev.score_storycloze(pairs, scores)
     sub.write_text("aXk -1.0\nbQz -2.0\ncRt -1.5\ndWm -1.0\n")
     assert ev.score_lexical(pairs, ev.read_submission(sub, expected=["aXk", "bQz", "cRt", "dWm"]))["all"] == 0.5
+
+
+def test_generation_metrics_whose_judge_mostly_failed_fail_the_stage_before_the_model_is_recorded():
+    from alignslm.pipeline import StageFailed
+    from alignslm.stages.evaluate import _check_judge
+
+    _check_judge("base", {"judge_tried": 10, "judge_failed": 5}, 0.5)
+    with pytest.raises(StageFailed, match=r"evaluate \(round-1: judge\): 6 of 10 items failed"):
+        _check_judge("round-1", {"judge_tried": 10, "judge_failed": 6}, 0.5)
