@@ -27,7 +27,8 @@ def _manifest(root: Path, speech: bool) -> None:
     else:
         from alignslm.demo.tts import synthesize
 
-        for i, text in enumerate(SENTENCES):
+        for i in range(len(SENTENCES)):
+            text = f"{SENTENCES[i]} {SENTENCES[(i + 1) % len(SENTENCES)]}"  # ~5 s: longer than a 3 s prompt
             u = synthesize(text, "en-us", 150)
             path = root / "audio" / f"s{i}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
