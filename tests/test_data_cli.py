@@ -95,3 +95,23 @@ def test_folder_with_textgrid_alignments_feeds_the_corpus_stage(tmp_path):
     with pytest.raises(DataError, match="no audio files"):
         build_manifest("folder", tmp_path / "tg", tmp_path / "x.jsonl")
     assert json.loads(out.read_text().splitlines()[0])["duration"] == 2.0
+
+
+def test_a_manifest_whose_audio_is_mostly_missing_fails_the_corpus_stage(tmp_path):
+    from alignslm.config import load_config
+    from alignslm.pipeline import STAGES, StageFailed, Step, run_step
+    from alignslm.rundir import Manifest
+
+    _audio(tmp_path / "a.flac", 1.0)
+    rows = [{"utt_id": "a", "path": str(tmp_path / "a.flac")}, {"utt_id": "b", "path": "b.flac"},
+            {"utt_id": "c", "path": "c.flac"}]  # relative paths that resolve nowhere
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    cfg = load_config(overrides=[f"corpus.manifest={tmp_path / 'm.jsonl'}", f"run.run_dir={run}"])
+    with pytest.raises(StageFailed, match=r"stage corpus: 2 of 3 items failed \(rejects by reason: bad audio: 2\)"):
+        run_step(Step(STAGES["corpus"], None), cfg, run, Manifest(run), progress=False)
+    assert not Manifest(run).entry("corpus")["finished"]
+    ok = load_config(overrides=[f"corpus.manifest={tmp_path / 'm.jsonl'}", f"run.run_dir={run}",
+                                "run.max_failed_share=0.7"])
+    ran, summary = run_step(Step(STAGES["corpus"], None), ok, run, Manifest(run), progress=False)
+    assert ran and summary["utterances"] == 1 and summary["items_failed"] == 2
