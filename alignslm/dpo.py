@@ -398,6 +398,7 @@ class DPOTrainer:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.out.mkdir(parents=True, exist_ok=True)
         self.peft = attach_lora(lm.model, cfg, init_adapter, seed).to(self.device)
+        dropout_off(self.peft)  # from the start: the reference log-probs may be computed before train()
         self.module = SequenceLogps(self.peft, _support_ids(lm), getattr(cfg, "autocast", "none")).to(self.device)
         self.ddp = self._wrap_ddp(self.module)
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
