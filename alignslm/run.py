@@ -257,7 +257,8 @@ def report_failure(key: str, e: BaseException, debug: bool = False) -> None:
     bug = isinstance(e, BUGS)
     if debug or bug:
         logger.error("stage %s failed", key, exc_info=e)
-    text = f"{type(e).__name__}: {e}" if bug or not str(e) else str(e)
+    terse = bug or isinstance(e, OSError) or not str(e)  # "[Errno 28] No space left" needs its type
+    text = f"{type(e).__name__}: {e}" if terse else str(e)
     if not text.startswith(f"stage {key}"):
         text = f"stage {key} failed: {text}"
     print(f"\nerror: {text}" + ("" if debug or bug else "\n(--debug prints the traceback)"), file=sys.stderr)
