@@ -1,11 +1,11 @@
 """Loaders for the real benchmark layouts (and the demo ones, which are written in the same layouts).
 
-ZeroSpeech 2021 (``<root>/lexical/<split>/*.wav + gold.csv``, ``<root>/syntactic/<split>/...``):
-the official scorer (zerospeech2021/lexical.py, syntactic.py) pairs the k-th ``correct == 1`` row of
-gold.csv with the k-th ``correct == 0`` row, takes id/voice from the correct row, scores each pair
-(1 if s(correct) > s(incorrect), 0.5 on a tie) and averages over voices within an id, then over ids.
-:func:`load_zerospeech` builds the pairs in exactly that order, and additionally checks that both rows
-of each pair carry the same id and voice (the official code assumes it silently).
+ZeroSpeech 2021 (``<root>/lexical/<split>/*.wav + gold.csv``, ``<root>/syntactic/<split>/...``), paired
+as the official scorer (zerospeech-benchmarks ``LexicalTask.load_and_format``, ``SyntacticTask``) does:
+lexical joins the word and the non-word of the same (voice, id), whatever the row order; syntactic pairs
+the k-th ``correct == 1`` row with the k-th ``correct == 0`` row (and we check that both carry the same id
+and voice, which the official code assumes silently).  Each pair scores 1 if s(correct) > s(incorrect),
+0.5 on a tie, averaged over voices within an id, then over ids.
 Directory names are matched in any case (:func:`find_subdir`: ``Lexical/Dev`` is found too).
 
 Spoken StoryCloze (``<root>/ssc/``, ``<root>/tsc/``; also ``sSC``, ``sStoryCloze`` ...): wav files named
@@ -42,9 +42,13 @@ class BenchmarkError(ValueError):
     def __init__(self, where: str | Path, problems: list[str], fix: str = ""):
         self.where = str(where)
         self.problems = problems
-        shown = "\n  ".join(problems[:_SHOW])
-        more = f"\n  ... and {len(problems) - _SHOW} more" if len(problems) > _SHOW else ""
-        super().__init__(f"{where}: {len(problems)} problem(s):\n  {shown}{more}" + (f"\n{fix}" if fix else ""))
+        self.fix = fix
+        super().__init__(f"{where}: {len(problems)} problem(s):\n  " + "\n  ".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """The first offenders, how many more there are, and the fix (what --dry-run and the message show)."""
+        more = [f"... and {len(self.problems) - _SHOW} more"] if len(self.problems) > _SHOW else []
+        return self.problems[:_SHOW] + more + ([f"fix: {self.fix}"] if self.fix else [])
 
 
 @dataclass
@@ -172,33 +176,45 @@ def load_zerospeech(root: str | Path, task: str, split: str = "dev", check_audio
                for i, r in enumerate(rows) if not (d / f"{r['filename']}.wav").is_file()]
     if missing:
         raise BenchmarkError(d, missing, "Every gold.csv row needs its <filename>.wav next to gold.csv.")
-    _check_sides(d, rows)
+    _check_sides(d, rows, exactly_one=task == "lexical")
     good = [r for r in rows if r["correct"] == "1"]
     bad = [r for r in rows if r["correct"] == "0"]
-    pairs, mism = [], []
-    for k, (g, b) in enumerate(zip(good, bad)):  # the official pairing: k-th correct with k-th incorrect
-        if (g["id"], g["voice"]) != (b["id"], b["voice"]):
-            mism.append(f"pair {k}: {g['filename']} (id {g['id']}, voice {g['voice']}) is paired with "
-                        f"{b['filename']} (id {b['id']}, voice {b['voice']}) by the official row order")
-            continue
-        pairs.append(_pair(task, d, g, b))
-    if mism:
-        raise BenchmarkError(d / "gold.csv", mism, "Order the correct=1 and correct=0 rows so that the k-th of "
-                             "each belong to the same id and voice (the official scorer pairs them by order).")
+    if task == "lexical":  # the official pairing: the word and the non-word of the same (voice, id)
+        partner = {(b["voice"], b["id"]): b for b in bad}
+        pairs = [_pair(task, d, g, partner[(g["voice"], g["id"])]) for g in good]
+    else:
+        pairs = _pairs_by_order(d, good, bad)
     items = [(r["filename"], str((d / f"{r['filename']}.wav").resolve())) for r in rows]
     bs = BenchmarkSet(task, split, d.resolve(), items, pairs)
     return _screen_audio(bs) if check_audio else bs
 
 
-def _check_sides(d: Path, rows: list[dict]) -> None:
-    """Every (id, voice) must have as many correct as incorrect rows (else a pair has one side)."""
+def _pairs_by_order(d: Path, good: list[dict], bad: list[dict]) -> list[dict]:
+    """sBLIMP's official pairing: the k-th correct row with the k-th incorrect row (same id/voice checked)."""
+    pairs, mism = [], []
+    for k, (g, b) in enumerate(zip(good, bad)):
+        if (g["id"], g["voice"]) != (b["id"], b["voice"]):
+            mism.append(f"pair {k}: {g['filename']} (id {g['id']}, voice {g['voice']}) is paired with "
+                        f"{b['filename']} (id {b['id']}, voice {b['voice']}) by the official row order")
+            continue
+        pairs.append(_pair("syntactic", d, g, b))
+    if mism:
+        raise BenchmarkError(d / "gold.csv", mism, "Order the correct=1 and correct=0 rows so that the k-th of "
+                             "each belong to the same id and voice (the official scorer pairs them by order).")
+    return pairs
+
+
+def _check_sides(d: Path, rows: list[dict], exactly_one: bool = False) -> None:
+    """Every (id, voice) must have as many correct as incorrect rows (else a pair has one side); lexical:
+    exactly one of each, since the official scorer joins them on (voice, id)."""
     count: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for r in rows:
         count[(r["id"], r["voice"])][int(r["correct"])] += 1
-    one_sided = [f"id {i}, voice {v}: {c[1]} correct vs {c[0]} incorrect row(s)"
-                 for (i, v), c in count.items() if c[0] != c[1]]
-    if one_sided:
-        raise BenchmarkError(d / "gold.csv", one_sided, "Each pair needs one correct=1 and one correct=0 row.")
+    wrong = [f"id {i}, voice {v}: {c[1]} correct vs {c[0]} incorrect row(s)"
+             for (i, v), c in count.items() if c[0] != c[1] or (exactly_one and c != [1, 1])]
+    if wrong:
+        raise BenchmarkError(d / "gold.csv", wrong, "Each (id, voice) needs one correct=1 and one correct=0 row."
+                             if exactly_one else "Each pair needs as many correct=1 as correct=0 rows.")
 
 
 def _pair(task: str, d: Path, g: dict, b: dict) -> dict:
@@ -283,13 +299,15 @@ def load_all(root: str | Path, split: str = "dev", check_audio: bool = True) -> 
                "syntactic": lambda: load_zerospeech(root, "syntactic", split, check_audio),
                "ssc": lambda: load_storycloze(root, "ssc", check_audio),
                "tsc": lambda: load_storycloze(root, "tsc", check_audio)}
+    fixes: list[str] = []
     for name, fn in loaders.items():
         try:
             out[name] = fn()
         except BenchmarkError as e:
             problems += [f"{name}: {e.where}: {p}" for p in e.problems]
+            fixes += [f"{name}: {e.fix}"] if e.fix else []
     if problems:
-        raise BenchmarkError(root, problems)
+        raise BenchmarkError(root, problems, " ".join(fixes))
     return out
 
 
@@ -298,5 +316,5 @@ def check_layout(root: str | Path, split: str = "dev") -> list[str]:
     try:
         load_all(root, split, check_audio=False)
     except BenchmarkError as e:
-        return e.problems
+        return e.lines()
     return []

@@ -43,6 +43,9 @@ class RunConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N.")
     cache_dir: str = opt("~/.cache/alignslm", "Cache shared across runs (synthesised speech, demo models).")
     smoke: bool = opt(False, "Tiny sizes everywhere (tests and a quick look).")
+    max_failed_share: float = opt(0.5, "A stage in which every item failed, or more than this share of the items it "
+                                       "tried (bad audio, ASR errors, judge endpoint errors), fails instead of "
+                                       "finishing; the same command then redoes the failed items.")
 
 
 @dataclass(frozen=True)
@@ -229,8 +232,10 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "Robust/label-smoothed DPO epsilon.")
     lora_r: int = opt(32, "LoRA rank.")
     lora_alpha: int = opt(8, "LoRA alpha.")
-    lora_dropout: float = opt(0.0, "LoRA dropout.")
-    target_modules: list = opt(["q_proj", "k_proj", "v_proj", "o_proj"], "LoRA target modules.")
+    lora_dropout: float = opt(0.0, "LoRA dropout (the model's own dropout is always off during DPO).")
+    target_modules: list = opt(["auto"], "LoRA target modules: [auto] = every linear layer of the attention blocks "
+                                         "(OPT q/k/v/out_proj, LLaMA q/k/v/o_proj, any HF causal LM by module "
+                                         "type; the list is logged), or module names, each of which must match.")
     lr: float = opt(5e-4, "Peak learning rate (paper: 1e-6 at 7B scale).")
     warmup_steps: int = opt(10, "Linear warmup steps, then linear decay.")
     epochs: int = opt(2, "Epochs over the pairs.")
@@ -311,6 +316,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "sample.n_continuations": 3,
     "sample.max_new_units": 40,
     "train.epochs": 1,
+    "train.warmup_steps": 0,  # a smoke round has one or two steps: with warm-up the first has learning rate 0
     "eval.n_prompts": 6,
     "eval.bootstrap": 200,
 }

@@ -66,6 +66,10 @@ def _unit_list(x: Any, n_units: int) -> str | None:
     return f"unit {bad[0]} outside the vocabulary [0, {n_units})" if bad else None
 
 
+class NoPairs(ValueError):
+    """No usable preference pair (train.on_no_pairs decides what a round does then)."""
+
+
 def prepare_pairs(rows: list[dict], lm: Any, max_length: int, rejects: Any = None,
                   source: str = "pairs") -> tuple[list[Example], dict[str, int]]:
     """Validate pairs rows (prompt/chosen/rejected unit lists) and turn them into token ids.
@@ -108,8 +112,12 @@ def prepare_pairs(rows: list[dict], lm: Any, max_length: int, rejects: Any = Non
             counts["truncated_prompt"] += 1
             prompt = prompt[len(prompt) - keep:] if keep > 0 else []
         examples.append(Example(i, bos + prompt, chosen, rejected))
+    if not rows:
+        raise NoPairs(f"{source}: no valid preference pair: the pairs stage built none; its summary.json says "
+                      f"why for each prompt (no judged continuation, none reaching the thresholds), and the judge "
+                      f"stage's summary how many continuations it scored")
     if not examples:
-        raise ValueError(f"{source}: no valid preference pair among {len(rows)} rows "
+        raise NoPairs(f"{source}: no valid preference pair among {len(rows)} rows "
                          f"(see rejects.jsonl for the reasons); check the pairs stage's thresholds")
     counts["pairs_used"] = len(examples)
     return examples, counts
@@ -254,6 +262,44 @@ def _support_ids(lm: Any) -> torch.Tensor | None:
     return lm.support_ids
 
 
+def _linear_types() -> tuple[type, ...]:
+    try:
+        from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+        return (nn.Linear, Conv1D)
+    except ImportError:  # pragma: no cover
+        return (nn.Linear,)
+
+
+def lora_targets(model: nn.Module, requested: Sequence[str]) -> list[str]:
+    """The module names a LoRA adapter covers, resolved on this model; every requested name must match.
+
+    ``["auto"]``: every linear layer inside the attention blocks, found by module type (a module whose class
+    name contains "Attention"), so OPT gets q/k/v/out_proj, LLaMA q/k/v/o_proj, GPT-2 c_attn/c_proj, any HF
+    causal LM its own names.  Leaf names are returned when they name attention layers only, else full paths.
+    An explicit name that matches no module is an error (peft would silently skip it when another matches).
+    """
+    linear = _linear_types()
+    kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, linear)}
+    if list(requested) != ["auto"]:
+        missing = [t for t in requested if not any(n == t or n.endswith("." + t) for n, _ in model.named_modules())]
+        if missing:
+            leaves = sorted({n.rsplit(".", 1)[-1] for n in layers})
+            raise ValueError(f"train.target_modules {missing} match no module of this {kind} model; its linear "
+                             f"layers are {leaves}; train.target_modules=[auto] picks its attention projections")
+        return list(requested)
+    attn_prefixes = [n + "." for n, m in model.named_modules() if "Attention" in type(m).__name__ and n]
+    in_attn = [n for n in layers if any(n.startswith(p) for p in attn_prefixes)]
+    if not in_attn:
+        raise ValueError(f"train.target_modules=[auto]: no linear layer inside an attention module of this {kind} "
+                         f"model; name the modules explicitly (linear layers: "
+                         f"{sorted({n.rsplit('.', 1)[-1] for n in layers})})")
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in in_attn})
+    outside = {n.rsplit(".", 1)[-1] for n in layers if n not in set(in_attn)}
+    return leaves if not outside & set(leaves) else sorted(in_attn)
+
+
 def attach_lora(model: nn.Module, cfg: Any, init_adapter: str | Path | None, seed: int) -> nn.Module:
     """A peft model with a trainable LoRA adapter: a new one (seeded) or ``init_adapter`` continued."""
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -262,10 +308,25 @@ def attach_lora(model: nn.Module, cfg: Any, init_adapter: str | Path | None, see
         p.requires_grad_(False)
     if init_adapter is not None:
         return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+    targets = lora_targets(model, cfg.target_modules)
+    logger.info("train: LoRA r=%d alpha=%d on %s", cfg.lora_r, cfg.lora_alpha, ", ".join(targets))
     seed_all(seed)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, lcfg)
+
+
+def dropout_off(model: nn.Module) -> None:
+    """Training mode for DPO: every dropout of the network off (policy and reference are the same network,
+    and a reference pass with dropout is noise), only the LoRA dropout as configured (train.lora_dropout).
+
+    eval() rather than zeroing nn.Dropout modules: OPT applies its dropout, attention dropout and layerdrop
+    functionally from ``self.training``; TRL's DPO turns dropout off the same way by default.
+    """
+    model.eval()
+    for name, m in model.named_modules():
+        if "lora_dropout" in name.split("."):
+            m.train()
 
 
 def linear_schedule(warmup: int, total: int):  # noqa: ANN201
@@ -275,6 +336,24 @@ def linear_schedule(warmup: int, total: int):  # noqa: ANN201
             return step / max(1, warmup)
         return max(0.0, (total - step) / max(1, total - warmup))
     return f
+
+
+def schedule_problem(n_pairs: int, cfg: Any, world: int = 1) -> str | None:
+    """Why ``n_pairs`` pairs under ``cfg`` (train section) would not change the adapter at all, or None.
+
+    The linear schedule starts at learning rate 0 and warms up over ``warmup_steps``: a single step with any
+    warm-up, or lr = 0, gives no step with a learning rate above 0, and training would leave LoRA B at 0.
+    """
+    per_step = world * cfg.batch_size * cfg.grad_accum
+    total = math.ceil(n_pairs / per_step) * cfg.epochs
+    f = linear_schedule(cfg.warmup_steps, total)
+    if any(f(s) > 0 for s in range(total)) and cfg.lr > 0:
+        return None
+    return (f"train: {n_pairs} pairs at {per_step} pairs per step ({world} process(es) x train.batch_size "
+            f"{cfg.batch_size} x train.grad_accum {cfg.grad_accum}) x {cfg.epochs} epoch(s) = {total} step(s), "
+            f"and with train.warmup_steps={cfg.warmup_steps} and train.lr={cfg.lr:g} every one has learning rate "
+            f"0: the adapter would not change. Lower train.warmup_steps below {total}, or lower batch_size/"
+            f"grad_accum, or raise train.epochs")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -327,6 +406,7 @@ class DPOTrainer:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.out.mkdir(parents=True, exist_ok=True)
         self.peft = attach_lora(lm.model, cfg, init_adapter, seed).to(self.device)
+        dropout_off(self.peft)  # from the start: the reference log-probs may be computed before train()
         self.module = SequenceLogps(self.peft, _support_ids(lm), getattr(cfg, "autocast", "none")).to(self.device)
         self.ddp = self._wrap_ddp(self.module)
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
@@ -468,7 +548,13 @@ class DPOTrainer:
     def train(self, examples: list[Example], stop_after: int | None = None) -> dict:
         """Train over ``examples``; resumes from ``out/checkpoint``. ``stop_after`` = steps then return
         WITHOUT a final checkpoint (simulates a crash; tests)."""
+        problem = schedule_problem(len(examples), self.cfg, self.world)
+        if problem:
+            raise ValueError(problem)
         per_step = self.world * self.cfg.batch_size * self.cfg.grad_accum
+        if per_step > len(examples):
+            logger.warning("train: %d pairs per step but only %d pairs: each step repeats pairs", per_step,
+                           len(examples))
         steps_per_epoch = max(1, math.ceil(len(examples) / per_step))
         total = steps_per_epoch * self.cfg.epochs
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, linear_schedule(self.cfg.warmup_steps, total))
@@ -478,7 +564,7 @@ class DPOTrainer:
         start = self.load_checkpoint()
         log_path = self.out / "train_log.jsonl"
         self._truncate_log(log_path, start)
-        self.peft.train()
+        dropout_off(self.peft)
         last: dict = {}
         for step in range(start, total):
             if stop_after is not None and step >= stop_after:

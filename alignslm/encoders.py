@@ -84,6 +84,18 @@ def _groups_by_length(lengths: Sequence[int], batch_size: int, exact: bool) -> l
 # --------------------------------------------------------------------------------------------------
 
 
+def hubert_layer_problem(path: str | Path, layer: int, n_layers: int) -> str | None:
+    """tokenize.layer must name one of the model's transformer layers (1..num_hidden_layers)."""
+    if 1 <= layer <= n_layers:
+        return None
+    return f"{path}: tokenize.layer={layer} but the model has {n_layers} layers (use 1..{n_layers})"
+
+
+def hubert_frame_rate(conv_stride: Sequence[int]) -> float:
+    """Frames per second of a HuBERT whose feature extractor has these strides (320 samples: 50 Hz)."""
+    return SAMPLE_RATE / int(np.prod(conv_stride))
+
+
 class HubertEncoder:
     """``hidden_states[layer]`` of a ``transformers.HubertModel`` loaded from a local directory.
 
@@ -102,10 +114,9 @@ class HubertEncoder:
             raise EncoderError(f"{path}: not a HuggingFace HuBERT directory (no config.json); "
                                "set tokenize.encoder_path to a directory saved with save_pretrained")
         model = HubertModel.from_pretrained(str(path)).eval().to(device)
-        n_layers = model.config.num_hidden_layers
-        if not 1 <= layer <= n_layers:
-            raise EncoderError(f"{path}: tokenize.layer={layer} but the model has {n_layers} layers "
-                               f"(use 1..{n_layers})")
+        problem = hubert_layer_problem(path, layer, model.config.num_hidden_layers)
+        if problem:
+            raise EncoderError(problem)
         model.encoder.layers = model.encoder.layers[:layer]
         self._captured: list = []
         model.encoder.layers[layer - 1].register_forward_hook(self._capture)
@@ -115,7 +126,7 @@ class HubertEncoder:
         self.normalize = self._read_normalize(path, self.masked) if normalize is None else normalize
         self.dim = int(model.config.hidden_size)
         self.hop = int(np.prod(model.config.conv_stride))
-        self.frame_rate = SAMPLE_RATE / self.hop
+        self.frame_rate = hubert_frame_rate(model.config.conv_stride)
         self.name = f"hubert:{path.name}:L{layer}"
         self.max_seconds: float | None = None
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -188,9 +188,19 @@ def pair_score(a: float, b: float) -> float:
     return 0.5 * (a == b) + float(a > b)
 
 
+def _sides(pairs: Sequence[Mapping], scores: Mapping[str, float]) -> list[tuple[float, float]]:
+    """(score of the correct file, of the incorrect file) per pair; every file missing from ``scores`` is
+    named in one EvalInputError (a submission lacking a file cannot be scored)."""
+    missing = [_stem(p[f"{s}_file"]) for p in pairs for s in ("correct", "incorrect")
+               if _stem(p[f"{s}_file"]) not in scores]
+    if missing:
+        raise EvalInputError(f"{len(missing)} file(s) of the benchmark have no score: {_listing(missing)}; "
+                             "a submission needs one '<filename> <score>' line per wav of the split")
+    return [(scores[_stem(p["correct_file"])], scores[_stem(p["incorrect_file"])]) for p in pairs]
+
+
 def _pair_rows(pairs: Sequence[Mapping], scores: Mapping[str, float]) -> list[tuple[Mapping, float]]:
-    return [(p, pair_score(scores[_stem(p["correct_file"])], scores[_stem(p["incorrect_file"])]))
-            for p in pairs]
+    return [(p, pair_score(c, w)) for p, (c, w) in zip(pairs, _sides(pairs, scores))]
 
 
 def _agg(vals: list[float]) -> dict:
@@ -269,8 +279,8 @@ def score_syntactic(pairs: Sequence[Mapping], scores: Mapping[str, float]) -> di
 
 def score_storycloze(pairs: Sequence[Mapping], scores: Mapping[str, float]) -> dict:
     """sSC/tSC: share of pairs whose correct story scores strictly higher; ties are counted separately."""
-    c = np.array([scores[_stem(p["correct_file"])] for p in pairs], dtype=np.float64)  # (P,)
-    w = np.array([scores[_stem(p["incorrect_file"])] for p in pairs], dtype=np.float64)  # (P,)
+    sides = np.array(_sides(pairs, scores), dtype=np.float64).reshape(-1, 2)  # (P, 2)
+    c, w = sides[:, 0], sides[:, 1]  # (P,), (P,)
     wins = (c > w).astype(np.float64)
     return {"all": float(wins.mean()), "pair_mean": float(wins.mean()), "n_pairs": len(pairs),
             "ties": int((c == w).sum()), "per_pair": wins.tolist()}
@@ -353,14 +363,33 @@ parameters:
 """
 
 
-def read_submission(path: str | Path) -> dict[str, float]:
-    """Read ``<stem> <score>`` lines back (used to score exactly what was exported)."""
+def read_submission(path: str | Path, expected: Iterable[str] | None = None) -> dict[str, float]:
+    """Read ``<stem> <score>`` lines back (used to score exactly what was exported).
+
+    With ``expected`` (the file ids of the split, e.g. ``[f for f, _ in BenchmarkSet.items]``) the file must
+    hold each of them exactly once and nothing else: a missing, unknown or repeated file is an error naming it.
+    """
     out: dict[str, float] = {}
+    repeated: list[str] = []
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         parts = line.split()
         if len(parts) != 2:
             raise EvalInputError(f"{path}:{i}: expected '<filename> <score>', got {line!r}")
-        out[parts[0]] = float(parts[1])
+        try:
+            score = float(parts[1])
+        except ValueError:
+            raise EvalInputError(f"{path}:{i}: score {parts[1]!r} is not a number") from None
+        if parts[0] in out:
+            repeated.append(parts[0])
+        out[parts[0]] = score
+    if expected is not None:
+        want = [_stem(f) for f in expected]
+        missing = [f for f in want if f not in out]
+        unknown = sorted(set(out) - set(want))
+        problems = [f"{len(x)} {what} file(s): {_listing(x)}" for x, what in
+                    ((missing, "missing"), (unknown, "unknown"), (repeated, "repeated")) if x]
+        if problems:
+            raise EvalInputError(f"{path}: " + "; ".join(problems) + " (one line per wav of the split, each once)")
     return out
 
 

@@ -298,6 +298,9 @@ class GenerationSetup:
         write_jsonl(self.out / name / "generations.jsonl", rows)
         summary = summarize_generations(rows, self.cfg.eval.bootstrap, 0, self.prompt_wer, self.metric)
         summary["score_histogram"] = score_histogram([r.get("score") for r in rows])
+        asked = [r for r in rows if r.get("text") and not (r["reject"] or "").startswith("asr:")]
+        summary["judge_tried"] = len(asked)  # sent to the judge; judge_failed: it gave nothing back
+        summary["judge_failed"] = sum((r["reject"] or "").startswith("judge:") for r in asked)
         examples = [r for r in rows if r["k"] == 0][: self.cfg.eval.n_examples]
         return summary, [{k: r.get(k) for k in ("prompt_id", "k", "prompt_text", "text", "score", "perplexity",
                                                 "path", "prompt_path")} for r in examples]

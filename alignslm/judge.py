@@ -473,9 +473,11 @@ def load_backend(cfg: Any, run_dir_cache: Path | None = None, device: str = "cpu
 
         if not cfg.url:
             raise ValueError("judge.backend=openai needs judge.url (e.g. http://127.0.0.1:8000/v1)")
-        return OpenAIBackend(cfg.url, cfg.model_name, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                             timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
-                             cache_path=None if run_dir_cache is None else run_dir_cache)
+        backend = OpenAIBackend(cfg.url, cfg.model_name, api_key_env=cfg.api_key_env,
+                                concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries,
+                                backoff_s=cfg.backoff_s, cache_path=run_dir_cache)
+        backend.check_endpoint()  # a dead server fails here, before any item is asked
+        return backend
     raise ValueError(f"judge.backend={cfg.backend!r}: expected transformers or openai")
 
 

@@ -34,6 +34,39 @@ class HTTPJudgeError(RuntimeError):
     """A request that failed for good (after its retries)."""
 
 
+class JudgeEndpointError(RuntimeError):
+    """The endpoint cannot serve the run at all (down, wrong URL, refused key): found before any work."""
+
+
+def probe_endpoint(url: str, api_key_env: str = "ALIGNSLM_API_KEY", timeout_s: float = 10.0) -> list[str]:
+    """``GET <url>/models``: the model names the endpoint serves; JudgeEndpointError when it cannot be used.
+
+    Any HTTP answer but 401/403 counts as reachable (a server without ``/models`` answers 404: the requests
+    themselves will tell); no answer at all (refused, unknown host, timeout) and a refused key are errors.
+    """
+    base = url.rstrip("/")
+    key = os.environ.get(api_key_env) or None
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    req = urllib.request.Request(base + "/models", headers=headers, method="GET")
+    start = ("start the server (e.g. `vllm serve <model dir> --port 8000`, or `python -m llama_cpp.server "
+             "--model <file.gguf> --port 8000`) or fix judge.url")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - user-given URL
+            body = resp.read()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise JudgeEndpointError(f"judge endpoint {base} refused the request (HTTP {e.code}): set the API key "
+                                     f"in ${api_key_env} (judge.api_key_env)") from None
+        return []
+    except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise JudgeEndpointError(f"judge endpoint {base} is not reachable ({reason}); {start}") from None
+    try:
+        return [str(m.get("id")) for m in json.loads(body).get("data", []) if isinstance(m, dict)]
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return []
+
+
 class OpenAIBackend:
     """Chat/completions client with concurrency, timeouts, retries with backoff and a reply cache."""
 
@@ -44,6 +77,7 @@ class OpenAIBackend:
         self.model = model
         self.name = f"{self.url}#{model}"
         self._key = os.environ.get(api_key_env) or None
+        self._key_env = api_key_env
         self.concurrency = max(1, concurrency)
         self.timeout_s = timeout_s
         self.retries = max(0, retries)
@@ -62,6 +96,13 @@ class OpenAIBackend:
                     continue  # a torn last line from a killed run: that reply is simply asked again
         logger.info("judge backend: %s (%d cached replies, key from $%s: %s)", self.name, len(self._cache),
                     api_key_env, "set" if self._key else "not set")
+
+    def check_endpoint(self) -> None:
+        """Fail before any work when the endpoint cannot be used (see :func:`probe_endpoint`)."""
+        served = probe_endpoint(self.url, self._key_env, min(self.timeout_s, 10.0))
+        if served and self.model not in served:
+            logger.warning("judge endpoint %s serves %s, not judge.model_name=%r; requests name %r anyway",
+                           self.url, ", ".join(served[:5]), self.model, self.model)
 
     # ----------------------------------------------------------------------------------------------
     # Transport

@@ -138,6 +138,24 @@ def step_hash(step: Step, cfg: Config, manifest: Manifest) -> str:
     return hash_str(*parts)
 
 
+def will_run(steps: list[Step], cfg: Config, manifest: Manifest, force: bool = False) -> list[bool]:
+    """For each step, whether a run of ``steps`` executes it (else it is skipped as up to date).
+
+    A step's hash includes its dependencies' hashes, so it is computed against the hashes the dependencies
+    WILL have: a step that re-runs (changed config, new input) makes every step that reads it re-run too.
+    """
+    import copy
+
+    sim = copy.deepcopy(manifest)  # never written
+    out = []
+    for st in steps:
+        h = step_hash(st, cfg, sim)
+        runs = force or not sim.is_done(st.key, h)
+        sim.data["stages"][st.key] = {**(sim.entry(st.key) or {}), "hash": h, "finished": True}
+        out.append(runs)
+    return out
+
+
 def resolve(target: str) -> Callable[[StageContext], dict]:
     mod, fn = target.split(":")
     return getattr(importlib.import_module(mod), fn)
@@ -228,12 +246,58 @@ def run_step(step: Step, cfg: Config, run_dir: Path, manifest: Manifest, *, forc
     t0 = time.time()
     summary = resolve(step.spec.target)(ctx) or {}
     summary = {**summary, **ctx.rejects.summary()}
+    problem = failure_problem(step.key, summary, cfg.run.max_failed_share)
+    if problem:
+        if rank == 0:
+            _set_aside(out)
+        raise StageFailed(problem)
     barrier()
     if rank == 0:
         manifest.mark_done(step.key, h, summary, time.time() - t0)
     barrier()
     logger.info("%s done in %.1fs: %s", step.key, time.time() - t0, _short(summary))
     return True, summary
+
+
+class StageFailed(RuntimeError):
+    """A stage ran but too many of its items failed: it is not recorded as finished."""
+
+
+def failure_problem(key: str, summary: dict, max_share: float) -> str | None:
+    """Why a finished stage must count as failed, or None.
+
+    The one rule for every stage: a stage that reports ``items_tried`` (items it attempted) and
+    ``items_failed`` (items it could not process: bad input, a service error; not items whose content it
+    found unusable, such as a continuation without speech, nor upstream failures) fails when every tried
+    item failed, or more than ``max_share`` (run.max_failed_share) of them.
+    """
+    tried, failed = summary.get("items_tried"), summary.get("items_failed")
+    if not tried or failed is None:
+        return None
+    if failed < tried and failed <= max_share * tried:
+        return None
+    reasons = sorted((summary.get("reject_reasons") or {}).items(), key=lambda kv: -kv[1])
+    why = "; ".join(f"{r or 'unknown'}: {n}" for r, n in reasons[:3]) or "see rejects.jsonl"
+    return (f"stage {key}: {failed} of {tried} items failed (rejects by reason: {why}), more than "
+            f"run.max_failed_share={max_share:g}; it is not recorded as finished. Fix the cause (its rejects are "
+            f"kept in {key}/failed-attempt/) and run the same command again: the failed items are redone")
+
+
+def _set_aside(out: Path) -> None:
+    """Move a failed attempt's shards and rejects to ``failed-attempt/`` so that a re-run redoes its items.
+
+    Everything else in the stage directory (a fitted quantizer, the HTTP judge's cache of successful
+    replies) stays, so nothing that worked is paid for twice.
+    """
+    import shutil
+
+    dest = out / "failed-attempt"
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir()
+    for child in out.iterdir():
+        if child.name == "shards" or (child.name.startswith("rejects") and child.suffix == ".jsonl"):
+            shutil.move(str(child), str(dest / child.name))
 
 
 def _clear(path: Path) -> None:

@@ -364,11 +364,14 @@ def rounds_table(hists: Mapping[str, Mapping], logs: Mapping[str, Sequence[Mappi
         acc = pol.get("final_reward_accuracy")
         if acc is None:  # older runs: the last logged step
             acc = next((r[k] for r in reversed(list(logs.get(n, []))) for k in ACC_KEYS if k in r), None)
-        prior = (pol.get("prior_policy_on_these_pairs") or {}).get("reward_accuracy")
+        prior_d = pol.get("prior_policy_on_these_pairs") or {}
+        prior = prior_d.get("reward_accuracy")
+        prior_cell = "n/a (round 1, or reference moves)" if prior is None else _num(prior, "{:.3f}") + (
+            f" ({prior_d['pairs']} pairs)" if prior_d.get("pairs") is not None else "")
         lines.append(f"| {n} | {judged if judged is not None else 'n/a'} | "
                      f"{missing if missing is not None else 'n/a'} | {signal} | "
                      f"{pairs.get('pairs', 'n/a')} | {_num(acc, '{:.3f}')} | "
-                     f"{_num(prior, '{:.3f}') if prior is not None else 'n/a (round 1, or reference moves)'} |")
+                     f"{prior_cell} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from alignslm import logger
 from alignslm.config import Config, ConfigError, help_text, load_config, to_dict
-from alignslm.pipeline import STAGES, Step, dep_keys, plan, resolve, run_step
+from alignslm.pipeline import STAGES, Step, dep_keys, plan, resolve, run_step, will_run
 from alignslm.rundir import DiskFullError, Manifest, barrier, disk_errors, rank_world, remove_stale_temps, write_text
 
 EPILOG = "stages (in order; round stages repeat per curriculum round):\n" + "\n".join(
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-run selected stages even when up to date")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (same as run.smoke=true)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("--debug", action="store_true", help="print the traceback of a failed stage")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sample.top_k=25")
     return p
 
@@ -60,6 +61,20 @@ def check_paths(cfg: Config) -> list[str]:
     return problems
 
 
+def judge_endpoint_problems(cfg: Config, steps: list[Step]) -> list[str]:
+    """An HTTP judge that a selected stage will ask must answer now, before hours of sampling."""
+    if cfg.judge.backend != "openai" or not cfg.judge.url or not any(
+            st.spec.name in ("judge", "evaluate") for st in steps):
+        return []
+    from alignslm.judge_http import JudgeEndpointError, probe_endpoint
+
+    try:
+        probe_endpoint(cfg.judge.url, cfg.judge.api_key_env, min(cfg.judge.timeout_s, 10.0))
+    except JudgeEndpointError as e:
+        return [f"judge.url: {e}"]
+    return []
+
+
 def _about_missing(message: str, missing: dict[str, str]) -> bool:
     """A stage check's problem that only restates a missing path check_paths reports already."""
     for key, v in missing.items():
@@ -81,8 +96,11 @@ def cross_checks(cfg: Config) -> list[str]:
 
     import numpy as np
 
+    from alignslm.encoders import hubert_frame_rate, hubert_layer_problem
+    from alignslm.stages.sample import context_problem
     from alignslm.stages.tokenize import quantizer_dim_problem
     from alignslm.stages.unitlm import lm_unit_problems
+    from alignslm.unitlm import context_of
 
     problems: list[str] = []
     t, u = cfg.tokenize, cfg.unitlm
@@ -96,21 +114,30 @@ def cross_checks(cfg: Config) -> list[str]:
         except (ValueError, OSError) as e:
             problems.append(f"tokenize.quantizer={q}: not a (K, D) .npy array ({e})")
     enc = Path(t.encoder_path).expanduser() / "config.json" if t.encoder_path else None
-    if dim is not None and t.encoder == "hubert" and enc is not None and enc.is_file():
-        hidden = json.loads(enc.read_text()).get("hidden_size")
-        if hidden is not None:
+    enc_cfg = json.loads(enc.read_text()) if t.encoder == "hubert" and enc is not None and enc.is_file() else None
+    frame_rate = 50.0 / t.pool
+    if enc_cfg is not None:
+        if "num_hidden_layers" in enc_cfg:
+            layer_problem = hubert_layer_problem(enc.parent, t.layer, int(enc_cfg["num_hidden_layers"]))
+            problems += [layer_problem] if layer_problem else []
+        frame_rate = hubert_frame_rate(enc_cfg.get("conv_stride", [5, 2, 2, 2, 2, 2, 2]))
+        hidden = enc_cfg.get("hidden_size")
+        if dim is not None and hidden is not None:
             p = quantizer_dim_problem(dim, hidden, t.quantizer, f"hubert {enc.parent} (hidden_size {hidden})",
                                       t.layer)
             problems += [p] if p else []
     lm = Path(u.path).expanduser() / "config.json" if u.path else None
-    if k is not None and lm is not None and lm.is_file():
-        c = SimpleNamespace(**json.loads(lm.read_text()))
-        problems += lm_unit_problems(int(k), c, u.n_units, u.offset, u.path,
+    lm_cfg = json.loads(lm.read_text()) if lm is not None and lm.is_file() else None
+    if k is not None and lm_cfg is not None:
+        problems += lm_unit_problems(int(k), SimpleNamespace(**lm_cfg), u.n_units, u.offset, u.path,
                                      t.quantizer or f"tokenize.n_units={t.n_units}")
+    context = context_of(lm_cfg) if lm_cfg is not None else (u.context if u.path is None else None)
+    p = context_problem(cfg.sample.prompt_seconds, frame_rate, cfg.sample.max_new_units, context)
+    problems += [f"sample: {p}"] if p else []
     return problems
 
 
-def dry_run(cfg: Config, steps: list[Step]) -> int:
+def dry_run(cfg: Config, steps: list[Step], force: bool = False) -> int:
     problems = check_paths(cfg) + cross_checks(cfg)
     missing = missing_paths(cfg)  # reported once, by check_paths: not again by a stage's check()
     for spec in {s.spec.name: s.spec for s in steps}.values():
@@ -122,11 +149,10 @@ def dry_run(cfg: Config, steps: list[Step]) -> int:
             continue
         if check is not None:
             problems += [f"{spec.name}: {m}" for m in check(cfg) if not _about_missing(m, missing)]
-    print(f"plan for run directory {cfg.run.run_dir}:")
-    manifest = Manifest(cfg.run.run_dir)
-    for i, st in enumerate(steps, 1):
-        done = "done" if (manifest.entry(st.key) or {}).get("finished") else "todo"
-        print(f"  {i:2d}. {st.key:<22} [{done}] {_estimate(cfg, st)}")
+    print(f"plan for run directory {cfg.run.run_dir} ([run] = will run, [skip] = up to date):")
+    runs = will_run(steps, cfg, Manifest(Path(cfg.run.run_dir).expanduser()), force=force)
+    for i, (st, r) in enumerate(zip(steps, runs), 1):
+        print(f"  {i:2d}. {st.key:<22} [{'run ' if r else 'skip'}] {_estimate(cfg, st) if r else ''}")
     if problems:
         print("problems:")
         for m in problems:
@@ -190,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        return dry_run(cfg, plan(cfg) if args.stage is None else steps)
-    problems = check_paths(cfg)
+        return dry_run(cfg, steps, force=args.force)
+    problems = check_paths(cfg) + judge_endpoint_problems(cfg, steps)
     if problems:
         print("config error:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
@@ -228,8 +254,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cfg: Config, steps: l
             _resume_hint(argv, f"stage {st.key} stopped: {e}")
             return 1
         except Exception as e:  # noqa: BLE001 - report, keep the run resumable
-            logger.exception("stage %s failed", st.key)
-            _resume_hint(argv, f"stage {st.key} failed: {type(e).__name__}: {e}")
+            report_failure(st.key, e, debug=args.debug)
+            _resume_hint(argv, "")
             return 1
         if rank == 0:
             print(f"[{'ran ' if ran else 'skip'}] {st.key}", file=sys.stderr, flush=True)
@@ -238,9 +264,26 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cfg: Config, steps: l
     return 0
 
 
+# A bug shows its traceback; any other error is the message its raiser wrote for the user (--debug: traceback).
+BUGS = (AssertionError, AttributeError, IndexError, KeyError, NameError, TypeError, UnboundLocalError)
+
+
+def report_failure(key: str, e: BaseException, debug: bool = False) -> None:
+    """One clear line for an expected error; the traceback for a bug, or for any error with --debug."""
+    bug = isinstance(e, BUGS)
+    if debug or bug:
+        logger.error("stage %s failed", key, exc_info=e)
+    terse = bug or isinstance(e, OSError) or not str(e)  # "[Errno 28] No space left" needs its type
+    text = f"{type(e).__name__}: {e}" if terse else str(e)
+    if not text.startswith(f"stage {key}"):
+        text = f"stage {key} failed: {text}"
+    print(f"\nerror: {text}" + ("" if debug or bug else "\n(--debug prints the traceback)"), file=sys.stderr)
+
+
 def _resume_hint(argv: list[str] | None, why: str) -> None:
     cmd = "python -m alignslm.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    print(f"\n{why}\nEverything finished so far is kept. Resume with:\n  {cmd.strip()}", file=sys.stderr)
+    why = f"\n{why}" if why else ""
+    print(f"{why}\nEverything finished so far is kept. Resume with:\n  {cmd.strip()}", file=sys.stderr)
 
 
 def _final_summary(run_dir: Path, seconds: float) -> None:

@@ -27,6 +27,16 @@ SLAMKIT_OFFSET, SLAMKIT_PAD, SLAMKIT_BOS = 2, 0, 1  # slamkit: pad=0, bos=eos=1,
 SUPPORTS = ("units", "full")
 
 
+def context_of(config: Any) -> int | None:
+    """Maximum sequence length of an HF config (object or config.json dict), if it states one."""
+    get = config.get if isinstance(config, dict) else (lambda k: getattr(config, k, None))
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        v = get(key)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
 class UnitLMError(ValueError):
     """A unit LM checkpoint, its unit mapping or a unit sequence is wrong; the message says how to fix it."""
 
@@ -228,12 +238,7 @@ class UnitLM:
 
     def max_context(self) -> int | None:
         """The model's maximum sequence length (max_position_embeddings), if it has one."""
-        cfg = self.model.config
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            v = getattr(cfg, key, None)
-            if isinstance(v, int) and v > 0:
-                return v
-        return None
+        return context_of(self.model.config)
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -264,9 +269,13 @@ class UnitLM:
         return cls(model, offset=offset, n_units=n_units, support=support, source=str(path), **ids)
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Save the model with ``offset``/``n_units`` in config.json (TWIST's convention)."""
+        """Save the model with ``offset``/``n_units`` (and the special ids) in config.json (TWIST's convention),
+        so that ``UnitLM.from_pretrained(path)`` reads the same mapping back."""
         self.model.config.offset = self.offset
         self.model.config.n_units = self.n_units
+        for key, v in (("bos_token_id", self.bos_id), ("eos_token_id", self.eos_id), ("pad_token_id", self.pad_id)):
+            if v is not None:
+                setattr(self.model.config, key, v)
         self.model.save_pretrained(path)
 
     def meta(self) -> dict:

@@ -1,4 +1,4 @@
-"""One benchmark harness and one CSV schema for every bench/bench_*.py (see shared docs benchmarks.md).
+"""One benchmark harness and one CSV schema for every bench/bench_*.py (see docs/benchmarks.md).
 
     from harness import time_alternating, append_rows, device_name
     t = time_alternating({"ours": f, "peer": g}, repeats=7, warmup=1)   # A B A B ... -> seconds lists

@@ -103,6 +103,7 @@ def test_transcribe_stage(tmp_path, clips):
     assert "bad audio" in out[2]["error"] and out[2]["text"] == ""
     assert out[3]["error"] and out[3]["text"] == ""
     assert summary["clips"] == 4 and summary["transcribed"] == 2 and summary["failed"] == 2
+    assert summary["items_tried"] == 4 and summary["items_failed"] == 1  # bad audio fails; silence is a result
     rejects = read_jsonl(ctx.out / "rejects.jsonl")
     assert {r["id"] for r in rejects} == {"p0/2", "p0/3"}
     assert transcribe.check(cfg) == []

@@ -103,12 +103,36 @@ def test_a_pair_with_one_side_is_an_error(tmp_path):
     assert e.value.problems == ["id 7, voice p1: 1 correct vs 0 incorrect row(s)"]
 
 
-def test_rows_whose_rank_pairs_different_ids_are_an_error(tmp_path):
-    rows = [LEX_ROWS[0], LEX_ROWS[2], LEX_ROWS[3], LEX_ROWS[1]]  # incorrect rows in the other voice order
+def test_lexical_pairs_on_voice_and_id_whatever_the_row_order(tmp_path):
+    """The official scorer (LexicalTask.load_and_format) joins words and non-words on (voice, id)."""
+    rows = [LEX_ROWS[i] for i in (5, 2, 1, 4, 0, 3)]  # a valid gold.csv, rows in another order
     _gold(tmp_path / "lexical" / "dev", LEX_COLS, rows)
+    bs = load_zerospeech(tmp_path, "lexical")
+    assert sorted((p["id"], p["voice"], p["correct_file"], p["incorrect_file"]) for p in bs.pairs) == [
+        ("0", "p1", "aXk", "bQz"), ("0", "p2", "cRt", "dWm"), ("7", "p1", "eLp", "fYo")]
+    two = [LEX_ROWS[0], LEX_ROWS[1], ["zZz", 0, 0, "p1", "", "kitchon", "k I tS o n", 5],
+           ["yYy", 1, 0, "p1", 12, "kitchen", "k I tS @ n", 5]]  # two words and two non-words for (p1, 0)
+    _gold(tmp_path / "x" / "lexical" / "dev", LEX_COLS, two)
+    with pytest.raises(BenchmarkError, match="id 0, voice p1: 2 correct vs 2 incorrect"):
+        load_zerospeech(tmp_path / "x", "lexical")
+
+
+def test_syntactic_rows_whose_rank_pairs_different_ids_are_an_error(tmp_path):
+    rows = [SYN_ROWS[0], SYN_ROWS[1], SYN_ROWS[3], SYN_ROWS[2]]  # incorrect rows in the other voice order
+    _gold(tmp_path / "syntactic" / "dev", SYN_COLS, rows)
     with pytest.raises(BenchmarkError, match="paired with") as e:
-        load_zerospeech(tmp_path, "lexical")
+        load_zerospeech(tmp_path, "syntactic")
     assert len(e.value.problems) == 2
+
+
+def test_a_long_problem_list_is_capped_with_a_count_and_keeps_the_fix(tmp_path):
+    d = tmp_path / "lexical" / "dev"
+    rows = [[f"w{i:03d}", 1 - i % 2, i // 2, "p1", 3, "cat", "k a t", 3] for i in range(60)]
+    _gold(d, LEX_COLS, rows, wavs=False)
+    lines = check_layout(tmp_path)
+    missing = [x for x in lines if "does not exist" in x and ".wav" in x]
+    assert len(missing) <= 20 and any("... and" in x and "more" in x for x in lines)
+    assert any(x.startswith("fix: ") and "<filename>.wav next to gold.csv" in x for x in lines)
 
 
 def test_bad_correct_value_and_duplicate_filename(tmp_path):
@@ -178,7 +202,7 @@ def test_load_all_lists_everything_missing(tmp_path):
     _gold(tmp_path / "lexical" / "dev", LEX_COLS, LEX_ROWS)
     _storycloze(tmp_path, "ssc", ["0"])
     problems = check_layout(tmp_path)
-    assert len(problems) == 2
+    assert len(problems) == 3 and problems[2].startswith("fix: syntactic: Download the ZeroSpeech 2021")
     assert problems[0].startswith("syntactic:") and "syntactic/dev does not exist" in problems[0]
     assert problems[1].startswith("tsc:") and "no tsc directory" in problems[1]
     _gold(tmp_path / "syntactic" / "dev", SYN_COLS, SYN_ROWS)

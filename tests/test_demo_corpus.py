@@ -116,7 +116,8 @@ def test_demo_benchmarks_stage_reads_back_through_the_loaders(tmp_path):
         assert good.rsplit(". ", 1)[0] == bad.rsplit(". ", 1)[0]  # same context, another ending
     assert bench_stage.check(ctx.cfg) == []
     real = load_config(overrides=[f"benchmarks.root={tmp_path / 'nowhere'}"])
-    assert len(bench_stage.check(real)) == 4
+    problems = bench_stage.check(real)  # the four missing sets, then the fix
+    assert len(problems) == 5 and problems[-1].startswith("benchmarks.root: fix: lexical: Download the ZeroSpeech")
 
 
 def test_a_story_espeak_fails_on_is_a_reject(tmp_path):

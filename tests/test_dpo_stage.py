@@ -55,6 +55,8 @@ def policy_logps(run, r, rows):
 def test_two_rounds_cumulative_adapter_and_reference(tmp_path, reference):
     run, cfg = make_run(tmp_path, reference)
     rows1, rows2 = synthetic_pairs(8, seed=1), synthetic_pairs(8, seed=2)
+    for i, r in enumerate(rows2[3:], 3):  # 3 prompts round 1 trained on too, 5 new ones
+        r["prompt_id"] = f"new{i}"
     write_jsonl(run / "round-1" / "pairs" / "pairs.jsonl", rows1)
     write_jsonl(run / "round-2" / "pairs" / "pairs.jsonl", rows2)
     s1 = train_stage.run(stage_ctx(run, cfg, 1))
@@ -77,16 +79,18 @@ def test_two_rounds_cumulative_adapter_and_reference(tmp_path, reference):
     else:  # reference == base, the policy already moved in round 1
         assert abs(log2[0]["rewards/chosen"]) > 1e-5
     assert s2["reference"] == reference
-    # round 2 first measures the round-1 policy on its new pairs (held out from round-1 training):
-    # accuracy = share of pairs where beta * (policy - base) margins favour the chosen side
+    # round 2 first measures the round-1 policy on the pairs of its new prompts (held out from round-1
+    # training; the 3 pairs of prompts round 1 trained on are left out): accuracy = share of those pairs
+    # where beta * (policy - base) margins favour the chosen side
     prior = pol["prior_policy_on_these_pairs"]
     assert pol["final_reward_accuracy"] == s2["final_reward_accuracy"]
     if reference == "previous_round":  # the reference is that policy: nothing to measure
         assert prior is None and s2["prior_policy_reward_accuracy"] is None
     else:
         ratio = p1 - base  # (2B,): chosen 0..B-1, then rejected
-        margins = cfg.train.beta * (ratio[:8] - ratio[8:])
-        assert prior["pairs"] == 8 and prior["reward_accuracy"] == pytest.approx((margins > 0).float().mean().item())
+        margins = cfg.train.beta * (ratio[:8] - ratio[8:])[3:]
+        assert prior["pairs"] == 5 and prior["pairs_of_seen_prompts"] == 3
+        assert prior["reward_accuracy"] == pytest.approx((margins > 0).float().mean().item())
         assert prior["reward_margin"] == pytest.approx(margins.mean().item(), abs=1e-5)
         assert s2["prior_policy_reward_accuracy"] == prior["reward_accuracy"]
         assert json.loads((run / "round-2" / "train" / "prior_policy.json").read_text()) == prior

@@ -170,3 +170,62 @@ def test_two_process_gloo_run_matches_one_process(smoke_run, tmp_path):
         assert read_jsonl(run_dir / "round-1" / name) == read_jsonl(smoke_run / "round-1" / name), name
     # DDP averages gradients across ranks: the same math, a different float summation order
     _same_adapter(run_dir / "round-1/train/adapter", smoke_run / "round-1/train/adapter", tol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Out: the aligned model exported, continuations of your own prompts
+# --------------------------------------------------------------------------------------------------
+
+
+def test_export_is_a_plain_transformers_checkpoint_with_the_policy_logprobs(smoke_run, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alignslm.export import main as export_main
+    from alignslm.stages.train import policy_adapters
+    from alignslm.tokenizer import load_tokenizer
+    from alignslm.unitlm import load_unitlm
+    from alignslm.vocoder import load_vocoder
+
+    out = tmp_path / "export"
+    assert export_main(["--run-dir", str(smoke_run), "--round", "2", "--out", str(out)]) == 0
+    meta = json.loads((out / "alignslm.json").read_text())
+    cfg = json.loads((out / "config.json").read_text())
+    assert meta["round"] == 2 and cfg["offset"] == meta["offset"] and cfg["n_units"] == meta["n_units"]
+    model = AutoModelForCausalLM.from_pretrained(out).eval()  # plain transformers: no peft, no alignslm
+    policy = load_unitlm(smoke_run / "unitlm", adapters=policy_adapters(smoke_run, 2))
+    base = load_unitlm(smoke_run / "unitlm")
+    seqs = [r["prompt"] + r["continuation"] for r in read_jsonl(smoke_run / "round-2/sample/samples.jsonl")[:4]]
+    support = list(range(cfg["offset"], cfg["offset"] + cfg["n_units"])) + [cfg["eos_token_id"]]
+    for units, want, other in zip(seqs, policy.score_sequences(seqs), base.score_sequences(seqs)):
+        ids = torch.tensor([[cfg["bos_token_id"]] + [u + cfg["offset"] for u in units] + [cfg["eos_token_id"]]])
+        with torch.no_grad():
+            logits = model(ids).logits[0, :-1][:, support]  # (T-1, S): the pipeline's softmax support
+        tgt = torch.tensor([support.index(int(t)) for t in ids[0, 1:]])
+        got = torch.log_softmax(logits.double(), -1).gather(1, tgt[:, None]).sum().item()
+        assert got == pytest.approx(want, abs=1e-3) and abs(want - other) > 1e-4  # the adapter is in there
+    # what is needed to tokenize and vocode travels with it
+    wav = read_jsonl(smoke_run / "corpus/manifest.jsonl")[0]["path"]
+    from alignslm.audio import read_audio
+
+    x = read_audio(wav)
+    a = load_tokenizer(out / "tokenizer").encode([x])[0][0]
+    b = load_tokenizer(smoke_run / "tokenize").encode([x])[0][0]
+    assert a.tolist() == b.tolist() and len(a) > 5
+    assert load_vocoder(out / "vocoder").vocode([a.tolist()[:20]])[0].size > 0
+
+
+def test_generate_speaks_continuations_of_your_prompts(smoke_run, tmp_path):
+    from alignslm.generate import main as generate_main
+
+    prompts = sorted((smoke_run / "round-1/vocode/prompt").glob("*.wav"))[:2]
+    out = tmp_path / "gen"
+    args = ["--run-dir", str(smoke_run), "--out", str(out), "--n", "2", *map(str, prompts)]
+    assert generate_main(args) == 0
+    rows = read_jsonl(out / "generations.jsonl")
+    assert [(r["prompt"], r["k"]) for r in rows] == [(str(p), k) for p in prompts for k in range(2)]
+    assert all((out / r["path"]).is_file() and r["round"] == 2 for r in rows)
+    assert sum(bool(r["units"]) for r in rows) >= 3 and sum(bool(r["text"].strip()) for r in rows) >= 1
+    first = (out / "generations.jsonl").read_text()
+    assert generate_main(args) == 0 and (out / "generations.jsonl").read_text() == first  # seeded
+    assert generate_main(["--run-dir", str(smoke_run), "--round", "7", "--out", str(out), str(prompts[0])]) == 2

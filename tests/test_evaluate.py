@@ -509,3 +509,28 @@ def test_windowed_scoring_of_utterances_longer_than_the_context(lm):
     assert got["short"] == pytest.approx(_loglik(lm, short)[0], abs=1e-4)
     mean = ev.score_units(lm, {"long": long_}, "mean")["long"]
     assert mean == pytest.approx(ref / 151, abs=1e-5)
+
+
+def test_a_submission_missing_or_carrying_an_unknown_file_is_an_error_naming_it(tmp_path):
+    pairs = [{"id": "0", "voice": "p1", "correct_file": "aXk", "incorrect_file": "bQz", "frequency": 3, "length": 3},
+             {"id": "1", "voice": "p1", "correct_file": "cRt", "incorrect_file": "dWm", "frequency": 3, "length": 3}]
+    sub = tmp_path / "dev.txt"
+    sub.write_text("aXk -1.0\nbQz -2.0\ncRt -1.5\nzzz -3.0\n")
+    with pytest.raises(ev.EvalInputError, match=r"1 missing file\(s\): dWm; 1 unknown file\(s\): zzz"):
+        ev.read_submission(sub, expected=["aXk", "bQz", "cRt", "dWm"])
+    scores = ev.read_submission(sub)
+    with pytest.raises(ev.EvalInputError, match=r"1 file\(s\) of the benchmark have no score: dWm"):
+        ev.score_lexical(pairs, scores)
+    with pytest.raises(ev.EvalInputError, match="dWm"):
+        ev.score_storycloze(pairs, scores)
+    sub.write_text("aXk -1.0\nbQz -2.0\ncRt -1.5\ndWm -1.0\n")
+    assert ev.score_lexical(pairs, ev.read_submission(sub, expected=["aXk", "bQz", "cRt", "dWm"]))["all"] == 0.5
+
+
+def test_generation_metrics_whose_judge_mostly_failed_fail_the_stage_before_the_model_is_recorded():
+    from alignslm.pipeline import StageFailed
+    from alignslm.stages.evaluate import _check_judge
+
+    _check_judge("base", {"judge_tried": 10, "judge_failed": 5}, 0.5)
+    with pytest.raises(StageFailed, match=r"evaluate \(round-1: judge\): 6 of 10 items failed"):
+        _check_judge("round-1", {"judge_tried": 10, "judge_failed": 6}, 0.5)

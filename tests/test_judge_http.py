@@ -24,12 +24,15 @@ SECRET = "sk-test-SECRET-0123456789"
 class Scripted(BaseHTTPRequestHandler):
     log: list = []
     seen: dict = {}
+    broken = False  # every request fails with HTTP 500 (a server up but unable to serve)
 
     def log_message(self, *a):  # silence http.server
         pass
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if Scripted.broken:
+            return self._send(500, b'{"error": "model not loaded"}')
         Scripted.log.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         if self.path.endswith("/completions") and "messages" not in body:
             return self._completion(body)
@@ -84,12 +87,16 @@ class Scripted(BaseHTTPRequestHandler):
             pass
 
 
+def _serve(port: int = 0) -> ThreadingHTTPServer:
+    srv = ThreadingHTTPServer(("127.0.0.1", port), Scripted)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
 @pytest.fixture()
 def server():
-    Scripted.log, Scripted.seen = [], {}
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
+    Scripted.log, Scripted.seen, Scripted.broken = [], {}, False
+    srv = _serve()
     yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
     srv.shutdown()
     srv.server_close()
@@ -233,3 +240,121 @@ def test_judge_stage_records_every_bad_item(server, tmp_path, monkeypatch, caplo
         if f.is_file():
             assert SECRET not in f.read_text(errors="ignore"), f
     assert SECRET not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- no silent failure
+
+
+def _judge_step(tmp_path, url, texts):
+    """A run directory whose round-1 transcribe stage is finished, and the judge step of that round."""
+    from alignslm.config import load_config
+    from alignslm.pipeline import STAGES, Step
+    from alignslm.rundir import Manifest, write_jsonl
+
+    run = tmp_path / "run"
+    rows = [{"prompt_id": f"p{k // 2}", "k": k % 2, "prompt_text": "Anna washed the pan.", "text": t, "error": None}
+            for k, t in enumerate(texts)]
+    write_jsonl(run / "round-1" / "transcribe" / "transcripts.jsonl", rows)
+    Manifest(run).mark_done("round-1/transcribe", "h0", {}, 0.0)
+    cfg = load_config(overrides=["judge.mode=score", "judge.backend=openai", f"judge.url={url}", "judge.retries=0",
+                                 "judge.timeout_s=5", "judge.shard_size=2", "judge.expected_score=false",
+                                 f"run.run_dir={run}", "curriculum.rounds=1"])
+    return run, cfg, Step(STAGES["judge"], 1)
+
+
+TEXTS = ["the pan is clean", "the pan is shiny", "she dried the pan", "TWO scores", "the pan is on the shelf",
+         "anna smiled"]
+
+
+def test_judge_down_fails_before_any_work_and_the_same_step_resumes(tmp_path):
+    from alignslm.judge_http import JudgeEndpointError
+    from alignslm.pipeline import run_step
+    from alignslm.rundir import Manifest, read_jsonl
+
+    Scripted.log, Scripted.seen, Scripted.broken = [], {}, False
+    srv = _serve()
+    port = srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()  # the server is down
+    run, cfg, step = _judge_step(tmp_path, f"http://127.0.0.1:{port}/v1", TEXTS)
+    with pytest.raises(JudgeEndpointError, match=f"judge endpoint http://127.0.0.1:{port}/v1 is not reachable"):
+        run_step(step, cfg, run, Manifest(run), progress=False)
+    out = run / "round-1" / "judge"
+    assert not (out / "judgments.jsonl").exists() and not (out / "shards").exists()
+    assert not Manifest(run).entry("round-1/judge")["finished"]
+    srv = _serve(port)  # the server is up: the same step runs and is recorded
+    try:
+        ran, summary = run_step(step, cfg, run, Manifest(run), progress=False)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert ran and summary["judged"] == summary["items_tried"] == len(TEXTS) and summary["items_failed"] == 0
+    assert Manifest(run).entry("round-1/judge")["finished"]
+    assert [r["score"] for r in read_jsonl(out / "judgments.jsonl")] == [4.0, 4.0, 4.0, 3.0, 4.0, 4.0]
+
+
+def test_stage_where_most_items_fail_is_not_finished_and_resumes_to_the_same_artifacts(tmp_path):
+    from alignslm.pipeline import StageFailed, run_step
+    from alignslm.rundir import Manifest, read_jsonl
+
+    Scripted.log, Scripted.seen, Scripted.broken = [], {}, True
+    srv = _serve()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    try:
+        run, cfg, step = _judge_step(tmp_path / "a", url, TEXTS)
+        with pytest.raises(StageFailed, match=r"round-1/judge: 6 of 6 items failed \(rejects by reason: judge: 6\)"):
+            run_step(step, cfg, run, Manifest(run), progress=False)
+        out = run / "round-1" / "judge"
+        assert not Manifest(run).entry("round-1/judge")["finished"]
+        assert len(read_jsonl(out / "failed-attempt" / "rejects.jsonl")) == 6  # kept for inspection
+        assert not (out / "shards").exists() and not (out / "rejects.jsonl").exists()
+        Scripted.broken = False  # the cause is fixed: the same command redoes the failed items
+        ran, summary = run_step(step, cfg, run, Manifest(run), progress=False)
+        assert ran and summary["items_failed"] == 0 and summary["rejects"] == 0
+        assert Manifest(run).entry("round-1/judge")["finished"]
+        run_b, cfg_b, _ = _judge_step(tmp_path / "b", url, TEXTS)  # a run where the server never broke
+        run_step(step, cfg_b, run_b, Manifest(run_b), progress=False)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert (out / "judgments.jsonl").read_text() == (run_b / "round-1" / "judge" / "judgments.jsonl").read_text()
+
+
+def test_failure_share_rule():
+    from alignslm.pipeline import failure_problem
+
+    ok = {"items_tried": 6, "items_failed": 3, "reject_reasons": {"judge": 3}}
+    assert failure_problem("round-1/judge", ok, 0.5) is None
+    bad = {**ok, "items_failed": 4, "reject_reasons": {"judge": 4}}
+    assert "4 of 6 items failed (rejects by reason: judge: 4)" in failure_problem("round-1/judge", bad, 0.5)
+    assert failure_problem("k", {"items_tried": 2, "items_failed": 2}, 1.0)  # every item failed: whatever the share
+    assert failure_problem("k", {"items_tried": 0, "items_failed": 0}, 0.5) is None
+    assert failure_problem("k", {"items": 5}, 0.5) is None  # a stage that does not count items
+
+
+def test_cli_refuses_a_dead_judge_endpoint_with_one_line(tmp_path, capsys):
+    from alignslm import run
+
+    srv = _serve()
+    port = srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+    code = run.main(["--stage", "judge", "--quiet", "judge.backend=openai", f"judge.url=http://127.0.0.1:{port}/v1",
+                     f"run.run_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not reachable" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_expected_errors_are_one_message_bugs_and_debug_show_the_traceback(capsys, caplog):
+    from alignslm.run import report_failure
+
+    caplog.set_level(logging.ERROR, logger="alignslm")
+    report_failure("round-1/train", ValueError("train: 18 pairs ... lower train.warmup_steps"))
+    err = capsys.readouterr().err
+    assert "error: stage round-1/train failed: train: 18 pairs" in err and "--debug" in err
+    assert not caplog.records
+    report_failure("round-1/train", ValueError("x"), debug=True)
+    assert caplog.records[-1].exc_info is not None
+    report_failure("round-1/train", KeyError("prompt"))
+    assert "KeyError: 'prompt'" in capsys.readouterr().err and caplog.records[-1].exc_info is not None

@@ -30,10 +30,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(tmp_path):
+def _start(tmp_path, port: int | None = None):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python[server] is not installed (pip install alignslm[server])")
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python was installed without [server]")
-    port = _free_port()
+    port = port or _free_port()
     # one thread: llama.cpp threads spin at barriers, and on a loaded 2-core machine two spinning threads
     # made a 48-token reply take > 300 s (one thread: ~3 s)
     log = open(tmp_path / "server.log", "w")
@@ -104,3 +104,46 @@ def test_server_killed_mid_run(server, tmp_path):
     assert res[0].perplexity is not None and res[0].error is None
     assert all(r.perplexity is None and "endpoint error" in r.error for r in res[2:])
     assert be.stats["failures"] >= 4
+
+
+def _judge_run(root, url):
+    """A run directory whose round-1 transcribe stage is finished, and the judge step of that round."""
+    from alignslm.config import load_config
+    from alignslm.pipeline import STAGES, Step
+    from alignslm.rundir import Manifest, write_jsonl
+
+    run = root / "run"
+    conts = [TRUE, SHUF, "The farmer feeds the pig.", "Now the cup is clean."]
+    write_jsonl(run / "round-1" / "transcribe" / "transcripts.jsonl",
+                [{"prompt_id": f"p{i // 2}", "k": i % 2, "prompt_text": P, "text": t, "error": None}
+                 for i, t in enumerate(conts)])
+    Manifest(run).mark_done("round-1/transcribe", "h0", {}, 0.0)
+    cfg = load_config(overrides=["judge.mode=perplexity", "judge.backend=openai", f"judge.url={url}",
+                                 "judge.model_name=smollm2", "judge.concurrency=1", "judge.timeout_s=300",
+                                 "judge.retries=1", "judge.shard_size=2", f"run.run_dir={run}", "curriculum.rounds=1"])
+    return run, cfg, Step(STAGES["judge"], 1)
+
+
+def test_judge_stage_with_the_server_down_fails_loudly_then_resumes_to_the_same_artifacts(tmp_path):
+    from alignslm.judge_http import JudgeEndpointError
+    from alignslm.pipeline import run_step
+    from alignslm.rundir import Manifest
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    run, cfg, step = _judge_run(tmp_path / "a", url)
+    with pytest.raises(JudgeEndpointError, match=f"judge endpoint {url} is not reachable"):
+        run_step(step, cfg, run, Manifest(run), progress=False)  # before any item is asked
+    out = run / "round-1" / "judge"
+    assert not Manifest(run).entry("round-1/judge")["finished"] and not (out / "judgments.jsonl").exists()
+    proc, _ = _start(tmp_path, port)  # the server is up: the same step runs and is recorded
+    try:
+        ran, summary = run_step(step, cfg, run, Manifest(run), progress=False)
+        assert ran and summary["judged"] == 4 and summary["items_failed"] == 0
+        assert Manifest(run).entry("round-1/judge")["finished"]
+        run_b, cfg_b, _ = _judge_run(tmp_path / "b", url)  # a run whose server was up all along
+        run_step(step, cfg_b, run_b, Manifest(run_b), progress=False)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert (out / "judgments.jsonl").read_text() == (run_b / "round-1/judge/judgments.jsonl").read_text()

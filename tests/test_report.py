@@ -132,6 +132,6 @@ def test_rounds_table_in_perplexity_mode_shows_perplexities_pairs_and_held_out_a
     rp.build_report(res, tmp_path, tmp_path / "r", rounds=2, demo=True)
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| round 1 | 3 | 2 | median perplexity 200 | 4 | 0.910 | n/a (round 1, or reference moves) |" in md
-    assert "| round 2 | 4 | 1 | median perplexity 65 | 5 | 0.920 | 0.550 |" in md
+    assert "| round 2 | 4 | 1 | median perplexity 65 | 5 | 0.920 | 0.550 (4 pairs) |" in md
     png = (tmp_path / "r" / "judge_histograms.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

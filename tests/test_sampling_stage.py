@@ -166,3 +166,14 @@ def test_sample_stage_units_out_of_range(tmp_path):
     write_jsonl(run / "tokenize" / "units.jsonl", rows)
     with pytest.raises(UnitLMError, match=r"prompt \d+: unit ids must be in \[0, 16\)"):
         stage.run(_ctx(run, []))
+
+
+def test_rounds_take_disjoint_prompts_until_the_train_split_runs_out(tmp_path, caplog):
+    from alignslm.stages.sample import select_prompts
+
+    run = _run_dir(tmp_path)  # 12 usable train prompts
+    got = {r: [p["prompt_id"] for p in select_prompts(_ctx(run, ["sample.n_prompts=5"], rnd=r))] for r in (1, 2, 3)}
+    assert len(set(got[1])) == len(set(got[2])) == 5 and not set(got[1]) & set(got[2])
+    assert len(set(got[3])) == 5 and len(set(got[3]) - set(got[1]) - set(got[2])) == 2  # 2 left, 3 taken again
+    assert "were used by earlier rounds" in caplog.text
+    assert got[1] == [p["prompt_id"] for p in select_prompts(_ctx(run, ["sample.n_prompts=5"], rnd=1))]

@@ -221,3 +221,38 @@ def test_official_scorer_reads_the_pair_losing_scores_of_rejected_files(tmp_path
         assert ours["all"] == pytest.approx(official[kind]["all"], abs=1e-12)
         kept_only = ev.SCORERS[kind]([p for p in pairs[kind] if p not in pairs[kind][1::9]], written)
         assert ours["pair_mean"] < kept_only["pair_mean"]  # the filled pairs count as lost
+
+
+def test_official_scorer_and_our_loader_agree_on_a_shuffled_lexical_gold(tmp_path):
+    """A valid gold.csv need not interleave words and non-words: the official scorer joins them on (voice, id),
+    and so does alignslm.benchdata.load_zerospeech."""
+    _ensure_venv()
+    from alignslm.audio import write_wav
+    from alignslm.benchdata import load_zerospeech
+
+    rng = np.random.default_rng(99)
+    root, sub = tmp_path / "zr2021", tmp_path / "submission"
+    items, _, scores, _ = _build_dataset(root, rng)
+    gold = root / "lexical" / "dev" / "gold.csv"
+    header, *rows = gold.read_text().splitlines()
+    order = rng.permutation(len(rows))
+    gold.write_text("\n".join([header] + [rows[i] for i in order]) + "\n")
+    assert [r.split(",")[1] for r in rows[:4]] == ["1", "0", "1", "0"]  # was interleaved; is not any more
+    tone = 0.1 * np.sin(np.linspace(0, 400 * np.pi, 3200, dtype=np.float32))
+    for fid, _ in items["lexical"]:
+        write_wav(root / "lexical" / "dev" / f"{fid}.wav", tone)
+    for kind in ("lexical", "syntactic"):
+        ev.write_submission(sub, kind, "dev", items[kind], scores[kind])
+    r = subprocess.run([str(PY), "-c", OFFICIAL, str(root), str(sub)], capture_output=True, text=True,
+                       env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    official = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:])["lexical"]
+    bset = load_zerospeech(root, "lexical", "dev")
+    ours = ev.score_lexical(bset.pairs, ev.read_submission(sub / "lexical" / "dev.txt",
+                                                           expected=[f for f, _ in bset.items]))
+    assert ours["n_ids"] == official["n_ids"] == 40
+    assert ours["all"] == pytest.approx(official["all"], abs=1e-12)
+    assert ours["invocab"] == pytest.approx(official["invocab"], abs=1e-12)
+    for band, (n, score) in official["by_frequency"].items():
+        assert ours["by_frequency"][band]["n"] == n
+        assert ours["by_frequency"][band]["score"] == pytest.approx(score, abs=1e-12)

@@ -32,7 +32,8 @@ round-N/vocode/audio.jsonl       prompt_id, k, path (wav of the continuation), s
                                  both paths relative to round-N/vocode/
 round-N/transcribe/transcripts.jsonl  prompt_id, k, prompt_text, text, error (null, or why text is "")
 round-N/judge/judgments.jsonl   prompt_id, k, score (float|null), perplexity (float|null), autobleu, raw,
-                                error (null, or why the metric is missing), prompt_text, text
+                                error (null, or why the metric is missing), prompt_text, text,
+                                asked (false: failed upstream or unjudgeable text, never sent to the judge)
 round-N/pairs/pairs.jsonl       prompt_id, prompt, chosen, rejected (unit lists), chosen_score,
                                 rejected_score (the judge.mode metric), metric, prompt_text, chosen_text,
                                 rejected_text; round-N/pairs/summary.json (histogram, pairs per prompt)
@@ -44,4 +45,7 @@ report/report.md, report/results.json, report/headline.md, report/*.png
 Every stage: rejects.jsonl (id, reason) for items its last attempt could not process.  Paths written inside the
 run directory are relative (to the file's stage directory unless said otherwise), so a run directory moves.
 manifest.json records, per finished stage, the size and content hash of every file it wrote (rundir.Manifest).
+A stage whose summary has items_tried/items_failed fails (and is not recorded as finished) when all, or more
+than run.max_failed_share, of them failed (alignslm.pipeline.failure_problem); its shards and rejects are then
+moved to failed-attempt/ so that the same command redoes those items.
 """

@@ -29,7 +29,9 @@ def run(ctx: StageContext) -> dict:
         if not rows:
             raise ValueError(f"corpus.manifest {c.manifest}: no usable rows (see {ctx.rejects.path})")
         write_jsonl(ctx.out / "manifest.jsonl", rows)
-        return _summary(rows, time.time() - t0, source="manifest")
+        # a row the corpus stage cannot use (missing or unreadable audio, a bad field) is a failure
+        return {**_summary(rows, time.time() - t0, source="manifest"), "items_tried": len(rows) + ctx.rejects.count,
+                "items_failed": ctx.rejects.count}
     from alignslm.demo.corpus import build_demo_corpus
 
     rows, stories = build_demo_corpus(

@@ -170,6 +170,17 @@ def run(ctx: StageContext) -> dict:
     return {f"base_{k}": v for k, v in base.items() if v is not None} | {"models": len(models)}
 
 
+def _check_judge(name: str, gen: dict, max_share: float) -> None:
+    """The stage-failure rule for the judge calls of one model's generation metrics (before model.json is
+    written, so that a resumed run asks the judge again)."""
+    from alignslm.pipeline import StageFailed, failure_problem
+
+    problem = failure_problem(f"evaluate ({name}: judge)", {"items_tried": gen.get("judge_tried"),
+                                                            "items_failed": gen.get("judge_failed")}, max_share)
+    if problem:
+        raise StageFailed(problem + f"; see evaluate/{name}/generations.jsonl (reject)")
+
+
 def _load(ctx: StageContext, adapters: list[Path]) -> Any:
     from alignslm.unitlm import load_unitlm
 
@@ -197,6 +208,7 @@ def _evaluate_model(ctx: StageContext, name: str, lm: Any, units: dict, benches:
     if gen is not None:
         t1 = time.perf_counter()
         out["generation"], out["examples"] = gen.evaluate(ctx, name, lm)
+        _check_judge(name, out["generation"], ctx.cfg.run.max_failed_share)
         out["timing"]["generation_s"] = round(time.perf_counter() - t1, 2)
     else:
         out["generation"], out["examples"] = None, []

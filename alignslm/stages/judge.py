@@ -44,12 +44,11 @@ def run(ctx: StageContext) -> dict:
         out, todo = [], []
         for r in chunk:
             item = f"{r['prompt_id']}/{r['k']}"
-            problem = r.get("error") and f"transcription failed: {r['error']}"
-            problem = problem or transcript_problem(r["text"]) or (
-                transcript_problem(r["prompt_text"]) and f"prompt: {transcript_problem(r['prompt_text'])}")
+            problem = _upstream_problem(r)
             row = {"prompt_id": r["prompt_id"], "k": r["k"], "score": None, "perplexity": None,
                    "autobleu": ab.score([""], [r["text"]])[0].score if r["text"].strip() else None,
-                   "raw": "", "error": problem, "prompt_text": r["prompt_text"], "text": r["text"]}
+                   "raw": "", "error": problem, "prompt_text": r["prompt_text"], "text": r["text"],
+                   "asked": problem is None}
             if problem:
                 ctx.rejects.add(item, problem)
             else:
@@ -67,11 +66,21 @@ def run(ctx: StageContext) -> dict:
     return _summary(done, cfg.mode, getattr(judge.backend, "stats", None))
 
 
+def _upstream_problem(r: dict) -> str | None:
+    """Why a transcript row cannot be put to the judge (failed upstream or unjudgeable text), or None."""
+    if r.get("error"):
+        return f"transcription failed: {r['error']}"
+    return transcript_problem(r["text"]) or (
+        transcript_problem(r["prompt_text"]) and f"prompt: {transcript_problem(r['prompt_text'])}")
+
+
 def _summary(done: list[dict], mode: str, http_stats: dict | None) -> dict:
     key = "score" if mode == "score" else "perplexity"
     vals = [r[key] for r in done if r[key] is not None]
     kinds = Counter((r["error"] or "").split(":")[0].split(" (")[0] for r in done if r[key] is None)
+    asked = [r for r in done if r.get("asked", True)]  # the judge's own items (upstream failures are not)
     out = {"items": len(done), "judged": len(vals), "missing": len(done) - len(vals),
+           "items_tried": len(asked), "items_failed": sum(r[key] is None for r in asked),
            "missing_by_reason": dict(kinds), f"mean_{key}": sum(vals) / len(vals) if vals else None,
            "retried": sum(bool(r.get("retried")) for r in done)}
     if mode == "score":
@@ -102,6 +111,13 @@ def check(cfg) -> list[str]:  # noqa: ANN001 - Config
     if j.backend == "openai":
         if not j.url:
             problems.append("judge.backend=openai needs judge.url")
+        else:
+            from alignslm.judge_http import JudgeEndpointError, probe_endpoint
+
+            try:
+                probe_endpoint(j.url, j.api_key_env, min(j.timeout_s, 10.0))
+            except JudgeEndpointError as e:
+                problems.append(str(e))
     elif j.backend == "transformers":
         try:
             p = Path(j.model_path).expanduser() if j.model_path else default_judge_model()

@@ -14,6 +14,7 @@ all prompts are checked before the first model call.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 from alignslm import logger
 from alignslm.kernels.sampling import SamplingError, check_params
 from alignslm.prompts import PromptError, make_prompt
-from alignslm.rundir import StageContext, read_json, read_jsonl, relative_path, run_sharded
+from alignslm.rundir import StageContext, hash_str, read_json, read_jsonl, relative_path, run_sharded
 
 
 def check(cfg: Any) -> list[str]:
@@ -40,17 +41,37 @@ def check(cfg: Any) -> list[str]:
     return problems
 
 
+def context_problem(prompt_seconds: float, frame_rate: float, max_new: int, context: int | None,
+                    bos: bool = True) -> str | None:
+    """A prompt of ``prompt_seconds`` (at most one unit per frame, before deduplication) + BOS + max_new_units
+    must fit the LM's context (the sampler refuses the longer prompts at run time)."""
+    longest = math.ceil(prompt_seconds * frame_rate) + int(bos)
+    if context is None or longest + max_new <= context:
+        return None
+    return (f"a {prompt_seconds:g} s prompt is up to {longest} tokens ({frame_rate:g} units/s + BOS) and "
+            f"sample.max_new_units={max_new} more make {longest + max_new} > the LM's context of {context}; "
+            f"lower sample.prompt_seconds or sample.max_new_units")
+
+
 def select_prompts(ctx: StageContext) -> list[dict]:
-    """Up to ``n_prompts`` prompts from the train split, in a seeded order; failures become rejects."""
+    """Round N's prompts: the N-th block of ``n_prompts`` usable train prompts in one seeded order.
+
+    The order depends on run.seed only, so the rounds' prompts are disjoint (round N's pairs are new to the
+    round N-1 policy, which makes the held-out check in the train stage meaningful).  When the train split
+    runs out, a round takes prompts again from the start of the order and says so.  An utterance that gives
+    no prompt is a reject (listed by the round that meets it first).
+    """
     s = ctx.cfg.sample
     manifest = read_jsonl(ctx.inputs["corpus"] / "manifest.jsonl")
     units = {r["utt_id"]: r for r in read_jsonl(ctx.inputs["tokenize"] / "units.jsonl")}
     frame_rate = float(read_json(ctx.inputs["tokenize"] / "tokenizer.json")["frame_rate"])
     train = sorted((r for r in manifest if r.get("split", "train") == "train"), key=lambda r: r["utt_id"])
-    order = np.random.default_rng(ctx.seed("prompts") % (2**32)).permutation(len(train))
-    out: list[dict] = []
+    seed = int(hash_str(str(ctx.cfg.run.seed), "sample", "prompts")[:8], 16)  # the same order in every round
+    order = np.random.default_rng(seed).permutation(len(train))
+    first, last = (ctx.round - 1) * s.n_prompts, ctx.round * s.n_prompts  # this round's block of usable prompts
+    usable: list[dict] = []
     for i in order:
-        if len(out) >= s.n_prompts:
+        if len(usable) >= last:
             break
         r = train[int(i)]
         u = units.get(r["utt_id"])
@@ -60,12 +81,20 @@ def select_prompts(ctx: StageContext) -> list[dict]:
             p = make_prompt(u["units"], u.get("durations"), frame_rate, s.prompt_seconds, r.get("words"),
                             s.word_boundary)
         except PromptError as e:
-            ctx.rejects.add(r["utt_id"], f"prompt: {e}")
+            if len(usable) >= first:
+                ctx.rejects.add(r["utt_id"], f"prompt: {e}")
             continue
-        out.append({"prompt_id": r["utt_id"], "utt_id": r["utt_id"], "prompt": p.units, "prompt_end_s": p.end_s})
-    if not out:
+        usable.append({"prompt_id": r["utt_id"], "utt_id": r["utt_id"], "prompt": p.units, "prompt_end_s": p.end_s})
+    if not usable:
         raise PromptError(f"no usable prompt among {len(train)} train utterances (see {ctx.rejects.path}); "
                           f"lower sample.prompt_seconds ({s.prompt_seconds})")
+    out = usable[first:last]
+    if len(out) < s.n_prompts:
+        reused = [usable[(first + j) % len(usable)] for j in range(len(out), min(s.n_prompts, len(usable)))]
+        logger.warning("sample round %d: the train split has %d usable prompts, fewer than %d rounds x %d; "
+                       "%d of this round's prompts were used by earlier rounds (the train stage's held-out "
+                       "check leaves them out)", ctx.round, len(usable), ctx.round, s.n_prompts, len(reused))
+        out += [p for p in reused if p not in out]
     if len(out) < s.n_prompts:
         logger.warning("sample: only %d of the %d requested prompts", len(out), s.n_prompts)
     return out

@@ -193,7 +193,9 @@ def run(ctx: StageContext) -> dict:
     n_frames = np.array([r["n_frames"] for r in out]) if out else np.zeros(1)
     used = len({u for r in out for u in r["units"]})
     rejected = ctx.rejects.count  # distinct items, this attempt's and a crashed earlier one's
-    return {"utterances": len(out), "rejected_total": rejected, "encoder": enc.name, "n_units": q.k,
+    return {"utterances": len(out), "rejected_total": rejected, "items_tried": len(rows),
+            "items_failed": len(rows) - len(out),
+            "encoder": enc.name, "n_units": q.k,
             "units_used": used, "frame_rate": enc.frame_rate, "quantizer": tok.quantizer_id,
             "mean_units": float(n_units.mean()), "dedup_ratio": float(n_units.sum() / max(1, n_frames.sum())),
             "fit_s": round(fit_s, 2), **{k: round(v, 2) for k, v in timing.items()},

@@ -46,9 +46,9 @@ from typing import Any
 import torch
 
 from alignslm import logger
-from alignslm.dpo import DPOTrainer, prepare_pairs
+from alignslm.dpo import DPOTrainer, NoPairs, prepare_pairs, schedule_problem
 from alignslm.losses import LOSSES
-from alignslm.rundir import StageContext, barrier, read_json, read_jsonl, relative_path, write_json
+from alignslm.rundir import StageContext, barrier, rank_world, read_json, read_jsonl, relative_path, write_json
 
 REFERENCES = ("base", "previous_round")
 
@@ -77,6 +77,12 @@ def check(cfg: Any) -> list[str]:
         problems.append(f"train.on_no_pairs must be error or keep_policy, got {t.on_no_pairs!r}")
     if t.max_length < 3:
         problems.append(f"train.max_length must be >= 3, got {t.max_length}")
+    if not problems:
+        n = cfg.sample.n_continuations
+        most = cfg.sample.n_prompts * ((n // 2) * (n - n // 2) if cfg.pairs.all_combinations else 1)
+        too_few = schedule_problem(most, t, rank_world()[1])
+        if too_few:
+            problems.append(f"at most {most} pairs per round (sample.n_prompts={cfg.sample.n_prompts}): {too_few}")
     if t.load_in_4bit and not torch.cuda.is_available():
         problems.append("train.load_in_4bit needs a CUDA GPU (bitsandbytes); set train.load_in_4bit=false on CPU")
     return problems
@@ -157,14 +163,14 @@ def run(ctx: StageContext) -> dict:
     rows = read_jsonl(pairs_path)
     try:
         examples, counts = prepare_pairs(rows, lm, max_len, rejects=ctx.rejects, source=str(pairs_path))
-    except ValueError as e:
-        if t.on_no_pairs != "keep_policy" or "no valid preference pair" not in str(e):
+    except NoPairs as e:
+        if t.on_no_pairs != "keep_policy":
             raise
         return _keep_policy(ctx, lm, init_adapter, device, str(e))
     reference = "initial" if (cfg.curriculum.reference == "previous_round" and init_adapter) else "base"
     trainer = DPOTrainer(lm, t, ctx.out, seed=ctx.seed(), init_adapter=init_adapter, reference=reference,
                          device=device)
-    prior = _prior_policy_on_new_pairs(ctx, trainer, examples, init_adapter, reference)
+    prior = _prior_policy_on_new_pairs(ctx, trainer, examples, rows, init_adapter, reference)
     result = trainer.train(examples)
     final = trainer.evaluate(examples)  # the trained policy over every pair (no gradient)
     trainer.save_adapter(ctx.out / "adapter", _base_name(ctx, lm))
@@ -191,12 +197,13 @@ def _base_name(ctx: StageContext, lm: Any) -> str:
     return relative_path(lm.model.config._name_or_path, ctx.run_dir)
 
 
-def _prior_policy_on_new_pairs(ctx: StageContext, trainer: DPOTrainer, examples: list, init_adapter: Path | None,
-                               reference: str) -> dict | None:
-    """The previous round's policy on this round's pairs, before any training on them.
+def _prior_policy_on_new_pairs(ctx: StageContext, trainer: DPOTrainer, examples: list, rows: list[dict],
+                               init_adapter: Path | None, reference: str) -> dict | None:
+    """The previous round's policy on this round's pairs whose prompts no earlier round trained on.
 
-    These pairs come from prompts the previous round never trained on, so this is a held-out check of what
-    DPO learned: a reward accuracy near 0.5 means the preferences it fitted did not carry over to new prompts.
+    A held-out check of what DPO learned: a reward accuracy near 0.5 means the preferences it fitted did not
+    carry over to new prompts.  The rounds' prompts are disjoint (stage sample) unless the train split ran
+    out; pairs of a prompt an earlier round's pairs hold are left out, and the count says how many remain.
     Only meaningful when the reference is the base model (round >= 2, curriculum.reference=base).
     """
     if init_adapter is None or reference != "base":
@@ -204,16 +211,24 @@ def _prior_policy_on_new_pairs(ctx: StageContext, trainer: DPOTrainer, examples:
     path = ctx.out / "prior_policy.json"
     if trainer._ckpt_path().is_file():  # resumed mid-training: measured before the first step, or not at all
         return read_json(path) if path.is_file() else None
-    if trainer.precompute:  # the reference pass train() needs anyway, done once and used here too
+    earlier = [ctx.round_dir(k) / "pairs" / "pairs.jsonl" for k in range(1, ctx.round)]
+    seen = {str(r.get("prompt_id")) for f in earlier if f.is_file() for r in read_jsonl(f)}
+    held = [e for e in examples if str(rows[e.idx].get("prompt_id")) not in seen]
+    if not held:
+        logger.warning("train round %s: every pair's prompt was trained on in an earlier round: no held-out check",
+                       ctx.round)
+        return None
+    if trainer.precompute and len(held) == len(examples):  # the reference pass train() needs anyway, done once
         trainer.precompute_reference(examples)
-    m = trainer.evaluate(examples)
+    m = trainer.evaluate(held)
     out = {"reward_accuracy": m["rewards/accuracies"], "reward_margin": m["rewards/margins"],
-           "pairs": len(examples), "policy": relative_path(init_adapter, ctx.run_dir)}
+           "pairs": len(held), "pairs_of_seen_prompts": len(examples) - len(held),
+           "policy": relative_path(init_adapter, ctx.run_dir)}
     if ctx.rank == 0:
         write_json(path, out)
-    logger.info("train round %s: the round-%s policy prefers the chosen side of %.1f%% of this round's %d new "
-                "pairs (held out from its training; 50%% = no carry-over)", ctx.round, ctx.round - 1,
-                100 * out["reward_accuracy"], len(examples))
+    logger.info("train round %s: the round-%s policy prefers the chosen side of %.1f%% of %d pairs whose prompts "
+                "no earlier round trained on (%d pairs of earlier prompts left out; 50%% = no carry-over)",
+                ctx.round, ctx.round - 1, 100 * out["reward_accuracy"], len(held), len(examples) - len(held))
     return out
 
 

@@ -49,9 +49,15 @@ def run(ctx: StageContext) -> dict:
 
     done = run_sharded(ctx, rows, ctx.cfg.asr.shard_size, process, "transcripts.jsonl")
     n_ok = sum(r["error"] is None for r in done)
-    return {"clips": len(done), "transcribed": n_ok, "failed": len(done) - n_ok,
+    # what the ASR heard (no speech, a loop) is a result about the continuation; unreadable audio is a failure
+    broken = sum(r["error"] is not None and not r["error"].startswith(HEARD) for r in done)
+    return {"clips": len(done), "transcribed": n_ok, "failed": len(done) - n_ok, "items_tried": len(done),
+            "items_failed": broken,
             "empty": sum(r["error"] == "empty transcript" for r in done),
             "words_per_clip": sum(len(r["text"].split()) for r in done) / max(1, len(done))}
+
+
+HEARD = ("no speech", "runaway output", "repetition loop", "empty transcript", "empty prompt transcript")
 
 
 def _use_cuda(device: str) -> bool:

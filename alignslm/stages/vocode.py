@@ -91,5 +91,8 @@ def run(ctx: StageContext) -> dict:
     with torch_threads(ctx.cfg.vocoder.threads):
         merged = run_sharded(ctx, rows, max(bs * 4, 1), process, AUDIO_JSONL)
     secs = [r["seconds"] for r in merged]
-    return {"continuations": len(merged), "audio_seconds": round(float(np.sum(secs)), 1) if secs else 0.0,
+    empty = sum(not r.get("continuation") for r in rows)  # the LM ended at once: a result, not a failure
+    return {"continuations": len(merged), "empty_continuations": empty, "items_tried": len(rows),
+            "items_failed": len(rows) - len(merged) - empty,
+            "audio_seconds": round(float(np.sum(secs)), 1) if secs else 0.0,
             "mean_seconds": round(float(np.mean(secs)), 3) if secs else 0.0}

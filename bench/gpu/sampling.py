@@ -7,7 +7,7 @@
 3. Decode throughput of alignslm.sampler.generate on a TWIST-1.3B-shaped OPT (random weights, bf16;
    24 layers, d=2048, vocab 504 = offset 4 + 500 units) at 32 prompts x 5 continuations x 150 units, vs
    transformers generate(do_sample=True) on the same batch, and vs the bandwidth floor of
-   shared/docs/benchmarks.md: per step (weight bytes + rows x context x KV bytes per token) / 3 TB/s.
+   docs/benchmarks.md: per step (weight bytes + rows x context x KV bytes per token) / 3 TB/s.
 
 Prints a table and writes CSV rows (the bench/harness.py schema) to OUTDIR/sampling.csv.
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from harness import append_rows, print_table, row  # noqa: E402
 
-BW = 3.0e12  # bytes/s, measured H100 bandwidth (benchmarks.md)
+BW = 3.0e12  # bytes/s, measured H100 bandwidth (docs/benchmarks.md)
 
 
 def kernel_checks(rows: list) -> None:
