@@ -51,8 +51,8 @@ class CorpusConfig:
         None, "A JSONL manifest of real audio (utt_id, path[, text, words]). None builds the demo corpus.")
     n_stories: int = opt(2000, "Demo: number of stories = utterances (one voice and rate each; ~1 min of synthesis).")
     n_topics: int = opt(10, "Demo: number of topics used (1-10; the benchmarks' tSC needs >= 2).")
-    voices: list = opt(["en-us+m2", "en-us+f2", "en-us"], "Demo: eSpeak NG voices / variants (the three that "
-                                                          "Whisper tiny.en transcribes best, bench/RESULTS.md).")
+    voices: list = opt(["en-us+m2", "en-us+f4", "en-us"], "Demo: eSpeak NG voices / variants: two male, one "
+                        "female, none with breath noise (+f2/+f3/+f5 are not reproducible, alignslm.demo.tts).")
     rates: list = opt([170, 185], "Demo: eSpeak speaking rates (words per minute).")
     split: list = opt([0.8, 0.1, 0.1], "Demo: train/dev/test shares, split by story.")
 
@@ -66,7 +66,7 @@ class BenchmarksConfig:
     rate: int = opt(175, "Demo: eSpeak speaking rate of the benchmarks (words per minute).")
     story_voice: str = opt("en-us+m2", "Demo: the single voice of sSC/tSC (as in Spoken StoryCloze).")
     n_topics: int = opt(10, "Demo: topics the benchmarks draw from (keep equal to corpus.n_topics).")
-    voices: list = opt(["en-us+m2", "en-us+f2", "en-us"], "Demo: voices of the lexical/syntactic benchmarks.")
+    voices: list = opt(["en-us+m2", "en-us+f4", "en-us"], "Demo: voices of the lexical/syntactic benchmarks.")
 
 
 @dataclass(frozen=True)
