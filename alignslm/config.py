@@ -209,6 +209,18 @@ class JudgeConfig:
     max_new_tokens: int = opt(96, "Score mode without expected_score: tokens of analysis + 'Score: N'.")
     backoff_s: float = opt(0.5, "HTTP: first retry delay (doubles each retry).")
     shard_size: int = opt(128, "Continuations per output shard (resume granularity).")
+    signal: str = opt("pmi_words", "Perplexity mode, what the pairs and the evaluation compare (alignslm.signal): "
+                      "lnppl (ln-perplexity given the prompt, lower is better) | pmi (ln p(c|prompt) - ln p(c) "
+                      "per token) | pmi_words (pmi x words, capped at judge.max_words). See the calibration block "
+                      "of the report and experiments/signal_calibration.md.")
+    screen_hallucinations: bool = opt(True, "Reject transcripts made only of known Whisper hallucinations and "
+                                            "fillers ('Thank you.', 'you', 'Um, so.'): they lose every pair.")
+    max_no_speech: float = opt(0.5, "Reject a continuation whose Whisper no-speech probability is above this.")
+    min_avg_logprob: float = opt(-1.0, "Reject a continuation whose Whisper average token log-prob is below this.")
+    min_words_per_s: float = opt(0.6, "Reject a transcript with fewer words per second of audio (a stock phrase "
+                                      "over babble); 0 = off.")
+    max_words: int = opt(40, "signal=pmi_words: words counted at most.")
+    max_autobleu: float = opt(0.3, "Reject a transcript whose bigram auto-BLEU is above this (a loop).")
 
 
 @dataclass(frozen=True)
@@ -273,6 +285,9 @@ class EvalConfig:
                                           "the CPU demo) | all (every round too). Benchmarks: every model.")
     bootstrap: int = opt(2000, "Bootstrap resamples for confidence intervals.")
     n_examples: int = opt(3, "Example continuations per round in the report.")
+    calibration: bool = opt(True, "Calibrate the signal on the held-out prompts (the report's calibration block): "
+                                  "true continuation vs base samples vs random units vs text probes, through the "
+                                  "same vocoder, Whisper, screen and judge (~40% more generation time).")
     also_score: bool = opt(False, "With judge.mode=perplexity, also ask the judge for 1-5 scores of the held-out "
                                   "continuations (reported beside; slow on a CPU).")
 

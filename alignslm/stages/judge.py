@@ -12,25 +12,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from alignslm.judge import AutoBleuJudge, default_judge_model, load_judge
+from alignslm.judge import AutoBleuJudge, PerplexityJudge, default_judge_model, load_judge
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
-from alignslm.textmetrics import words
+from alignslm.signal import garbage, judge_rows, rules_from
 
-
-def transcript_problem(text: str) -> str | None:
-    """Why a transcript cannot be judged (None = fine): empty, or garbage (mostly non-letters)."""
-    if not text or not text.strip():
-        return "empty transcript"
-    visible = [ch for ch in text if not ch.isspace()]
-    letters = sum(ch.isalpha() for ch in visible)
-    if letters / len(visible) < 0.5:
-        return "garbage transcript (mostly non-letters)"
-    ws = words(text)
-    if not ws or not any(sum(ch.isalpha() for ch in w) >= 2 for w in ws):
-        return "garbage transcript (no word)"
-    if max(len(w) for w in ws) > 40:
-        return "garbage transcript (a 40+ character word)"
-    return None
+transcript_problem = garbage  # the name this module exported before alignslm.signal
 
 
 def run(ctx: StageContext) -> dict:
@@ -40,27 +26,30 @@ def run(ctx: StageContext) -> dict:
                        cache_dir=ctx.cfg.run.cache_dir)
     ab = AutoBleuJudge(2)
 
+    rules = rules_from(cfg)
+    ppl = judge if isinstance(judge, PerplexityJudge) else None  # score mode: screen, then the 1-5 score
+
     def process(chunk: list[dict]) -> list[dict]:
-        out, todo = [], []
+        out = []
         for r in chunk:
-            item = f"{r['prompt_id']}/{r['k']}"
-            problem = r.get("error") and f"transcription failed: {r['error']}"
-            problem = problem or transcript_problem(r["text"]) or (
-                transcript_problem(r["prompt_text"]) and f"prompt: {transcript_problem(r['prompt_text'])}")
-            row = {"prompt_id": r["prompt_id"], "k": r["k"], "score": None, "perplexity": None,
-                   "autobleu": ab.score([""], [r["text"]])[0].score if r["text"].strip() else None,
-                   "raw": "", "error": problem, "prompt_text": r["prompt_text"], "text": r["text"]}
-            if problem:
-                ctx.rejects.add(item, problem)
-            else:
-                todo.append(len(out))
-            out.append(row)
-        results = judge.score([out[i]["prompt_text"] for i in todo], [out[i]["text"] for i in todo])
-        for i, res in zip(todo, results):
-            out[i].update(score=res.score, perplexity=res.perplexity, raw=res.raw, error=res.error,
-                          probs=res.probs, retried=res.retried)
-            if res.score is None and res.perplexity is None:
-                ctx.rejects.add(f"{out[i]['prompt_id']}/{out[i]['k']}", f"judge: {res.error}")
+            # a failed continuation has text "" (transcribe stage); otherwise the error was the prompt's, whose
+            # empty prompt_text judge_rows rejects as "prompt: ..." (not the continuation's fault)
+            err = f"transcription failed: {r['error']}" if r.get("error") and not r["text"].strip() else None
+            out.append({"prompt_id": r["prompt_id"], "k": r["k"], "score": None, "perplexity": None,
+                        "autobleu": ab.score([""], [r["text"]])[0].score if r["text"].strip() else None,
+                        "raw": "", "prompt_text": r["prompt_text"], "text": r["text"], "reject": err,
+                        "seconds": r.get("seconds"), "avg_logprob": r.get("avg_logprob"),
+                        "no_speech_prob": r.get("no_speech_prob")})
+        judge_rows(out, ppl, rules)  # the evaluation's path too (alignslm.genmetrics)
+        todo = [i for i, o in enumerate(out) if not o["reject"]]
+        if ppl is None and todo:
+            for i, res in zip(todo, judge.score([out[i]["prompt_text"] for i in todo], [out[i]["text"] for i in todo])):
+                out[i].update(score=res.score, raw=res.raw, probs=res.probs, retried=res.retried)
+                out[i]["reject"] = None if res.score is not None else f"judge: {res.error}"
+        for o in out:
+            o["error"] = o.pop("reject")
+            if o["error"]:
+                ctx.rejects.add(f"{o['prompt_id']}/{o['k']}", o["error"])
         return out
 
     done = run_sharded(ctx, rows, cfg.shard_size, process, "judgments.jsonl")
@@ -69,11 +58,12 @@ def run(ctx: StageContext) -> dict:
 
 def _summary(done: list[dict], mode: str, http_stats: dict | None) -> dict:
     key = "score" if mode == "score" else "perplexity"
+    screened = Counter(r["error"].split(":")[0].split(" (")[0] for r in done if r.get("screened") and r["error"])
     vals = [r[key] for r in done if r[key] is not None]
     kinds = Counter((r["error"] or "").split(":")[0].split(" (")[0] for r in done if r[key] is None)
     out = {"items": len(done), "judged": len(vals), "missing": len(done) - len(vals),
            "missing_by_reason": dict(kinds), f"mean_{key}": sum(vals) / len(vals) if vals else None,
-           "retried": sum(bool(r.get("retried")) for r in done)}
+           "retried": sum(bool(r.get("retried")) for r in done), "screened": dict(screened)}
     if mode == "score":
         from alignslm.pairs import score_histogram
 

@@ -1,0 +1,178 @@
+"""The preference signal on transcripts: which ones the chain lets through (:func:`screen`) and how a
+judged one scores (:func:`sense`).  One implementation, used by the round stages (judge -> pairs) and by
+the evaluation (alignslm.genmetrics, its calibration block), so that what DPO is trained towards and what
+the evaluation measures cannot drift apart.
+
+Why a screen: Whisper turns unintelligible or near-silent audio into fluent stock phrases ("Thank you.",
+"Thanks for watching!", "you").  A text LM finds those the *most* likely continuations of anything (lowest
+perplexity), so without a screen the signal rewards a model for producing noise.  A transcript is screened
+out (a reject: it loses against any accepted one) when
+
+- it is empty or garbage (mostly non-letters, no word of two letters, a 40+ character word);
+- it consists only of known Whisper hallucinations and filler words (:data:`HALLUCINATIONS`, :data:`FILLERS`);
+- Whisper itself doubted it: no-speech probability above ``max_no_speech`` or average token log-probability
+  below ``min_avg_logprob`` (faster-whisper's own fallback thresholds are 0.6 and -1.0);
+- it repeats itself: bigram auto-BLEU above ``max_autobleu`` (a loop, not a continuation);
+- it has fewer than ``min_words_per_s`` words per second of audio (a stock phrase over several seconds of
+  babble; the demo's eSpeak speech has ~2.5 words/s).
+
+How a transcript scores (higher is better), ``kind``:
+
+- ``lnppl``: minus the judge LM's ln-perplexity of the continuation given the prompt's transcript (the
+  demo's original signal; per token, so short generic text wins);
+- ``pmi``: ln p(c | prompt) - ln p(c), per token: what the prompt adds, i.e. sense *given the prompt*
+  (generic text gains nothing from the prompt);
+- ``pmi_words``: ``pmi`` times the number of words, capped at ``max_words``: the total evidence that the
+  continuation follows this prompt, so that a longer on-topic continuation beats a short one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from alignslm.textmetrics import auto_bleu, normalize_text, words
+
+# Whisper's well-known outputs on silence, music or unintelligible speech (normalised text).
+HALLUCINATIONS = (
+    "thank you very much", "thank you so much", "thank you for watching", "thanks for watching",
+    "thank you for listening", "thanks for listening", "please subscribe", "subscribe to my channel",
+    "like and subscribe", "see you next time", "see you in the next video", "subtitles by",
+    "transcribed by", "amara org", "the end", "thank you", "thanks", "bye bye", "bye", "goodbye",
+    "i'm sorry", "i don't know", "music", "applause", "laughter", "you",
+)
+FILLERS = ("um", "uh", "hmm", "mm", "ah", "oh", "okay", "ok", "so", "yeah", "yes", "no", "well", "and", "i",
+           "the", "a", "huh", "hey", "hi", "wow", "oh my god", "all right", "alright")
+KINDS = ("lnppl", "pmi", "pmi_words")
+
+
+@dataclass(frozen=True)
+class SignalRules:
+    """What the screen rejects and how a transcript scores (the ``judge`` section's signal fields)."""
+
+    kind: str = "pmi_words"
+    hallucinations: bool = True
+    max_no_speech: float = 0.5
+    min_avg_logprob: float = -1.0
+    min_words_per_s: float = 0.6
+    max_words: int = 40
+    max_autobleu: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"judge.signal={self.kind!r}: expected one of {', '.join(KINDS)}")
+
+
+OFF = SignalRules(kind="lnppl", hallucinations=False, max_no_speech=1.0, min_avg_logprob=-math.inf,
+                  min_words_per_s=0.0, max_autobleu=1.0)
+
+
+def rules_from(cfg: object) -> SignalRules:
+    """SignalRules from a ``judge`` config section (defaults for fields it lacks)."""
+    d = SignalRules()
+    return SignalRules(kind=getattr(cfg, "signal", d.kind),
+                       hallucinations=getattr(cfg, "screen_hallucinations", d.hallucinations),
+                       max_no_speech=getattr(cfg, "max_no_speech", d.max_no_speech),
+                       min_avg_logprob=getattr(cfg, "min_avg_logprob", d.min_avg_logprob),
+                       min_words_per_s=getattr(cfg, "min_words_per_s", d.min_words_per_s),
+                       max_words=getattr(cfg, "max_words", d.max_words),
+                       max_autobleu=getattr(cfg, "max_autobleu", d.max_autobleu))
+
+
+def garbage(text: str) -> str | None:
+    """Why a transcript cannot be judged at all (None = fine): empty, or garbage (mostly non-letters)."""
+    if not text or not text.strip():
+        return "empty transcript"
+    visible = [ch for ch in text if not ch.isspace()]
+    letters = sum(ch.isalpha() for ch in visible)
+    if letters / len(visible) < 0.5:
+        return "garbage transcript (mostly non-letters)"
+    ws = words(text)
+    if not ws or not any(sum(ch.isalpha() for ch in w) >= 2 for w in ws):
+        return "garbage transcript (no word)"
+    if max(len(w) for w in ws) > 40:
+        return "garbage transcript (a 40+ character word)"
+    return None
+
+
+_STOCK = re.compile("(?:(?:" + "|".join(re.escape(x) for x in sorted(HALLUCINATIONS + FILLERS, key=len, reverse=True))
+                    + ")(?: |$))+")
+
+
+def is_stock(text: str) -> bool:
+    """True when the normalised text is made only of known hallucinations and fillers ("Thank you. Bye.")."""
+    s = normalize_text(text)
+    return not s or _STOCK.fullmatch(s) is not None
+
+
+def screen(text: str, rules: SignalRules, seconds: float | None = None, avg_logprob: float | None = None,
+           no_speech_prob: float | None = None) -> str | None:
+    """Why the chain must not let this transcript through (None = it goes to the judge)."""
+    why = garbage(text)
+    if why:
+        return why
+    if rules.hallucinations and is_stock(text):
+        return "hallucination/filler transcript (a known Whisper output on unintelligible audio)"
+    if no_speech_prob is not None and no_speech_prob > rules.max_no_speech:
+        return f"asr doubt: no-speech probability {no_speech_prob:.2f} > {rules.max_no_speech}"
+    if avg_logprob is not None and avg_logprob < rules.min_avg_logprob:
+        return f"asr doubt: average log-probability {avg_logprob:.2f} < {rules.min_avg_logprob}"
+    if auto_bleu(text, 2) > rules.max_autobleu:
+        return f"repetition: bigram auto-BLEU {auto_bleu(text, 2):.2f} > {rules.max_autobleu}"
+    if seconds and rules.min_words_per_s > 0 and len(words(text)) / seconds < rules.min_words_per_s:
+        return (f"under-transcribed: {len(words(text))} words in {seconds:.1f} s "
+                f"(< {rules.min_words_per_s} words/s)")
+    return None
+
+
+def sense(ln_ppl: float | None, ln_ppl_uncond: float | None, n_words: int, rules: SignalRules) -> float | None:
+    """The signal of one judged transcript (higher is better); None when a needed perplexity is missing."""
+    if ln_ppl is None:
+        return None
+    if rules.kind == "lnppl":
+        return -ln_ppl
+    if ln_ppl_uncond is None:
+        return None
+    pmi = ln_ppl_uncond - ln_ppl
+    return pmi if rules.kind == "pmi" else pmi * min(n_words, rules.max_words)
+
+
+def ln(ppl: float | None) -> float | None:
+    return math.log(ppl) if ppl is not None and math.isfinite(ppl) and ppl > 0 else None
+
+
+def judge_rows(rows: list[dict], ppl_judge: object, rules: SignalRules) -> None:
+    """Screen and judge transcripts in place, the one path of the judge stage and the evaluation.
+
+    Each row holds ``prompt_text``, ``text`` and, when known, ``seconds``, ``avg_logprob``,
+    ``no_speech_prob`` and an earlier ``reject`` (an ASR error).  It gets ``reject`` (None or why),
+    ``screened`` (True when the *continuation* failed: it loses against any accepted one), ``perplexity``
+    (given the prompt), ``perplexity_uncond`` (given nothing; not for kind lnppl) and ``sense``.
+    ``ppl_judge`` is an alignslm.judge.PerplexityJudge, or None to screen only (the 1-5 score mode).
+    """
+    todo = []
+    for r in rows:
+        r.setdefault("perplexity", None)
+        r["perplexity_uncond"] = r["sense"] = None
+        r["asr_reject"] = r.get("reject")  # upstream (ASR) reason, kept apart from the screen's
+        if r.get("reject"):
+            r["screened"] = True
+            continue
+        why = screen(r["text"], rules, r.get("seconds"), r.get("avg_logprob"), r.get("no_speech_prob"))
+        pwhy = garbage(r.get("prompt_text") or "")
+        r["reject"], r["screened"] = why or (pwhy and f"prompt: {pwhy}"), why is not None
+        if not r["reject"]:
+            todo.append(r)
+    if not todo or ppl_judge is None:
+        return
+    texts = [r["text"] for r in todo]
+    cond = ppl_judge.score([r["prompt_text"] for r in todo], texts)  # type: ignore[attr-defined]
+    uncond = (ppl_judge.score([""] * len(todo), texts) if rules.kind != "lnppl"  # type: ignore[attr-defined]
+              else [None] * len(todo))
+    for r, c, u in zip(todo, cond, uncond):
+        r["perplexity"] = c.perplexity
+        r["perplexity_uncond"] = None if u is None else u.perplexity
+        r["sense"] = sense(ln(c.perplexity), None if u is None else ln(u.perplexity), len(words(r["text"])), rules)
+        if c.perplexity is None:
+            r["reject"] = f"judge: {c.error or 'no perplexity'}"
