@@ -221,6 +221,9 @@ class JudgeConfig:
                                       "over babble); 0 = off.")
     max_words: int = opt(40, "signal=pmi_words: words counted at most.")
     max_autobleu: float = opt(0.3, "Reject a transcript whose bigram auto-BLEU is above this (a loop).")
+    neutral_prompt: str = opt("It was an ordinary day. People were busy with the things they usually do.",
+                              "signal=pmi/pmi_words: the context the prompt is compared with (ln p(c|prompt) - "
+                              "ln p(c|neutral_prompt)); '' = no context (start of a document).")
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,10 @@ How a transcript scores (higher is better), ``kind``:
 
 - ``lnppl``: minus the judge LM's ln-perplexity of the continuation given the prompt's transcript (the
   demo's original signal; per token, so short generic text wins);
-- ``pmi``: ln p(c | prompt) - ln p(c), per token: what the prompt adds, i.e. sense *given the prompt*
-  (generic text gains nothing from the prompt);
+- ``pmi``: ln p(c | prompt) - ln p(c | ``neutral``), per token: what *this* prompt adds over a neutral
+  story context, i.e. sense given the prompt (generic text gains nothing from the prompt).  The neutral
+  context matters: against an empty one, any mid-story text ("And then, you know, it was like that.") gains
+  from any story prompt, because the empty context is the start of a document;
 - ``pmi_words``: ``pmi`` times the number of words, capped at ``max_words``: the total evidence that the
   continuation follows this prompt, so that a longer on-topic continuation beats a short one.
 """
@@ -58,6 +60,7 @@ class SignalRules:
     min_words_per_s: float = 0.6
     max_words: int = 40
     max_autobleu: float = 0.3
+    neutral: str = "It was an ordinary day. People were busy with the things they usually do."
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -77,7 +80,8 @@ def rules_from(cfg: object) -> SignalRules:
                        min_avg_logprob=getattr(cfg, "min_avg_logprob", d.min_avg_logprob),
                        min_words_per_s=getattr(cfg, "min_words_per_s", d.min_words_per_s),
                        max_words=getattr(cfg, "max_words", d.max_words),
-                       max_autobleu=getattr(cfg, "max_autobleu", d.max_autobleu))
+                       max_autobleu=getattr(cfg, "max_autobleu", d.max_autobleu),
+                       neutral=getattr(cfg, "neutral_prompt", d.neutral))
 
 
 def garbage(text: str) -> str | None:
@@ -148,7 +152,7 @@ def judge_rows(rows: list[dict], ppl_judge: object, rules: SignalRules) -> None:
     Each row holds ``prompt_text``, ``text`` and, when known, ``seconds``, ``avg_logprob``,
     ``no_speech_prob`` and an earlier ``reject`` (an ASR error).  It gets ``reject`` (None or why),
     ``screened`` (True when the *continuation* failed: it loses against any accepted one), ``perplexity``
-    (given the prompt), ``perplexity_uncond`` (given nothing; not for kind lnppl) and ``sense``.
+    (given the prompt), ``perplexity_uncond`` (given ``rules.neutral``; not for kind lnppl) and ``sense``.
     ``ppl_judge`` is an alignslm.judge.PerplexityJudge, or None to screen only (the 1-5 score mode).
     """
     todo = []
@@ -168,7 +172,7 @@ def judge_rows(rows: list[dict], ppl_judge: object, rules: SignalRules) -> None:
         return
     texts = [r["text"] for r in todo]
     cond = ppl_judge.score([r["prompt_text"] for r in todo], texts)  # type: ignore[attr-defined]
-    uncond = (ppl_judge.score([""] * len(todo), texts) if rules.kind != "lnppl"  # type: ignore[attr-defined]
+    uncond = (ppl_judge.score([rules.neutral] * len(todo), texts) if rules.kind != "lnppl"  # type: ignore[attr-defined]
               else [None] * len(todo))
     for r, c, u in zip(todo, cond, uncond):
         r["perplexity"] = c.perplexity

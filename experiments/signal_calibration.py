@@ -29,17 +29,21 @@ sys.path.insert(0, str(ROOT))
 from alignslm.signal import OFF, SignalRules, screen, sense  # noqa: E402
 from alignslm.textmetrics import words  # noqa: E402
 
-ALL = replace(OFF, kind="pmi")  # no screen, both perplexities: every variant can be computed afterwards
+ALL = replace(OFF, kind="pmi", neutral="")  # no screen, all perplexities: every variant computed afterwards
+NEUTRAL = SignalRules().neutral
 
 VARIANTS: dict[str, SignalRules] = {
     "A lnppl, no screen (the demo's signal before)": OFF,
-    "B pmi, no screen": replace(OFF, kind="pmi"),
-    "C pmi_words, no screen": replace(OFF, kind="pmi_words"),
-    "D lnppl + screen": replace(SignalRules(), kind="lnppl"),
-    "E pmi + screen": replace(SignalRules(), kind="pmi"),
-    "F pmi_words + screen (default)": SignalRules(),
-    "G pmi_words + hallucination list only": replace(OFF, kind="pmi_words", hallucinations=True, max_autobleu=0.3),
-    "H pmi_words + screen, no words/s": replace(SignalRules(), min_words_per_s=0.0),
+    "B pmi vs empty context, no screen": replace(OFF, kind="pmi", neutral=""),
+    "C pmi vs neutral context, no screen": replace(OFF, kind="pmi"),
+    "D pmi_words vs neutral, no screen": replace(OFF, kind="pmi_words"),
+    "E lnppl + screen": replace(SignalRules(), kind="lnppl"),
+    "F pmi vs empty + screen": replace(SignalRules(), kind="pmi", neutral=""),
+    "G pmi vs neutral + screen": replace(SignalRules(), kind="pmi"),
+    "H pmi_words vs neutral + screen (default)": SignalRules(),
+    "I pmi_words vs neutral + hallucination list and loops only": replace(
+        OFF, kind="pmi_words", hallucinations=True, max_autobleu=0.3),
+    "J pmi_words vs neutral + screen, no words/s": replace(SignalRules(), min_words_per_s=0.0),
 }
 
 
@@ -59,9 +63,12 @@ def collect(run_dir: Path, out: Path, n_prompts: int) -> dict[str, list[dict]]:
     gen.evaluate(ctx, "base", lm)
     base = read_jsonl(out / "base" / "generations.jsonl")
     _, classes = calibration(ctx, gen, base, rules=ALL)
+    todo = [r for rows in classes.values() for r in rows if not r.get("asr_reject") and (r.get("text") or "").strip()]
+    for r, res in zip(todo, gen.ppl.score([NEUTRAL] * len(todo), [r["text"] for r in todo])):
+        r["perplexity_neutral"] = res.perplexity
     logging.info("collected in %.0f s", time.time() - t0)
     keep = ("prompt_id", "k", "text", "prompt_text", "seconds", "avg_logprob", "no_speech_prob", "asr_reject",
-            "perplexity", "perplexity_uncond")
+            "perplexity", "perplexity_uncond", "perplexity_neutral")
     return {c: [{k: r.get(k) for k in keep} for r in rows] for c, rows in classes.items()}
 
 
@@ -72,7 +79,8 @@ def apply(rows: list[dict], rules: SignalRules) -> list[dict]:
         why = r.get("asr_reject") or screen(r.get("text") or "", rules, r.get("seconds"), r.get("avg_logprob"),
                                             r.get("no_speech_prob"))
         lp = math.log(r["perplexity"]) if r.get("perplexity") else None
-        lu = math.log(r["perplexity_uncond"]) if r.get("perplexity_uncond") else None
+        base = r.get("perplexity_uncond") if rules.neutral == "" else r.get("perplexity_neutral")
+        lu = math.log(base) if base else None
         s = None if why else sense(lp, lu, len(words(r.get("text") or "")), rules)
         out.append({**r, "reject": why or (None if s is not None else "no perplexity"), "sense": s})
     return out

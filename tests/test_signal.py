@@ -57,10 +57,10 @@ def test_rules_from_config_section():
 
 
 class FakePPL:
-    """Perplexity e^(words) given a prompt, e^(words + 1) without one (the prompt always helps 1 nat)."""
+    """Perplexity e^(words) given a story prompt, e^(words + 1) given the neutral context (the prompt helps 1 nat)."""
 
     def score(self, prompts, texts):
-        return [SimpleNamespace(perplexity=math.exp(len(t.split()) + (0 if p else 1)), error=None)
+        return [SimpleNamespace(perplexity=math.exp(len(t.split()) + (1 if p == RULES.neutral else 0)), error=None)
                 for p, t in zip(prompts, texts)]
 
 

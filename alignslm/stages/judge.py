@@ -1,7 +1,10 @@
 """Stage judge: transcripts.jsonl -> judgments.jsonl (score 1-5 or perplexity, auto-BLEU, the raw reply).
 
-Items the judge cannot use are recorded (rejects.jsonl) and kept with ``score``/``perplexity`` null:
-an ASR error upstream, an empty or whitespace transcript, garbage text (mostly non-letters), a judge
+Every transcript first goes through the signal's screen and, in perplexity mode, gets the signal value
+``sense`` (alignslm.signal.judge_rows: the same function as the evaluation's).  Items the judge cannot use
+are recorded (rejects.jsonl) and kept with ``score``/``perplexity`` null: an ASR error upstream, an empty or
+whitespace transcript, garbage text (mostly non-letters), a screened-out transcript (``screened``: a known
+Whisper hallucination, Whisper's own doubt, too few words per second, a loop; it loses every pair), a judge
 reply that stays unparseable after one retry, an endpoint error (HTTP 500, timeout, invalid JSON, a dead
 server).  A missing score is never 0.  With the HTTP backend the replies are cached in
 ``judge/http_cache.jsonl`` (keyed by model and request; no API key inside), so a resumed run does not pay twice.
