@@ -105,3 +105,15 @@ def test_pairs_use_the_sense_and_reject_screened_outright():
              Candidate(2, [3], "Thank you.", screened=True)]
     pairs, why = build_pairs_for_prompt(cands, PairRules(mode="perplexity", all_combinations=True))
     assert why == "" and {(c.k, x.k) for c, x in pairs} == {(0, 1), (0, 2)}
+
+
+def test_report_calibration_block():
+    from alignslm.report import calibration_block
+
+    truth = [{"prompt_id": str(i), "sense": 3.0} for i in range(4)]
+    base = [{"prompt_id": str(i), "sense": 1.0} for i in range(4)]
+    cal = calibration_summary({"true continuation": truth, "base sample": base, "random units": base}, n_boot=20)
+    cal["signal"] = {"kind": "pmi_words"}
+    md = calibration_block({"calibration": cal})
+    assert "| true continuation | 100% |" in md and "**met**" in md and "**none**" in md
+    assert "Not measured" in calibration_block({})
