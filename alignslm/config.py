@@ -215,12 +215,14 @@ class JudgeConfig:
                       "of the report and experiments/signal_calibration.md.")
     screen_hallucinations: bool = opt(True, "Reject transcripts made only of known Whisper hallucinations and "
                                             "fillers ('Thank you.', 'you', 'Um, so.'): they lose every pair.")
-    max_no_speech: float = opt(0.5, "Reject a continuation whose Whisper no-speech probability is above this.")
-    min_avg_logprob: float = opt(-1.0, "Reject a continuation whose Whisper average token log-prob is below this.")
-    min_words_per_s: float = opt(0.6, "Reject a transcript with fewer words per second of audio (a stock phrase "
-                                      "over babble); 0 = off.")
+    max_no_speech: float | None = opt(None, "Reject a continuation whose Whisper no-speech probability is above "
+                                            "this (None = off: on the demo it rejects true continuations).")
+    min_avg_logprob: float | None = opt(None, "Reject a continuation whose Whisper average token log-prob is below "
+                                              "this (None = off).")
+    min_words_per_s: float = opt(0.0, "Reject a transcript with fewer words per second of audio (0 = off).")
     max_words: int = opt(40, "signal=pmi_words: words counted at most.")
-    max_autobleu: float = opt(0.3, "Reject a transcript whose bigram auto-BLEU is above this (a loop).")
+    max_autobleu: float = opt(0.5, "Reject a transcript whose bigram auto-BLEU is above this (a loop; the demo's "
+                                   "true continuations reach 0.45).")
     neutral_prompt: str = opt("It was an ordinary day. People were busy with the things they usually do.",
                               "signal=pmi/pmi_words: the context the prompt is compared with (ln p(c|prompt) - "
                               "ln p(c|neutral_prompt)); '' = no context (start of a document).")

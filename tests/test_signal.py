@@ -31,9 +31,11 @@ def test_content_passes(text):
 
 def test_screen_uses_whisper_confidence_words_per_second_and_repetition():
     text = "The cook washed the pan."
-    assert "no-speech" in screen(text, RULES, 2.0, -0.3, 0.9)
-    assert "log-probability" in screen(text, RULES, 2.0, -1.5, 0.1)
-    assert "under-transcribed" in screen(text, RULES, 20.0, -0.3, 0.1)  # 5 words in 20 s
+    strict = SignalRules(max_no_speech=0.5, min_avg_logprob=-1.0, min_words_per_s=0.6)
+    assert "no-speech" in screen(text, strict, 2.0, -0.3, 0.9)
+    assert "log-probability" in screen(text, strict, 2.0, -1.5, 0.1)
+    assert "under-transcribed" in screen(text, strict, 20.0, -0.3, 0.1)  # 5 words in 20 s
+    assert screen(text, RULES, 20.0, -1.5, 0.9) is None  # off by default
     assert "repetition" in screen("the red pan the red pan the red pan the red pan", RULES, 4.0, -0.3, 0.1)
     assert screen("", RULES) == "empty transcript"
 
