@@ -393,7 +393,7 @@ class GenerationSetup:
         from alignslm.signal import judge_rows
         from alignslm.textmetrics import auto_bleu
 
-        judge_rows(rows, self.ppl, self.rules)
+        judge_rows(rows, self.ppl, self.rules, list(self.prompt_texts))
         ok = [r for r in rows if not r["reject"]]
         for r in rows:
             r["autobleu"] = auto_bleu(r["text"], 2) if r.get("text") else None

@@ -26,7 +26,11 @@ How a transcript scores (higher is better), ``kind``:
   context matters: against an empty one, any mid-story text ("And then, you know, it was like that.") gains
   from any story prompt, because the empty context is the start of a document;
 - ``pmi_words``: ``pmi`` times the number of words, capped at ``max_words``: the total evidence that the
-  continuation follows this prompt, so that a longer on-topic continuation beats a short one.
+  continuation follows this prompt, so that a longer on-topic continuation beats a short one;
+- ``contrast`` / ``contrast_words``: as ``pmi`` / ``pmi_words``, but against the mean ln-perplexity given
+  ``contrast_k`` *other* prompts of the same set (the next ones in sorted order, so the choice does not
+  depend on sharding): does the continuation fit its own prompt better than other stories' prompts?  Generic
+  story text gains nothing; a continuation that stays on its prompt's topic gains.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ HALLUCINATIONS = (
 )
 FILLERS = ("um", "uh", "hmm", "mm", "ah", "oh", "okay", "ok", "so", "yeah", "yes", "no", "well", "and", "i",
            "the", "a", "huh", "hey", "hi", "wow", "oh my god", "all right", "alright")
-KINDS = ("lnppl", "pmi", "pmi_words")
+KINDS = ("lnppl", "pmi", "pmi_words", "contrast", "contrast_words")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class SignalRules:
     max_words: int = 40
     max_autobleu: float = 0.5
     neutral: str = "It was an ordinary day. People were busy with the things they usually do."
+    contrast_k: int = 4
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -81,7 +86,8 @@ def rules_from(cfg: object) -> SignalRules:
                        min_words_per_s=getattr(cfg, "min_words_per_s", d.min_words_per_s),
                        max_words=getattr(cfg, "max_words", d.max_words),
                        max_autobleu=getattr(cfg, "max_autobleu", d.max_autobleu),
-                       neutral=getattr(cfg, "neutral_prompt", d.neutral))
+                       neutral=getattr(cfg, "neutral_prompt", d.neutral),
+                       contrast_k=getattr(cfg, "contrast_k", d.contrast_k))
 
 
 def garbage(text: str) -> str | None:
@@ -139,20 +145,28 @@ def sense(ln_ppl: float | None, ln_ppl_uncond: float | None, n_words: int, rules
     if ln_ppl_uncond is None:
         return None
     pmi = ln_ppl_uncond - ln_ppl
-    return pmi if rules.kind == "pmi" else pmi * min(n_words, rules.max_words)
+    return pmi if rules.kind in ("pmi", "contrast") else pmi * min(n_words, rules.max_words)
 
 
 def ln(ppl: float | None) -> float | None:
     return math.log(ppl) if ppl is not None and math.isfinite(ppl) and ppl > 0 else None
 
 
-def judge_rows(rows: list[dict], ppl_judge: object, rules: SignalRules) -> None:
+def contrast_prompts(prompt_texts: list[str], k: int) -> dict[str, list[str]]:
+    """prompt -> the ``k`` prompts after it in the sorted set of distinct prompts (cyclic, never itself)."""
+    ps = sorted({p for p in prompt_texts if p and p.strip()})
+    return {p: [ps[(i + j) % len(ps)] for j in range(1, min(k, len(ps) - 1) + 1)] for i, p in enumerate(ps)}
+
+
+def judge_rows(rows: list[dict], ppl_judge: object, rules: SignalRules, all_prompts: list[str] | None = None) -> None:
     """Screen and judge transcripts in place, the one path of the judge stage and the evaluation.
 
     Each row holds ``prompt_text``, ``text`` and, when known, ``seconds``, ``avg_logprob``,
     ``no_speech_prob`` and an earlier ``reject`` (an ASR error).  It gets ``reject`` (None or why),
     ``screened`` (True when the *continuation* failed: it loses against any accepted one), ``perplexity``
-    (given the prompt), ``perplexity_uncond`` (given ``rules.neutral``; not for kind lnppl) and ``sense``.
+    (given the prompt), ``perplexity_uncond`` (the baseline: given ``rules.neutral``, or the geometric mean
+    given the contrast prompts; not for kind lnppl) and ``sense``.  ``all_prompts``: the prompt set the
+    contrast prompts come from (default: these rows' prompts; pass the whole stage's for shard independence).
     ``ppl_judge`` is an alignslm.judge.PerplexityJudge, or None to screen only (the 1-5 score mode).
     """
     todo = []
@@ -172,11 +186,28 @@ def judge_rows(rows: list[dict], ppl_judge: object, rules: SignalRules) -> None:
         return
     texts = [r["text"] for r in todo]
     cond = ppl_judge.score([r["prompt_text"] for r in todo], texts)  # type: ignore[attr-defined]
-    uncond = (ppl_judge.score([rules.neutral] * len(todo), texts) if rules.kind != "lnppl"  # type: ignore[attr-defined]
-              else [None] * len(todo))
-    for r, c, u in zip(todo, cond, uncond):
+    base = _baseline(todo, texts, ppl_judge, rules, all_prompts)
+    for r, c, u in zip(todo, cond, base):
         r["perplexity"] = c.perplexity
-        r["perplexity_uncond"] = None if u is None else u.perplexity
-        r["sense"] = sense(ln(c.perplexity), None if u is None else ln(u.perplexity), len(words(r["text"])), rules)
+        r["perplexity_uncond"] = u
+        r["sense"] = sense(ln(c.perplexity), ln(u), len(words(r["text"])), rules)
         if c.perplexity is None:
             r["reject"] = f"judge: {c.error or 'no perplexity'}"
+
+
+def _baseline(todo: list[dict], texts: list[str], ppl_judge: object, rules: SignalRules,
+              all_prompts: list[str] | None) -> list[float | None]:
+    """Per row, the perplexity the prompt's is compared with (None for kind lnppl)."""
+    if rules.kind == "lnppl":
+        return [None] * len(todo)
+    if rules.kind in ("pmi", "pmi_words"):
+        return [u.perplexity for u in ppl_judge.score([rules.neutral] * len(todo), texts)]  # type: ignore[attr-defined]
+    others = contrast_prompts(all_prompts or [r["prompt_text"] for r in todo], rules.contrast_k)
+    lns: list[list[float]] = [[] for _ in todo]
+    for j in range(rules.contrast_k):
+        idx = [i for i, r in enumerate(todo) if len(others.get(r["prompt_text"], [])) > j]
+        res = ppl_judge.score([others[todo[i]["prompt_text"]][j] for i in idx], [texts[i] for i in idx])  # type: ignore[attr-defined]
+        for i, u in zip(idx, res):
+            if ln(u.perplexity) is not None:
+                lns[i].append(ln(u.perplexity))
+    return [math.exp(sum(v) / len(v)) if v else None for v in lns]

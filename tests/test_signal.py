@@ -119,3 +119,24 @@ def test_report_calibration_block():
     md = calibration_block({"calibration": cal})
     assert "| true continuation | 100% |" in md and "**met**" in md and "**none**" in md
     assert "Not measured" in calibration_block({})
+
+
+def test_contrast_prompts_are_the_next_distinct_ones_in_sorted_order():
+    from alignslm.signal import contrast_prompts
+
+    c = contrast_prompts(["b", "a", "c", "a", ""], 2)
+    assert c == {"a": ["b", "c"], "b": ["c", "a"], "c": ["a", "b"]}
+    assert contrast_prompts(["a"], 4) == {"a": []}
+
+
+def test_contrast_kind_judges_against_other_prompts():
+    class Topical:
+        """ln-ppl 2 when the text shares its first word with the prompt, else 4."""
+
+        def score(self, prompts, texts):
+            return [SimpleNamespace(perplexity=math.exp(2.0 if p.split()[0] == t.split()[0] else 4.0), error=None)
+                    for p, t in zip(prompts, texts)]
+
+    rows = [{"prompt_text": "sea waves", "text": "sea boats"}, {"prompt_text": "farm cows", "text": "sea boats"}]
+    judge_rows(rows, Topical(), SignalRules(kind="contrast", contrast_k=1))
+    assert rows[0]["sense"] == pytest.approx(2.0) and rows[1]["sense"] == pytest.approx(-2.0)

@@ -243,7 +243,7 @@ def calibration(ctx: StageContext, gen: Any, base_rows: list[dict], rules: Any =
             for k, text in texts.items():
                 probes[k].append({"prompt_id": p["prompt_id"], "k": 0, "prompt_text": gen.prompt_texts[i],
                                   "text": text, "seconds": secs[p["prompt_id"]] or None, "reject": None})
-        judge_rows([r for v in probes.values() for r in v], gen.ppl, rules)
+        judge_rows([r for v in probes.values() for r in v], gen.ppl, rules, list(gen.prompt_texts))
     finally:
         gen.rules = saved
     classes = {"true continuation": truth, "base sample": base_rows, "random units": rand, **probes}

@@ -30,6 +30,7 @@ def run(ctx: StageContext) -> dict:
     ab = AutoBleuJudge(2)
 
     rules = rules_from(cfg)
+    all_prompts = [r["prompt_text"] for r in rows]  # contrast prompts from the whole stage, not the shard
     ppl = judge if isinstance(judge, PerplexityJudge) else None  # score mode: screen, then the 1-5 score
 
     def process(chunk: list[dict]) -> list[dict]:
@@ -43,7 +44,7 @@ def run(ctx: StageContext) -> dict:
                         "raw": "", "prompt_text": r["prompt_text"], "text": r["text"], "reject": err,
                         "seconds": r.get("seconds"), "avg_logprob": r.get("avg_logprob"),
                         "no_speech_prob": r.get("no_speech_prob")})
-        judge_rows(out, ppl, rules)  # the evaluation's path too (alignslm.genmetrics)
+        judge_rows(out, ppl, rules, all_prompts)  # the evaluation's path too (alignslm.genmetrics)
         todo = [i for i, o in enumerate(out) if not o["reject"]]
         if ppl is None and todo:
             for i, res in zip(todo, judge.score([out[i]["prompt_text"] for i in todo], [out[i]["text"] for i in todo])):
