@@ -54,8 +54,8 @@ class CorpusConfig:
         None, "A JSONL manifest of real audio (utt_id, path[, text, words]). None builds the demo corpus.")
     n_stories: int = opt(2000, "Demo: number of stories = utterances (one voice and rate each; ~1 min of synthesis).")
     n_topics: int = opt(10, "Demo: number of topics used (1-10; the benchmarks' tSC needs >= 2).")
-    voices: list = opt(["en-us+m2", "en-us+f2", "en-us"], "Demo: eSpeak NG voices / variants (the three that "
-                                                          "Whisper tiny.en transcribes best, bench/RESULTS.md).")
+    voices: list = opt(["en-us+m2", "en-us+f4", "en-us"], "Demo: eSpeak NG voices / variants: two male, one "
+                        "female, none with breath noise (+f2/+f3/+f5 are not reproducible, alignslm.demo.tts).")
     rates: list = opt([170, 185], "Demo: eSpeak speaking rates (words per minute).")
     split: list = opt([0.8, 0.1, 0.1], "Demo: train/dev/test shares, split by story.")
 
@@ -69,7 +69,7 @@ class BenchmarksConfig:
     rate: int = opt(175, "Demo: eSpeak speaking rate of the benchmarks (words per minute).")
     story_voice: str = opt("en-us+m2", "Demo: the single voice of sSC/tSC (as in Spoken StoryCloze).")
     n_topics: int = opt(10, "Demo: topics the benchmarks draw from (keep equal to corpus.n_topics).")
-    voices: list = opt(["en-us+m2", "en-us+f2", "en-us"], "Demo: voices of the lexical/syntactic benchmarks.")
+    voices: list = opt(["en-us+m2", "en-us+f4", "en-us"], "Demo: voices of the lexical/syntactic benchmarks.")
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,25 @@ class JudgeConfig:
     max_new_tokens: int = opt(96, "Score mode without expected_score: tokens of analysis + 'Score: N'.")
     backoff_s: float = opt(0.5, "HTTP: first retry delay (doubles each retry).")
     shard_size: int = opt(128, "Continuations per output shard (resume granularity).")
+    signal: str = opt("pmi_words", "Perplexity mode, what the pairs and the evaluation compare (alignslm.signal): "
+                      "lnppl (ln-perplexity given the prompt, lower is better) | pmi (ln p(c|prompt) - ln p(c) "
+                      "per token) | pmi_words (pmi x words, capped at judge.max_words) | contrast / contrast_words (the same against "
+                      "judge.contrast_k other prompts instead of the neutral one). See the calibration block "
+                      "of the report and experiments/signal_calibration.md.")
+    screen_hallucinations: bool = opt(True, "Reject transcripts made only of known Whisper hallucinations and "
+                                            "fillers ('Thank you.', 'you', 'Um, so.'): they lose every pair.")
+    max_no_speech: float | None = opt(None, "Reject a continuation whose Whisper no-speech probability is above "
+                                            "this (None = off: on the demo it rejects true continuations).")
+    min_avg_logprob: float | None = opt(None, "Reject a continuation whose Whisper average token log-prob is below "
+                                              "this (None = off).")
+    min_words_per_s: float = opt(0.0, "Reject a transcript with fewer words per second of audio (0 = off).")
+    max_words: int = opt(40, "signal=pmi_words: words counted at most.")
+    max_autobleu: float = opt(0.5, "Reject a transcript whose bigram auto-BLEU is above this (a loop; the demo's "
+                                   "true continuations reach 0.45).")
+    contrast_k: int = opt(4, "signal=contrast/contrast_words: other prompts each continuation is also judged with.")
+    neutral_prompt: str = opt("It was an ordinary day. People were busy with the things they usually do.",
+                              "signal=pmi/pmi_words: the context the prompt is compared with (ln p(c|prompt) - "
+                              "ln p(c|neutral_prompt)); '' = no context (start of a document).")
 
 
 @dataclass(frozen=True)
@@ -278,6 +297,9 @@ class EvalConfig:
                                           "the CPU demo) | all (every round too). Benchmarks: every model.")
     bootstrap: int = opt(2000, "Bootstrap resamples for confidence intervals.")
     n_examples: int = opt(3, "Example continuations per round in the report.")
+    calibration: bool = opt(True, "Calibrate the signal on the held-out prompts (the report's calibration block): "
+                                  "true continuation vs base samples vs random units vs text probes, through the "
+                                  "same vocoder, Whisper, screen and judge (~40% more generation time).")
     also_score: bool = opt(False, "With judge.mode=perplexity, also ask the judge for 1-5 scores of the held-out "
                                   "continuations (reported beside; slow on a CPU).")
 

@@ -87,7 +87,8 @@ def log_perplexity_rows(rows: Sequence[Mapping]) -> list[dict]:
     return out
 
 
-JUDGE_FIELDS = {"score": "score", "perplexity": "log_perplexity"}
+JUDGE_FIELDS = {"score": "score", "perplexity": "log_perplexity", "sense": "sense"}
+HIGHER_IS_BETTER = {"score": True, "perplexity": False, "sense": True}
 
 
 def summarize_generations(rows: Sequence[Mapping], n_boot: int = 2000, seed: int = 0,
@@ -97,8 +98,9 @@ def summarize_generations(rows: Sequence[Mapping], n_boot: int = 2000, seed: int
     ``rows``: one per continuation with prompt_id, k, score (float|None), perplexity (float|None),
     autobleu (float|None), reject (str|None: why the continuation has no usable judgement).
     ``judge_metric`` names the judge's signal (the one the pairs were built from): ``score`` (1-5, higher is
-    better) or ``perplexity`` (the judge LM's perplexity of the transcript given the prompt's; compared as
-    ln(perplexity), lower is better).  ``judge`` holds that metric's per-prompt mean with its CI.
+    better), ``perplexity`` (the judge LM's perplexity of the transcript given the prompt's; compared as
+    ln(perplexity), lower is better) or ``sense`` (alignslm.signal, higher is better).  ``judge`` holds that
+    metric's per-prompt mean with its CI.
     """
     if judge_metric not in JUDGE_FIELDS:
         raise ValueError(f"judge_metric={judge_metric!r}: expected one of {sorted(JUDGE_FIELDS)}")
@@ -106,7 +108,7 @@ def summarize_generations(rows: Sequence[Mapping], n_boot: int = 2000, seed: int
     rows = log_perplexity_rows(rows)
     field_ = JUDGE_FIELDS[judge_metric]
     rejected = [r for r in rows if r.get("reject") or r.get(field_) is None]
-    per_prompt = {f: per_prompt_mean(rows, f) for f in ("score", "perplexity", "log_perplexity", "autobleu")}
+    per_prompt = {f: per_prompt_mean(rows, f) for f in ("score", "perplexity", "log_perplexity", "autobleu", "sense")}
     ppl = _finite([r.get("perplexity") for r in rows])
     out = {
         "n_prompts": len({str(r["prompt_id"]) for r in rows}),
@@ -136,7 +138,7 @@ def compare_models(base: Mapping[str, Any], other: Mapping[str, Any], n_boot: in
     p-value of "no improvement".
     """
     out: dict[str, Any] = {}
-    for f in ("score", "perplexity", "log_perplexity", "autobleu"):
+    for f in ("score", "perplexity", "log_perplexity", "autobleu", "sense"):
         a = base.get("per_prompt", {}).get(f, {})
         b = other.get("per_prompt", {}).get(f, {})
         out[f] = paired_bootstrap(a, b, n_boot, seed)
@@ -145,7 +147,64 @@ def compare_models(base: Mapping[str, Any], other: Mapping[str, Any], n_boot: in
     a = base.get("per_prompt", {}).get(f, {})
     b = other.get("per_prompt", {}).get(f, {})
     out["judge_metric"] = metric
-    out["judge_gain"] = paired_bootstrap(a, b, n_boot, seed) if f == "score" else paired_bootstrap(b, a, n_boot, seed)
+    higher = HIGHER_IS_BETTER.get(metric, True)
+    out["judge_gain"] = paired_bootstrap(a, b, n_boot, seed) if higher else paired_bootstrap(b, a, n_boot, seed)
+    return out
+
+
+def _outcome(a: Mapping, b: Mapping, key: str) -> float:
+    """1 if a beats b, 0.5 for a tie, 0 if b wins.  A rejected item loses against an accepted one; two
+    rejects tie; otherwise the higher ``key`` wins."""
+    va = None if a.get("reject") else a.get(key)
+    vb = None if b.get("reject") else b.get(key)
+    if va is None or vb is None:
+        return 0.5 if va is None and vb is None else (1.0 if vb is None else 0.0)
+    return 1.0 if va > vb else 0.5 if va == vb else 0.0
+
+
+def win_rate(a_rows: Sequence[Mapping], b_rows: Sequence[Mapping], key: str = "sense", n_boot: int = 2000,
+             seed: int = 0) -> dict[str, Any]:
+    """How often a prompt's ``a`` row beats its ``b`` rows (every a x b pair of the same prompt_id; ties
+    half, rejects lose): the mean over prompts of each prompt's share, with a bootstrap CI over prompts."""
+    by_a: dict[str, list[Mapping]] = defaultdict(list)
+    for r in a_rows:
+        by_a[str(r["prompt_id"])].append(r)
+    per: dict[str, list[float]] = defaultdict(list)
+    for r in b_rows:
+        for x in by_a.get(str(r["prompt_id"]), []):
+            per[str(r["prompt_id"])].append(_outcome(x, r, key))
+    out = bootstrap_ci([float(np.mean(v)) for v in per.values()], n_boot, seed)
+    out["pairs"] = sum(len(v) for v in per.values())
+    return out
+
+
+def class_summary(rows: Sequence[Mapping], key: str = "sense", n_boot: int = 2000, seed: int = 0) -> dict:
+    """Accepted share and the mean ``key`` (with a bootstrap CI) of one class of outputs."""
+    vals = [r.get(key) for r in rows if not r.get("reject") and r.get(key) is not None]
+    out = bootstrap_ci(vals, n_boot, seed)
+    out["accepted"] = len(vals) / len(rows) if rows else None
+    out["n_rows"] = len(rows)
+    return out
+
+
+def calibration_summary(classes: Mapping[str, Sequence[Mapping]], key: str = "sense", n_boot: int = 2000,
+                        seed: int = 0, truth: str = "true continuation") -> dict[str, Any]:
+    """The calibration block: per class (truth, base samples, random units, probes) the accepted share and
+    mean signal; the truth's win rate against every other class; and whether the gates hold (truth beats
+    base samples in >= 80% of pairs, random units in >= 95%, and no other class that the chain lets through
+    has a higher mean than the truth)."""
+    t = classes[truth]
+    out: dict[str, Any] = {"key": key, "classes": {k: class_summary(v, key, n_boot, seed) for k, v in classes.items()},
+                           "wins": {k: win_rate(t, v, key, n_boot, seed) for k, v in classes.items() if k != truth}}
+    tm = out["classes"][truth]["mean"]
+    beaten_by = [k for k, c in out["classes"].items()
+                 if k != truth and c["mean"] is not None and tm is not None and c["mean"] >= tm]
+    w = out["wins"]
+    out["gates"] = {"vs_base_ge_0.80": (w.get("base sample") or {}).get("mean", 0) is not None
+                    and (w.get("base sample") or {}).get("mean", 0) >= 0.80,
+                    "vs_random_ge_0.95": (w.get("random units") or {}).get("mean", 0) is not None
+                    and (w.get("random units") or {}).get("mean", 0) >= 0.95,
+                    "no_class_above_truth": not beaten_by, "classes_above_truth": beaten_by}
     return out
 
 
@@ -187,7 +246,8 @@ def held_out_prompts(manifest: Sequence[Mapping], units: Mapping[str, Mapping], 
             continue
         words_ = [w["word"] for w in (r.get("words") or []) if float(w["end"]) <= p.end_s + 1e-6]
         out.append({"prompt_id": r["utt_id"], "prompt": p.units, "prompt_end_s": p.end_s, "path": r["path"],
-                    "split": r["split"], "reference": " ".join(words_) if words_ else None})
+                    "split": r["split"], "reference": " ".join(words_) if words_ else None,
+                    "truth": [int(x) for x in u["units"][len(p.units):]]})  # the true continuation
     return out
 
 
@@ -204,8 +264,11 @@ class GenerationSetup:
         from alignslm.judge import LLMScoreJudge, PerplexityJudge
 
         self.cfg, self.prompts, self.vocoder, self.asr, self.out = cfg, prompts, vocoder, asr, out
+        from alignslm.signal import rules_from
+
         self.seeds = seeds  # prompt-major, one per continuation
-        self.metric = cfg.judge.mode  # the judge's signal, the one the pairs were built from
+        self.rules = rules_from(cfg.judge)  # the screen and the signal, as in the judge stage
+        self.metric = signal_metric(cfg.judge)  # the judge's signal, the one the pairs were built from
         self.judge = None  # the 1-5 score: in score mode, or on request (eval.also_score; slow on a CPU)
         if self.metric == "score" or getattr(cfg.eval, "also_score", False):
             self.judge = LLMScoreJudge(backend, expected=cfg.judge.expected_score,
@@ -288,8 +351,7 @@ class GenerationSetup:
         rows = [{"prompt_id": p["prompt_id"], "k": k, "seed": self.seeds[i * n + k], "continuation": conts[i][k],
                  "prompt_text": self.prompt_texts[i], "prompt_path": self.prompt_paths[i], "reject": None}
                 for i, p in enumerate(self.prompts) for k in range(n)]
-        self._audio_and_text(rows, name)
-        self._judge(rows)
+        self.judge_rows(rows, name)
         for r in rows:
             if r["reject"]:
                 ctx.rejects.add(f"{name}/{r['prompt_id']}/{r['k']}", r["reject"])
@@ -305,6 +367,13 @@ class GenerationSetup:
         return summary, [{k: r.get(k) for k in ("prompt_id", "k", "prompt_text", "text", "score", "perplexity",
                                                 "path", "prompt_path")} for r in examples]
 
+    def judge_rows(self, rows: list[dict], name: str) -> list[dict]:
+        """Vocode, transcribe and judge rows (prompt_id, k, continuation units, prompt_text) in place, as the
+        pipeline does; audio goes to ``<out>/<name>/audio``."""
+        self._audio_and_text(rows, name)
+        self._judge(rows)
+        return rows
+
     def _audio_and_text(self, rows: list[dict], name: str) -> None:
         from alignslm.audio import write_wav
 
@@ -319,22 +388,32 @@ class GenerationSetup:
         results = self.asr.transcribe_detailed(list(wavs)) if ok else []
         for r, a in zip(ok, results):
             r["text"] = a.text
+            r["seconds"], r["avg_logprob"], r["no_speech_prob"] = a.seconds, a.avg_logprob, a.no_speech_prob
             if a.error or not a.text.strip():
                 r["reject"] = f"asr: {a.error or 'empty transcript'}"
 
     def _judge(self, rows: list[dict]) -> None:
+        """The judge stage's path (alignslm.signal.judge_rows: screen, perplexities, sense), plus auto-BLEU
+        and, in score mode or with eval.also_score, the 1-5 score."""
+        from alignslm.signal import judge_rows
         from alignslm.textmetrics import auto_bleu
 
+        judge_rows(rows, self.ppl, self.rules, list(self.prompt_texts))
         ok = [r for r in rows if not r["reject"]]
+        for r in rows:
+            r["autobleu"] = auto_bleu(r["text"], 2) if r.get("text") else None
         if not ok:
             return
-        args = ([r["prompt_text"] for r in ok], [r["text"] for r in ok])
-        scores = self.judge.score(*args) if self.judge is not None else [None] * len(ok)
-        for r, j, pp in zip(ok, scores, self.ppl.score(*args)):
-            r["score"], r["raw"] = (j.score, j.raw) if j is not None else (None, pp.raw)
-            r["perplexity"] = pp.perplexity
-            r["autobleu"] = auto_bleu(r["text"], 2)
+        scores = self.judge.score([r["prompt_text"] for r in ok], [r["text"] for r in ok]) if self.judge else None
+        for i, r in enumerate(ok):
+            j = scores[i] if scores is not None else None
+            r["score"], r["raw"] = (j.score, j.raw) if j is not None else (None, "")
             if self.metric == "score" and j.score is None:
                 r["reject"] = f"judge: {j.error or 'no score'}"
-            elif self.metric == "perplexity" and pp.perplexity is None:
-                r["reject"] = f"judge: {pp.error or 'no perplexity'}"
+
+
+def signal_metric(judge_cfg: Any) -> str:
+    """The metric the pairs are built from: score (1-5), perplexity (ln-ppl) or sense (alignslm.signal)."""
+    if judge_cfg.mode == "score":
+        return "score"
+    return "perplexity" if getattr(judge_cfg, "signal", "lnppl") == "lnppl" else "sense"

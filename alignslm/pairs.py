@@ -9,7 +9,10 @@ Per prompt, from its continuations (each with a 1-5 score and/or a perplexity, a
   prompt (the best chosen vs the worst rejected) or every chosen x rejected combination (a setting).
 - Perplexity mode: chosen = the lowest perplexity among the non-repetitive, rejected = the highest
   perplexity (or a repetitive one when nothing is higher); all combinations: the chosen one against every
-  continuation with a higher perplexity and every repetitive one.
+  continuation with a higher perplexity and every repetitive one.  When the judge gave a ``sense`` value
+  (alignslm.signal; higher is better) it replaces the perplexity, and a continuation the signal's screen
+  threw out (``screened``: a Whisper hallucination, no speech, under-transcribed, a loop) is rejected outright
+  like a repetitive one: the same rule the evaluation's calibration uses (rejects lose).
 - A prompt without a valid pair is counted with the reason.
 
 Rows use TRL's field names: ``prompt``, ``chosen``, ``rejected`` (unit lists; chosen/rejected are the
@@ -34,9 +37,11 @@ class Candidate:
     score: float | None = None
     perplexity: float | None = None
     autobleu: float | None = None
+    sense: float | None = None  # alignslm.signal, higher is better; replaces the perplexity when given
+    screened: bool = False  # thrown out by the signal's screen: rejected outright
 
     def repetitive(self, delta: float) -> bool:
-        return self.autobleu is not None and self.autobleu > delta
+        return self.screened or (self.autobleu is not None and self.autobleu > delta)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ def rules_for_round(cfg: Any, round_: int | None) -> PairRules:
 
 
 def _metric(c: Candidate, mode: str) -> float | None:
+    """The value compared, lower is better in perplexity mode (minus the sense when there is one)."""
+    if mode != "score" and c.sense is not None:
+        return -float(c.sense)
     v = c.score if mode == "score" else c.perplexity
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
@@ -84,13 +92,14 @@ def _score_sets(cands: list[Candidate], r: PairRules) -> tuple[list[Candidate], 
 def _perplexity_sets(cands: list[Candidate], r: PairRules) -> tuple[list[Candidate], list[Candidate]]:
     """(chosen, rejected) in perplexity mode: lowest-perplexity clean one vs the highest / repetitive ones."""
     valid = [c for c in cands if _metric(c, "perplexity") is not None]
-    clean = sorted((c for c in valid if not c.repetitive(r.autobleu_delta)), key=lambda c: (c.perplexity, c.k))
+    clean = sorted((c for c in valid if not c.repetitive(r.autobleu_delta)), key=lambda c: (_metric(c, r.mode), c.k))
     if not clean:
         return [], []
     best = clean[0]
     rest = [c for c in valid if c.k != best.k]
     rep = [c for c in cands if c.repetitive(r.autobleu_delta) and c.k != best.k]
-    highest = sorted((c for c in rest if c.perplexity > best.perplexity), key=lambda c: (-c.perplexity, c.k))
+    highest = sorted((c for c in rest if _metric(c, r.mode) > _metric(best, r.mode)),
+                     key=lambda c: (-_metric(c, r.mode), c.k))
     rejected = highest[:1] + [c for c in rep if c not in highest[:1]]
     if r.all_combinations:
         rejected = highest + [c for c in rep if c not in highest]

@@ -60,7 +60,31 @@ def judge_metric(results: Mapping) -> str:
 
 
 def judge_label(results: Mapping) -> str:
-    return "judge ln-perplexity (lower is better)" if judge_metric(results) == "perplexity" else "judge score"
+    return {"perplexity": "judge ln-perplexity (lower is better)",
+            "sense": "signal (alignslm.signal, higher is better)"}.get(judge_metric(results), "judge score")
+
+
+def calibration_block(results: Mapping) -> str:
+    """Does the signal carry sense through the chain?  (alignslm.stages.evaluate.calibration)"""
+    cal = results.get("calibration")
+    if not cal:
+        return "Not measured (eval.calibration=false or no generation metrics).\n"
+    sig = cal.get("signal", {})
+    lines = [f"Signal `{sig.get('kind', '?')}` with its screen, on the held-out prompts, each candidate through the "
+             "same vocoder, Whisper, screen and judge as the rounds (text probes skip the audio). A candidate the "
+             "chain rejects loses its pairs (two rejects tie); ties count half; 95% bootstrap CIs over prompts.",
+             "", "| candidate | accepted | mean signal [95% CI] | true continuation wins [95% CI] |",
+             "|---|---|---|---|"]
+    for name, c in cal["classes"].items():
+        w = cal["wins"].get(name)
+        lines.append(f"| {name} | {_num(c.get('accepted'), '{:.0%}')} | {_ci(c)} | "
+                     f"{_ci(w, '{:.3f}') if w else '-'} |")
+    g = cal.get("gates", {})
+    above = ", ".join(g.get("classes_above_truth") or []) or "none"
+    lines += ["", f"Gates: true > base sample in >= 80% of pairs: **{'met' if g.get('vs_base_ge_0.80') else 'not met'}**; "
+              f"true > random units in >= 95%: **{'met' if g.get('vs_random_ge_0.95') else 'not met'}**; "
+              f"classes let through with a mean signal >= the truth's: **{above}**."]
+    return "\n".join(lines) + "\n"
 
 
 def _judge_ci(g: Mapping) -> Mapping | None:
@@ -86,8 +110,8 @@ def comparison_table(results: Mapping) -> str:
     comps = results.get("comparisons") or {}
     if not comps:
         return ""
-    gain = ("judge gain = base - model ln-perplexity" if judge_metric(results) == "perplexity"
-            else "judge score gain")
+    gain = {"perplexity": "judge gain = base - model ln-perplexity",
+            "sense": "signal gain = model - base"}.get(judge_metric(results), "judge score gain")
     lines = [f"| model vs base | {gain} [95% CI] | P(gain <= 0) | auto-BLEU diff [95% CI] | prompts |"
              " sWUGGY diff | sBLIMP diff | sSC diff | tSC diff |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -393,12 +417,15 @@ def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_exam
     md = ["# alignslm report", ""]
     if demo:
         md += [NOT_COMPARABLE, ""]
-    judge_txt = ("the judge's ln-perplexity of the continuation transcripts given the prompt's (the signal the "
-                 "pairs were built from; lower is better)" if judge_metric(results) == "perplexity"
-                 else "judge score 1-5")
+    judge_txt = {"perplexity": "the judge's ln-perplexity of the continuation transcripts given the prompt's (the "
+                               "signal the pairs were built from; lower is better)",
+                 "sense": "the signal the pairs were built from (alignslm.signal: what the prompt adds to the judge "
+                          "LM's likelihood of the transcript, screened; higher is better)"}.get(
+        judge_metric(results), "judge score 1-5")
     md += ["## Results", "", f"Benchmarks in %, {judge_txt} with a bootstrap 95% CI over prompts, bigram "
            "auto-BLEU of the continuation transcripts (lower = less repetition).", "", table,
            "## Each round against the base model", "", comparison_table(results) or "No rounds to compare.\n",
+           "## Signal calibration", "", calibration_block(results),
            "## Training rounds", "", rounds_table(hists, logs),
            "## Details", "", _detail_tables(results), "## Benchmark data problems", "", data_problems(results),
            "## Protocol", "", protocol_text(results),

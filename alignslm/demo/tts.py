@@ -7,6 +7,22 @@ synthesised, having called our callback with 22,050 Hz int16 chunks and ``espeak
 positions refined to the voiced frames between consecutive events.  The library keeps global state, so
 one process holds one engine (guarded by a lock); ``synthesize_many`` can use a pool of processes.
 
+Reproducibility: eSpeak's waveform generator carries state from one ``espeak_Synth`` call to the next in
+C statics that no API resets (wavegen.c: the pitch-flutter phase ``Flutter_ix``, the gain control ``agc``,
+the roughness ``cycle_count``, the breath resonators, the echo buffer while the voice stays set).  So the
+same (text, voice, rate) gave different samples depending on what the process had spoken before (for every
+voice, en-us included: 51,381 vs 51,394 samples for one sentence after another one), and a pool of workers
+(which worker gets which chunk depends on timing), or a cache holding a different subset, made every cold
+build its own world.  Each utterance is therefore synthesised by a freshly loaded library (``dlclose`` +
+``dlopen`` + ``espeak_Initialize``: every static back to its initial value, ~1 ms; each process loads its own
+copy of the file, since a forked pool worker shares its parent's handle to the original) with libc's ``srand``
+seeded from (text, voice, rate): the audio is a function of (text, voice, rate) alone.
+
+One more source remains inside eSpeak: variants with a ``breath`` line (``+f2``, ``+f3``, ``+f5``: breath
+noise from ``rand()`` through resonators) give different samples in fresh processes even with ``srand``
+fixed and ASLR off (4 distinct outputs in 12 processes for one sentence); without the breath line the same
+variant is reproducible.  :func:`voice_is_reproducible` names them; the demo's voices avoid them.
+
 Synthesised utterances are cached under ``<cache_dir>/tts/`` keyed by (text, voice, rate,
 ``TTS_VERSION``), so a rerun costs a file lookup.
 """
@@ -14,6 +30,7 @@ Synthesised utterances are cached under ``<cache_dir>/tts/`` keyed by (text, voi
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import re
@@ -29,7 +46,7 @@ from alignslm import logger
 from alignslm.audio import SAMPLE_RATE, read_audio, resample
 from alignslm.rundir import atomic_path, disk_errors, hash_str, temp_name
 
-TTS_VERSION = "espeak-tts-3"  # bump when synthesis or word timing changes: invalidates the cache
+TTS_VERSION = "espeak-tts-4"  # bump when synthesis or word timing changes: invalidates the cache
 
 # speak_lib.h constants
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -80,24 +97,49 @@ class ESpeak:
         except ImportError as e:
             raise TTSError("the demo speech needs the PyPI package espeakng-loader: "
                            "pip install 'alignslm[demo]'") from e
-        try:
-            self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        except OSError as e:
-            raise TTSError(f"cannot load libespeak-ng from espeakng-loader ({e})") from e
-        data = espeakng_loader.get_data_path().encode()
-        self.lib.espeak_Initialize.restype = ctypes.c_int
-        self.sr = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
-        if self.sr <= 0:
-            raise TTSError(f"espeak_Initialize failed (returned {self.sr}); data path {data.decode()}")
+        self._path = _private_copy(espeakng_loader.get_library_path())
+        self._data = espeakng_loader.get_data_path().encode()
         self._chunks: list[np.ndarray] = []
         self._events: list[tuple[int, int, int, int]] = []
         self._cb = _CALLBACK(self._on_audio)  # keep a reference: eSpeak calls it from C
-        self.lib.espeak_SetSynthCallback(self._cb)
-        self.lib.espeak_Info.restype = ctypes.c_char_p
-        self.version = self.lib.espeak_Info(None).decode()
-        self.lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        self._libc = ctypes.CDLL(None)  # the process's libc: the rand() that libespeak-ng calls
         self.lock = threading.Lock()
+        self.lib = None
         self._voice: str | None = None
+        self._load()
+        self.version = self.lib.espeak_Info(None).decode()
+        self._fresh = self._reload(check=True)  # False: the library cannot be unloaded here (see _reload)
+        if not self._fresh:
+            logger.warning("eSpeak NG: the library could not be unloaded between utterances; synthesis "
+                           "depends on what this process spoke before (audio not reproducible)")
+
+    def _load(self) -> None:
+        try:
+            lib = ctypes.CDLL(self._path)
+        except OSError as e:
+            raise TTSError(f"cannot load libespeak-ng from espeakng-loader ({e})") from e
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_Info.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        self.sr = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self._data, 0)
+        if self.sr <= 0:
+            raise TTSError(f"espeak_Initialize failed (returned {self.sr}); data path {self._data.decode()}")
+        lib.espeak_SetSynthCallback(self._cb)
+        self.lib, self._voice = lib, None
+
+    def _reload(self, check: bool = False) -> bool:
+        """Unload and load the library again (every C static back to its initial value).  With ``check``,
+        returns whether the library was really unloaded (no other handle kept it mapped)."""
+        import _ctypes
+
+        self.lib.espeak_Terminate()
+        handle, self.lib = self.lib._handle, None
+        close = getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary", None)
+        if close is not None:
+            close(handle)
+        unloaded = close is not None and not (check and _mapped(self._path))
+        self._load()
+        return unloaded
 
     def _on_audio(self, wav: ctypes.POINTER(ctypes.c_short), n: int, events: ctypes.POINTER(_Event)) -> int:
         if n > 0 and wav:
@@ -118,9 +160,13 @@ class ESpeak:
     def synth_raw(self, text: str, voice: str, rate: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
         """(int16 samples at self.sr, events [(type, text_position, length, sample)])."""
         data = text.encode("utf-8")
+        seed = int(hashlib.sha1(f"{text}\0{voice}\0{int(rate)}".encode()).hexdigest()[:8], 16)
         with self.lock:
+            if self._fresh:
+                self._reload()
             self._set_voice(voice)
             self.lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
+            self._libc.srand(ctypes.c_uint(seed))  # the breath noise of the variant voices
             self._chunks, self._events = [], []
             err = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             if err != 0:
@@ -142,6 +188,42 @@ class ESpeak:
                     break
                 out.append(res.decode("utf-8").strip())
         return " ".join(x for x in out if x)
+
+
+def voice_is_reproducible(voice: str) -> bool:
+    """False for a variant (``lang+variant``) whose eSpeak file has a ``breath`` line (see the module doc)."""
+    if "+" not in voice:
+        return True
+    try:
+        import espeakng_loader
+    except ImportError:
+        return True
+    f = Path(espeakng_loader.get_data_path()) / "voices" / "!v" / voice.split("+", 1)[1]
+    if not f.is_file():
+        return True
+    return not any(line.split()[:1] == ["breath"] for line in f.read_text(errors="replace").splitlines())
+
+
+def _private_copy(lib: str) -> str:
+    """A copy of the library file that only this process loads: a process forked from one that had loaded
+    the original holds a handle to it, and dlclose could never unload it here.  Removed at exit."""
+    import atexit
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="alignslm-espeak-")
+    dst = os.path.join(d, os.path.basename(lib))
+    shutil.copyfile(lib, dst)
+    atexit.register(shutil.rmtree, d, True)
+    return dst
+
+
+def _mapped(path: str) -> bool:
+    """Whether ``path`` is mapped into this process (Linux: /proc/self/maps; elsewhere assume it is)."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        return True
+    real = os.path.realpath(path)
+    return any(line.rstrip().endswith(real) for line in maps.read_text().splitlines())
 
 
 _ENGINE: ESpeak | None = None
@@ -282,6 +364,10 @@ def synthesize_many(items: Sequence[tuple[str, str, int]], cache_dir: str | Path
     (each worker initialises its own engine).  An item eSpeak fails on comes back as a row with
     ``error`` (and no path)."""
     jobs = [(t, v, int(r), str(cache_dir)) for t, v, r in items]
+    for v in sorted({j[1] for j in jobs}):
+        if not voice_is_reproducible(v):
+            logger.warning("eSpeak voice %s uses breath noise: its audio differs from process to process "
+                           "(the demo world will not be reproducible); pick a variant without breath", v)
     todo = [j for j in jobs if not all(p.exists() for p in cache_paths(j[3], j[0], j[1], j[2]))]
     if workers > 1 and len(todo) > 50:
         import multiprocessing as mp

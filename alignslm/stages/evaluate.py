@@ -162,6 +162,8 @@ def run(ctx: StageContext) -> dict:
         write_jsonl(rejected_file, rejected)
         write_json(done, res)
         results["models"][name] = res
+    if gen is not None and getattr(cfg.eval, "calibration", False) and (ctx.out / "base" / "generations.jsonl").is_file():
+        results["calibration"] = _calibration(ctx, gen)
     results["comparisons"] = _comparisons(results["models"], cfg.eval.bootstrap, ctx.seed("compare"))
     results["protocol"] = _protocol(cfg, benches, tok, gen, context)
     results["demo"] = cfg.benchmarks.root is None
@@ -213,6 +215,70 @@ def _evaluate_model(ctx: StageContext, name: str, lm: Any, units: dict, benches:
     else:
         out["generation"], out["examples"] = None, []
     return out
+
+
+# Text-level probes of outputs the chain may let through, judged on every held-out prompt as if transcribed.
+PROBES = {"hallucination": "Thank you very much.", "filler": "And then, you know, it was like that.",
+          "generic sentence": "The man went to the store and bought some bread."}
+
+
+def calibration(ctx: StageContext, gen: Any, base_rows: list[dict], rules: Any = None) -> tuple[dict, dict]:
+    """Does the signal carry sense through the whole chain?  On the held-out prompts, through the same
+    vocoder, Whisper, screen and judge as the rounds: the true continuation (the utterance's own units after
+    the prompt, capped at sample.max_new_units, resynthesised), the base model's samples, random units
+    (corpus unigram, the true continuation's length) and text probes (PROBES, plus the prompt's last three
+    words four times).  Returns (calibration_summary, rows by class).  ``rules`` overrides gen.rules."""
+    import numpy as np
+
+    from alignslm.genmetrics import calibration_summary
+    from alignslm.signal import judge_rows
+
+    rules = rules or gen.rules
+    cap = ctx.cfg.sample.max_new_units
+    counts = np.zeros(gen.vocoder.n_units, dtype=np.float64)
+    for r in read_jsonl(ctx.inputs["tokenize"] / "units.jsonl"):
+        np.add.at(counts, np.asarray(r["units"], dtype=np.int64), 1.0)
+    probs = counts / counts.sum()
+    truth, rand, probes = [], [], {k: [] for k in [*PROBES, "repetition"]}
+    for i, p in enumerate(gen.prompts):
+        t = p["truth"][:cap]
+        rng = np.random.default_rng(ctx.seed("calibration", p["prompt_id"]))
+        base = {"prompt_id": p["prompt_id"], "k": 0, "prompt_text": gen.prompt_texts[i], "reject": None}
+        truth.append({**base, "continuation": t})
+        rand.append({**base, "continuation": rng.choice(len(probs), size=max(1, len(t)), p=probs).tolist()})
+    saved = gen.rules
+    gen.rules = rules
+    try:
+        gen.judge_rows(truth, "calibration/true")
+        gen.judge_rows(rand, "calibration/random")
+        secs = {r["prompt_id"]: r.get("seconds") for r in truth}
+        for i, p in enumerate(gen.prompts):
+            last = gen.prompt_texts[i].rstrip(" .!?").split()[-3:]
+            texts = {**PROBES, "repetition": " ".join(last * 4) + "." if last else "the the the the."}
+            for k, text in texts.items():
+                probes[k].append({"prompt_id": p["prompt_id"], "k": 0, "prompt_text": gen.prompt_texts[i],
+                                  "text": text, "seconds": secs[p["prompt_id"]] or None, "reject": None})
+        judge_rows([r for v in probes.values() for r in v], gen.ppl, rules, list(gen.prompt_texts))
+    finally:
+        gen.rules = saved
+    classes = {"true continuation": truth, "base sample": base_rows, "random units": rand, **probes}
+    return calibration_summary(classes, "sense", ctx.cfg.eval.bootstrap, ctx.seed("calibration")), classes
+
+
+def _calibration(ctx: StageContext, gen: Any) -> dict:
+    """The calibration block (see calibration), computed once per evaluate output directory."""
+    path = ctx.out / "calibration" / "calibration.json"
+    if path.is_file():
+        return read_json(path)
+    t0 = time.perf_counter()
+    summary, classes = calibration(ctx, gen, read_jsonl(ctx.out / "base" / "generations.jsonl"))
+    summary["signal"] = {"metric": gen.metric, **{k: v for k, v in vars(gen.rules).items()}}
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    for name, rows in classes.items():
+        if name != "base sample":
+            write_jsonl(ctx.out / "calibration" / f"{name.replace(' ', '_')}.jsonl", rows)
+    write_json(path, summary)
+    return summary
 
 
 def _comparisons(models: dict, n_boot: int, seed: int) -> dict:

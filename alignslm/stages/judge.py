@@ -1,7 +1,10 @@
 """Stage judge: transcripts.jsonl -> judgments.jsonl (score 1-5 or perplexity, auto-BLEU, the raw reply).
 
-Items the judge cannot use are recorded (rejects.jsonl) and kept with ``score``/``perplexity`` null:
-an ASR error upstream, an empty or whitespace transcript, garbage text (mostly non-letters), a judge
+Every transcript first goes through the signal's screen and, in perplexity mode, gets the signal value
+``sense`` (alignslm.signal.judge_rows: the same function as the evaluation's).  Items the judge cannot use
+are recorded (rejects.jsonl) and kept with ``score``/``perplexity`` null: an ASR error upstream, an empty or
+whitespace transcript, garbage text (mostly non-letters), a screened-out transcript (``screened``: a known
+Whisper hallucination, Whisper's own doubt, too few words per second, a loop; it loses every pair), a judge
 reply that stays unparseable after one retry, an endpoint error (HTTP 500, timeout, invalid JSON, a dead
 server).  A missing score is never 0.  With the HTTP backend the replies are cached in
 ``judge/http_cache.jsonl`` (keyed by model and request; no API key inside), so a resumed run does not pay twice.
@@ -12,25 +15,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from alignslm.judge import AutoBleuJudge, default_judge_model, load_judge
+from alignslm.judge import AutoBleuJudge, PerplexityJudge, default_judge_model, load_judge
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
-from alignslm.textmetrics import words
+from alignslm.signal import garbage, judge_rows, rules_from
 
-
-def transcript_problem(text: str) -> str | None:
-    """Why a transcript cannot be judged (None = fine): empty, or garbage (mostly non-letters)."""
-    if not text or not text.strip():
-        return "empty transcript"
-    visible = [ch for ch in text if not ch.isspace()]
-    letters = sum(ch.isalpha() for ch in visible)
-    if letters / len(visible) < 0.5:
-        return "garbage transcript (mostly non-letters)"
-    ws = words(text)
-    if not ws or not any(sum(ch.isalpha() for ch in w) >= 2 for w in ws):
-        return "garbage transcript (no word)"
-    if max(len(w) for w in ws) > 40:
-        return "garbage transcript (a 40+ character word)"
-    return None
+transcript_problem = garbage  # the name this module exported before alignslm.signal
 
 
 def run(ctx: StageContext) -> dict:
@@ -40,49 +29,49 @@ def run(ctx: StageContext) -> dict:
                        cache_dir=ctx.cfg.run.cache_dir)
     ab = AutoBleuJudge(2)
 
+    rules = rules_from(cfg)
+    all_prompts = [r["prompt_text"] for r in rows]  # contrast prompts from the whole stage, not the shard
+    ppl = judge if isinstance(judge, PerplexityJudge) else None  # score mode: screen, then the 1-5 score
+
     def process(chunk: list[dict]) -> list[dict]:
-        out, todo = [], []
+        out = []
         for r in chunk:
-            item = f"{r['prompt_id']}/{r['k']}"
-            problem = _upstream_problem(r)
-            row = {"prompt_id": r["prompt_id"], "k": r["k"], "score": None, "perplexity": None,
-                   "autobleu": ab.score([""], [r["text"]])[0].score if r["text"].strip() else None,
-                   "raw": "", "error": problem, "prompt_text": r["prompt_text"], "text": r["text"],
-                   "asked": problem is None}
-            if problem:
-                ctx.rejects.add(item, problem)
-            else:
-                todo.append(len(out))
-            out.append(row)
-        results = judge.score([out[i]["prompt_text"] for i in todo], [out[i]["text"] for i in todo])
-        for i, res in zip(todo, results):
-            out[i].update(score=res.score, perplexity=res.perplexity, raw=res.raw, error=res.error,
-                          probs=res.probs, retried=res.retried)
-            if res.score is None and res.perplexity is None:
-                ctx.rejects.add(f"{out[i]['prompt_id']}/{out[i]['k']}", f"judge: {res.error}")
+            # a failed continuation has text "" (transcribe stage); otherwise the error was the prompt's, whose
+            # empty prompt_text judge_rows rejects as "prompt: ..." (not the continuation's fault)
+            err = f"transcription failed: {r['error']}" if r.get("error") and not r["text"].strip() else None
+            out.append({"prompt_id": r["prompt_id"], "k": r["k"], "score": None, "perplexity": None,
+                        "autobleu": ab.score([""], [r["text"]])[0].score if r["text"].strip() else None,
+                        "raw": "", "prompt_text": r["prompt_text"], "text": r["text"], "reject": err,
+                        "seconds": r.get("seconds"), "avg_logprob": r.get("avg_logprob"),
+                        "no_speech_prob": r.get("no_speech_prob")})
+        judge_rows(out, ppl, rules, all_prompts)  # the evaluation's path too (alignslm.genmetrics)
+        todo = [i for i, o in enumerate(out) if not o["reject"]]
+        if ppl is None and todo:
+            for i, res in zip(todo, judge.score([out[i]["prompt_text"] for i in todo], [out[i]["text"] for i in todo])):
+                out[i].update(score=res.score, raw=res.raw, probs=res.probs, retried=res.retried)
+                out[i]["reject"] = None if res.score is not None else f"judge: {res.error}"
+        for o in out:
+            # asked: the judge's own items (upstream failures and screened-out text are not; run.max_failed_share)
+            o["asked"] = not o["reject"] or o["reject"].startswith("judge:")
+            o["error"] = o.pop("reject")
+            if o["error"]:
+                ctx.rejects.add(f"{o['prompt_id']}/{o['k']}", o["error"])
         return out
 
     done = run_sharded(ctx, rows, cfg.shard_size, process, "judgments.jsonl")
     return _summary(done, cfg.mode, getattr(judge.backend, "stats", None))
 
 
-def _upstream_problem(r: dict) -> str | None:
-    """Why a transcript row cannot be put to the judge (failed upstream or unjudgeable text), or None."""
-    if r.get("error"):
-        return f"transcription failed: {r['error']}"
-    return transcript_problem(r["text"]) or (
-        transcript_problem(r["prompt_text"]) and f"prompt: {transcript_problem(r['prompt_text'])}")
-
-
 def _summary(done: list[dict], mode: str, http_stats: dict | None) -> dict:
     key = "score" if mode == "score" else "perplexity"
+    screened = Counter(r["error"].split(":")[0].split(" (")[0] for r in done if r.get("screened") and r["error"])
     vals = [r[key] for r in done if r[key] is not None]
     kinds = Counter((r["error"] or "").split(":")[0].split(" (")[0] for r in done if r[key] is None)
     asked = [r for r in done if r.get("asked", True)]  # the judge's own items (upstream failures are not)
     out = {"items": len(done), "judged": len(vals), "missing": len(done) - len(vals),
            "items_tried": len(asked), "items_failed": sum(r[key] is None for r in asked),
            "missing_by_reason": dict(kinds), f"mean_{key}": sum(vals) / len(vals) if vals else None,
-           "retried": sum(bool(r.get("retried")) for r in done)}
+           "retried": sum(bool(r.get("retried")) for r in done), "screened": dict(screened)}
     if mode == "score":
         from alignslm.pairs import score_histogram
 

@@ -29,7 +29,8 @@ def run(ctx: StageContext) -> dict:
         p["prompt_text"] = p["prompt_text"] or j.get("prompt_text", "")
         p["candidates"].append(Candidate(k=s["k"], units=s["continuation"], text=j.get("text", ""),
                                          score=j.get("score"), perplexity=j.get("perplexity"),
-                                         autobleu=j.get("autobleu")))
+                                         autobleu=j.get("autobleu"), sense=j.get("sense"),
+                                         screened=bool(j.get("screened"))))
     rows, summary = build_pairs(prompts, rules)
     write_jsonl(ctx.out / "pairs.jsonl", rows)
     summary["unjudged"] = unjudged

@@ -1,0 +1,142 @@
+"""Does the preference signal carry sense through the whole chain?  Signal variants on one demo run.
+
+    python experiments/signal_calibration.py RUN_DIR [--out DIR] [--n-prompts 100]
+
+Needs RUN_DIR's corpus, tokenize, unitlm and vocoder stages.  Once, through the evaluate stage's own code
+(alignslm.stages.evaluate.calibration: same prompts, seeds, vocoder, Whisper and judge), it collects for
+every held-out prompt: the true continuation resynthesised from its units, the base model's
+sample.n_continuations samples, random units, and text probes, each with its transcript, Whisper's
+confidence and the judge's ln-perplexities given the prompt and given nothing (``DIR/rows.json``; reused on
+a rerun).  Then every variant of alignslm.signal (screen + score) is applied to those rows and scored with
+the report's calibration block (alignslm.genmetrics.calibration_summary): ``DIR/variants.json`` and a
+markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from alignslm.signal import OFF, SignalRules, screen, sense  # noqa: E402
+from alignslm.textmetrics import words  # noqa: E402
+
+ALL = replace(OFF, kind="pmi", neutral="")  # no screen, all perplexities: every variant computed afterwards
+NEUTRAL = SignalRules().neutral
+
+VARIANTS: dict[str, SignalRules] = {
+    "A lnppl, no screen (the demo's signal before)": OFF,
+    "B pmi vs empty context, no screen": replace(OFF, kind="pmi", neutral=""),
+    "C pmi vs neutral context, no screen": replace(OFF, kind="pmi"),
+    "D pmi_words vs neutral, no screen": replace(OFF, kind="pmi_words"),
+    "E lnppl + screen": replace(SignalRules(), kind="lnppl"),
+    "F pmi vs empty + screen": replace(SignalRules(), kind="pmi", neutral=""),
+    "G pmi vs neutral + screen": replace(SignalRules(), kind="pmi"),
+    "H pmi_words vs neutral + screen (default)": SignalRules(),
+    "I pmi_words vs neutral + hallucination list and loops only": replace(
+        OFF, kind="pmi_words", hallucinations=True, max_autobleu=0.3),
+    "J pmi_words vs neutral + screen, no words/s": replace(SignalRules(), min_words_per_s=0.0),
+}
+
+
+def collect(run_dir: Path, out: Path, n_prompts: int) -> dict[str, list[dict]]:
+    from alignslm.config import load_config, replace as cfg_replace
+    from alignslm.genmetrics import GenerationSetup
+    from alignslm.rundir import StageContext, read_jsonl
+    from alignslm.stages.evaluate import _load, calibration
+
+    cfg = cfg_replace(load_config(run_dir / "config.yaml"), **{"eval.n_prompts": n_prompts, "run.device": "cpu"})
+    inputs = {k: run_dir / k for k in ("corpus", "tokenize", "unitlm", "vocoder")}
+    ctx = StageContext("evaluate", cfg, run_dir, out, inputs=inputs, progress=False)
+    t0 = time.time()
+    gen = GenerationSetup.build(ctx)
+    gen.rules = ALL
+    lm = _load(ctx, [])
+    gen.evaluate(ctx, "base", lm)
+    base = read_jsonl(out / "base" / "generations.jsonl")
+    _, classes = calibration(ctx, gen, base, rules=ALL)
+    todo = [r for rows in classes.values() for r in rows if not r.get("asr_reject") and (r.get("text") or "").strip()]
+    for r, res in zip(todo, gen.ppl.score([NEUTRAL] * len(todo), [r["text"] for r in todo])):
+        r["perplexity_neutral"] = res.perplexity
+    logging.info("collected in %.0f s", time.time() - t0)
+    keep = ("prompt_id", "k", "text", "prompt_text", "seconds", "avg_logprob", "no_speech_prob", "asr_reject",
+            "perplexity", "perplexity_uncond", "perplexity_neutral")
+    return {c: [{k: r.get(k) for k in keep} for r in rows] for c, rows in classes.items()}
+
+
+def apply(rows: list[dict], rules: SignalRules) -> list[dict]:
+    """The rows as the signal ``rules`` sees them: reject (ASR's or the screen's) and sense."""
+    out = []
+    for r in rows:
+        why = r.get("asr_reject") or screen(r.get("text") or "", rules, r.get("seconds"), r.get("avg_logprob"),
+                                            r.get("no_speech_prob"))
+        lp = math.log(r["perplexity"]) if r.get("perplexity") else None
+        base = r.get("perplexity_uncond") if rules.neutral == "" else r.get("perplexity_neutral")
+        lu = math.log(base) if base else None
+        s = None if why else sense(lp, lu, len(words(r.get("text") or "")), rules)
+        out.append({**r, "reject": why or (None if s is not None else "no perplexity"), "sense": s})
+    return out
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = ["| variant | true > base [95% CI] | true > random [95% CI] | accepted: true / base / random | "
+             "classes with a mean >= the truth's | gates |", "|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        w, c, g = res["wins"], res["classes"], res["gates"]
+
+        def ci(d: dict) -> str:
+            return f"{d['mean']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]" if d.get("mean") is not None else "n/a"
+
+        acc = " / ".join(f"{c[k]['accepted']:.2f}" for k in ("true continuation", "base sample", "random units"))
+        ok = "all" if all(v is True for k, v in g.items() if k != "classes_above_truth") else "no"
+        lines.append(f"| {name} | {ci(w['base sample'])} | {ci(w['random units'])} | {acc} | "
+                     f"{', '.join(g['classes_above_truth']) or 'none'} | {ok} |")
+    return "\n".join(lines)
+
+
+def class_table(res: dict) -> str:
+    lines = ["| class | accepted | mean signal [95% CI] | truth wins [95% CI] |", "|---|---|---|---|"]
+    for k, c in res["classes"].items():
+        w = res["wins"].get(k)
+        m = f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]" if c.get("mean") is not None else "n/a"
+        wt = f"{w['mean']:.3f} [{w['lo']:.3f}, {w['hi']:.3f}]" if w and w.get("mean") is not None else "-"
+        lines.append(f"| {k} | {c['accepted']:.2f} | {m} | {wt} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from alignslm.genmetrics import calibration_summary
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/../<run name>-calibration")
+    ap.add_argument("--n-prompts", type=int, default=100)
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = args.out or args.run_dir.parent / f"{args.run_dir.name}-calibration"
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "rows.json"
+    if cache.is_file():
+        rows = json.loads(cache.read_text())
+    else:
+        rows = collect(args.run_dir.resolve(), out, args.n_prompts)
+        cache.write_text(json.dumps(rows))
+    results = {name: calibration_summary({k: apply(v, rules) for k, v in rows.items()}, "sense", args.bootstrap)
+               for name, rules in VARIANTS.items()}
+    (out / "variants.json").write_text(json.dumps(results, indent=1))
+    print(table(results))
+    for name, res in results.items():
+        print(f"\n### {name}\n\n{class_table(res)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""alignslm.signal (the screen and the score shared by the judge stage, the pairs and the evaluation) and the
+calibration statistics of alignslm.genmetrics."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from alignslm.genmetrics import calibration_summary, win_rate
+from alignslm.pairs import Candidate, PairRules, build_pairs_for_prompt
+from alignslm.signal import OFF, SignalRules, is_stock, judge_rows, rules_from, screen, sense
+
+RULES = SignalRules()
+
+
+@pytest.mark.parametrize("text", ["Thank you.", "Thank you. Thank you. Thank you!", "you", "Thanks for watching!",
+                                  "Um, so, yeah.", "I'm sorry.", "Bye-bye."])
+def test_stock_phrases_are_screened(text):
+    assert is_stock(text)
+    assert screen(text, RULES, 3.0, -0.3, 0.1).startswith("hallucination")
+    assert screen(text, OFF, 3.0, -0.3, 0.1) is None  # the old signal let them through
+
+
+@pytest.mark.parametrize("text", ["Thank you for the red pot.", "The cook washed the pan.", "so the cat sat"])
+def test_content_passes(text):
+    assert not is_stock(text)
+    assert screen(text, RULES, 2.0, -0.3, 0.1) is None
+
+
+def test_screen_uses_whisper_confidence_words_per_second_and_repetition():
+    text = "The cook washed the pan."
+    strict = SignalRules(max_no_speech=0.5, min_avg_logprob=-1.0, min_words_per_s=0.6)
+    assert "no-speech" in screen(text, strict, 2.0, -0.3, 0.9)
+    assert "log-probability" in screen(text, strict, 2.0, -1.5, 0.1)
+    assert "under-transcribed" in screen(text, strict, 20.0, -0.3, 0.1)  # 5 words in 20 s
+    assert screen(text, RULES, 20.0, -1.5, 0.9) is None  # off by default
+    assert "repetition" in screen("the red pan the red pan the red pan the red pan", RULES, 4.0, -0.3, 0.1)
+    assert screen("", RULES) == "empty transcript"
+
+
+def test_sense_kinds():
+    # ln-ppl 3 given the prompt, 4 without it: the prompt makes the text 1 nat/token more likely
+    assert sense(3.0, 4.0, 10, SignalRules(kind="lnppl")) == -3.0
+    assert sense(3.0, 4.0, 10, SignalRules(kind="pmi")) == pytest.approx(1.0)
+    assert sense(3.0, 4.0, 10, SignalRules(kind="pmi_words", max_words=40)) == pytest.approx(10.0)
+    assert sense(3.0, 4.0, 100, SignalRules(kind="pmi_words", max_words=40)) == pytest.approx(40.0)
+    assert sense(None, 4.0, 10, RULES) is None and sense(3.0, None, 10, RULES) is None
+    with pytest.raises(ValueError, match="judge.signal"):
+        SignalRules(kind="nope")
+
+
+def test_rules_from_config_section():
+    cfg = SimpleNamespace(signal="pmi", screen_hallucinations=False, max_no_speech=0.4, min_avg_logprob=-2.0,
+                          min_words_per_s=0.0, max_words=10, max_autobleu=0.5)
+    r = rules_from(cfg)
+    assert (r.kind, r.hallucinations, r.max_no_speech, r.max_words) == ("pmi", False, 0.4, 10)
+
+
+class FakePPL:
+    """Perplexity e^(words) given a story prompt, e^(words + 1) given the neutral context (the prompt helps 1 nat)."""
+
+    def score(self, prompts, texts):
+        return [SimpleNamespace(perplexity=math.exp(len(t.split()) + (1 if p == RULES.neutral else 0)), error=None)
+                for p, t in zip(prompts, texts)]
+
+
+def test_judge_rows_screens_and_scores_in_place():
+    rows = [{"prompt_text": "The cook is in the kitchen.", "text": "She washed the pan.", "seconds": 2.0},
+            {"prompt_text": "The cook is in the kitchen.", "text": "Thank you.", "seconds": 2.0},
+            {"prompt_text": "The cook is in the kitchen.", "text": "", "reject": "asr: no speech"},
+            {"prompt_text": "", "text": "She washed the pan.", "seconds": 2.0}]
+    judge_rows(rows, FakePPL(), RULES)
+    assert rows[0]["reject"] is None and rows[0]["sense"] == pytest.approx(4.0)  # pmi 1 x 4 words
+    assert rows[1]["screened"] and rows[1]["sense"] is None
+    assert rows[2]["screened"] and rows[2]["asr_reject"] == "asr: no speech"
+    assert rows[3]["reject"].startswith("prompt:") and not rows[3]["screened"]
+
+
+def test_win_rate_rejects_lose_and_ties_count_half():
+    truth = [{"prompt_id": "a", "sense": 2.0}, {"prompt_id": "b", "sense": None, "reject": "asr: no speech"}]
+    other = [{"prompt_id": "a", "sense": 1.0}, {"prompt_id": "a", "sense": 2.0}, {"prompt_id": "a", "reject": "x"},
+             {"prompt_id": "b", "reject": "x"}, {"prompt_id": "b", "sense": 0.0}]
+    w = win_rate(truth, other, n_boot=0)
+    # prompt a: win, tie, win (vs a reject) = 2.5/3; prompt b: tie (two rejects), loss (reject vs accepted) = 0.25
+    assert w["mean"] == pytest.approx((2.5 / 3 + 0.25) / 2) and w["pairs"] == 5
+
+
+def test_calibration_summary_gates():
+    truth = [{"prompt_id": str(i), "sense": 3.0} for i in range(10)]
+    base = [{"prompt_id": str(i), "sense": 1.0 if i < 9 else 4.0} for i in range(10)]
+    rand = [{"prompt_id": str(i), "reject": "no speech"} for i in range(10)]
+    halluc = [{"prompt_id": str(i), "sense": 5.0} for i in range(10)]
+    res = calibration_summary({"true continuation": truth, "base sample": base, "random units": rand,
+                               "hallucination": halluc}, n_boot=50)
+    assert res["wins"]["base sample"]["mean"] == pytest.approx(0.9)
+    assert res["wins"]["random units"]["mean"] == 1.0
+    assert res["classes"]["random units"]["accepted"] == 0.0
+    assert res["gates"]["vs_base_ge_0.80"] and res["gates"]["vs_random_ge_0.95"]
+    assert res["gates"]["classes_above_truth"] == ["hallucination"] and not res["gates"]["no_class_above_truth"]
+
+
+def test_pairs_use_the_sense_and_reject_screened_outright():
+    cands = [Candidate(0, [1], "a", perplexity=10.0, sense=5.0, autobleu=0.0),
+             Candidate(1, [2], "b", perplexity=2.0, sense=1.0, autobleu=0.0),  # lower perplexity, less sense
+             Candidate(2, [3], "Thank you.", screened=True)]
+    pairs, why = build_pairs_for_prompt(cands, PairRules(mode="perplexity", all_combinations=True))
+    assert why == "" and {(c.k, x.k) for c, x in pairs} == {(0, 1), (0, 2)}
+
+
+def test_report_calibration_block():
+    from alignslm.report import calibration_block
+
+    truth = [{"prompt_id": str(i), "sense": 3.0} for i in range(4)]
+    base = [{"prompt_id": str(i), "sense": 1.0} for i in range(4)]
+    cal = calibration_summary({"true continuation": truth, "base sample": base, "random units": base}, n_boot=20)
+    cal["signal"] = {"kind": "pmi_words"}
+    md = calibration_block({"calibration": cal})
+    assert "| true continuation | 100% |" in md and "**met**" in md and "**none**" in md
+    assert "Not measured" in calibration_block({})
+
+
+def test_contrast_prompts_are_the_next_distinct_ones_in_sorted_order():
+    from alignslm.signal import contrast_prompts
+
+    c = contrast_prompts(["b", "a", "c", "a", ""], 2)
+    assert c == {"a": ["b", "c"], "b": ["c", "a"], "c": ["a", "b"]}
+    assert contrast_prompts(["a"], 4) == {"a": []}
+
+
+def test_contrast_kind_judges_against_other_prompts():
+    class Topical:
+        """ln-ppl 2 when the text shares its first word with the prompt, else 4."""
+
+        def score(self, prompts, texts):
+            return [SimpleNamespace(perplexity=math.exp(2.0 if p.split()[0] == t.split()[0] else 4.0), error=None)
+                    for p, t in zip(prompts, texts)]
+
+    rows = [{"prompt_text": "sea waves", "text": "sea boats"}, {"prompt_text": "farm cows", "text": "sea boats"}]
+    judge_rows(rows, Topical(), SignalRules(kind="contrast", contrast_k=1))
+    assert rows[0]["sense"] == pytest.approx(2.0) and rows[1]["sense"] == pytest.approx(-2.0)
