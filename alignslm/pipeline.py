@@ -244,9 +244,14 @@ def run_step(step: Step, cfg: Config, run_dir: Path, manifest: Manifest, *, forc
                        inputs={n: run_dir / k for n, k in deps.items()}, rank=rank, world=world,
                        progress=progress)
     t0 = time.time()
-    summary = resolve(step.spec.target)(ctx) or {}
+    try:
+        summary = resolve(step.spec.target)(ctx) or {}
+    except StageFailed:  # a stage may apply the rule itself (evaluate, per model): same clean-up
+        if rank == 0:
+            _set_aside(out)
+        raise
     summary = {**summary, **ctx.rejects.summary()}
-    problem = failure_problem(step.key, summary, cfg.run.max_failed_share)
+    problem = _rank0_says(failure_problem(step.key, summary, cfg.run.max_failed_share))
     if problem:
         if rank == 0:
             _set_aside(out)
@@ -281,6 +286,19 @@ def failure_problem(key: str, summary: dict, max_share: float) -> str | None:
     return (f"stage {key}: {failed} of {tried} items failed (rejects by reason: {why}), more than "
             f"run.max_failed_share={max_share:g}; it is not recorded as finished. Fix the cause (its rejects are "
             f"kept in {key}/failed-attempt/) and run the same command again: the failed items are redone")
+
+
+def _rank0_says(problem: str | None) -> str | None:
+    """Rank 0's verdict for every rank (it holds the merged rows; the others only their shards' rows)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return problem
+    if not (dist.is_available() and dist.is_initialized()):
+        return problem
+    box = [problem]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _set_aside(out: Path) -> None:

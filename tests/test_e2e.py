@@ -33,6 +33,15 @@ def _run(run_dir: Path, *extra: str, timeout: float = 1500) -> subprocess.Comple
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT)
 
 
+def _free_port() -> int:
+    """A port nobody listens on (a fixed one collides with a concurrent run of this test on the machine)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _stages(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())["stages"]
 
@@ -161,7 +170,7 @@ def test_sigkill_during_sampling_and_training_then_resume(smoke_run, tmp_path):
 def test_two_process_gloo_run_matches_one_process(smoke_run, tmp_path):
     run_dir = tmp_path / "ddp"
     _copy_base(smoke_run, run_dir)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "alignslm.run", *SMOKE, f"run.run_dir={run_dir}", "curriculum.rounds=1"]
     env = {**_env(), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env, cwd=ROOT)

@@ -147,3 +147,56 @@ def test_judge_stage_with_the_server_down_fails_loudly_then_resumes_to_the_same_
         proc.terminate()
         proc.wait(30)
     assert (out / "judgments.jsonl").read_text() == (run_b / "round-1/judge/judgments.jsonl").read_text()
+
+
+def test_demo_run_whose_judge_server_dies_fails_loudly_and_resumes_to_the_same_judgments(tmp_path):
+    """The whole method (smoke demo) judged by a real llama.cpp server that dies once transcription is done:
+    the run stops with one line and the judge stage unrecorded; with the server back the same command
+    finishes, and its judgments equal a fresh re-judging of the same transcripts."""
+    import json
+    import os
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    port = _free_port()
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "alignslm.run", "--smoke", "--quiet", f"run.run_dir={run}", "curriculum.rounds=1",
+           "judge.backend=openai", f"judge.url=http://127.0.0.1:{port}/v1", "judge.model_name=smollm2",
+           "judge.concurrency=1", "judge.timeout_s=300", "judge.retries=1", "judge.backoff_s=0.1"]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    manifest = run / "manifest.json"
+
+    def finished(key: str) -> bool:
+        try:
+            return bool(json.loads(manifest.read_text())["stages"].get(key, {}).get("finished"))
+        except (OSError, ValueError):
+            return False
+
+    proc, _ = _start(tmp_path, port)
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    while job.poll() is None and not finished("round-1/transcribe"):
+        time.sleep(0.2)
+    proc.kill()  # the judge server dies just before the judge stage
+    proc.wait()
+    _, err = job.communicate(timeout=1800)
+    assert job.returncode == 1, err[-3000:]
+    assert "error: stage round-1/judge" in err and "Traceback" not in err and not finished("round-1/judge")
+    proc, _ = _start(tmp_path, port)  # back up: the same command resumes and finishes
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env, cwd=root)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "[skip] round-1/transcribe" in out.stderr and "[ran ] round-1/judge" in out.stderr
+        judged = json.loads(manifest.read_text())["stages"]["round-1/judge"]["summary"]
+        assert judged["judged"] > 0 and judged["items_failed"] == 0
+        resumed = (run / "round-1/judge/judgments.jsonl").read_text()
+        for name in ("http_cache.jsonl", "judgments.jsonl"):  # every item judged again, every request asked
+            (run / "round-1/judge" / name).unlink()
+        shutil.rmtree(run / "round-1/judge/shards")
+        again = subprocess.run([*cmd, "--stage", "judge", "--round", "1", "--force"], capture_output=True,
+                               text=True, timeout=1800, env=env, cwd=root)
+        assert again.returncode == 0, again.stderr[-3000:]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert (run / "round-1/judge/judgments.jsonl").read_text() == resumed
