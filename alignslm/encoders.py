@@ -107,6 +107,10 @@ class HubertEncoder:
     def __init__(self, path: str | Path, layer: int = 11, batch_size: int = 16, device: str = "cpu",
                  normalize: bool | None = None):
         import torch
+
+        from alignslm.deps import require
+
+        require("transformers")
         from transformers import HubertModel
 
         path = Path(path).expanduser()

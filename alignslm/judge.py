@@ -427,6 +427,10 @@ def _load_lm(p: Path, cache_dir: str | Path | None) -> tuple[Any, Any]:
     saved once (safetensors, keyed by the GGUF's name, size and mtime) and reloaded from there.
     """
     import torch
+
+    from alignslm.deps import require
+
+    require("transformers")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if p.is_dir():

@@ -47,6 +47,9 @@ class TrainSpec:
 
 def build_model(n_units: int, d_model: int, n_layers: int, n_heads: int, context: int, seed: int = 0):
     """A randomly initialised LlamaForCausalLM over ``OFFSET + n_units`` tokens (offset in its config)."""
+    from alignslm.deps import require
+
+    require("transformers")
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if d_model % n_heads:

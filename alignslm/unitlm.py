@@ -247,6 +247,9 @@ class UnitLM:
                         device: str | torch.device = "cpu", bos_id: int | None = None,
                         eos_id: int | None = None, pad_id: int | None = None) -> UnitLM:
         """Load an HF causal LM directory and its unit mapping (see the module docstring)."""
+        from alignslm.deps import require
+
+        require("transformers")
         from transformers import AutoConfig, AutoModelForCausalLM
 
         path = Path(path).expanduser()

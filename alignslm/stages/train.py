@@ -124,6 +124,10 @@ def _require_4bit(device: torch.device) -> None:
 def _quantized_copy(model: Any, device: torch.device) -> Any:
     """Reload the same checkpoint with NF4 weights (bf16 compute) and prepare it for k-bit training."""
     from peft import prepare_model_for_kbit_training
+
+    from alignslm.deps import require
+
+    require("transformers")
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)

@@ -66,6 +66,9 @@ def lm_unit_problems(k: int, config: Any, n_units: int | None, offset: int | Non
 
 def _external(ctx: StageContext, k: int) -> dict:
     """Validate a user-supplied HF model against the quantizer and point unitlm.json at it."""
+    from alignslm.deps import require
+
+    require("transformers")
     from transformers import AutoConfig
 
     u = ctx.cfg.unitlm
