@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -203,12 +204,27 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def write_torch(path: str | Path, obj: Any) -> None:
-    """``torch.save`` atomically, through a file object: the archive inside is named "archive", not after
-    the temporary file, so the bytes depend on the content only (a resumed run writes the same file)."""
+    """``torch.save`` atomically, with bytes that depend on the content only, so a resumed run writes the
+    same file: through a file object (the archive inside is not named after the temporary file), and with
+    the containers rebuilt and the strings interned (pickle shares objects it has seen: a key loaded from
+    a checkpoint is another object than the same literal, and would be written differently)."""
     import torch
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        torch.save(_canonical(obj), f)
+
+
+def _canonical(o: Any) -> Any:
+    if isinstance(o, str):
+        return sys.intern(str(o))
+    if isinstance(o, dict):
+        out = type(o)((_canonical(k), _canonical(v)) for k, v in o.items())
+        if hasattr(o, "_metadata"):  # a module state_dict's per-module versions
+            out._metadata = _canonical(o._metadata)
+        return out
+    if type(o) in (list, tuple):
+        return type(o)(_canonical(v) for v in o)
+    return o
 
 
 def read_json(path: str | Path) -> Any:

@@ -340,8 +340,9 @@ def test_torch_files_depend_on_their_content_only(tmp_path):
 
     from alignslm.rundir import write_torch
 
-    state = {"w": torch.arange(6.0).reshape(2, 3), "step": 4}
+    state = {"w": torch.arange(6.0).reshape(2, 3), "step": 4, "opt": {"step": 1}}
+    loaded = {"w": state["w"], "step": 4, "opt": {"".join(["st", "ep"]): 1}}  # as read back from a checkpoint
     write_torch(tmp_path / "a" / "state.pt", state)
-    write_torch(tmp_path / "b" / "state.pt", state)
+    write_torch(tmp_path / "b" / "state.pt", loaded)
     assert (tmp_path / "a" / "state.pt").read_bytes() == (tmp_path / "b" / "state.pt").read_bytes()
     assert torch.equal(torch.load(tmp_path / "a" / "state.pt", weights_only=True)["w"], state["w"])
