@@ -49,6 +49,9 @@ VARIANTS: dict[str, SignalRules] = {
     "K contrast (4 other prompts) + screen": replace(SCREEN, kind="contrast"),
     "L contrast_words (4 other prompts) + screen": replace(SCREEN, kind="contrast_words"),
     "M contrast_words, no screen": replace(OFF, kind="contrast_words"),
+    "N pmi_asr (pmi + 2 x Whisper avg log-prob) + screen (default)": replace(SCREEN, kind="pmi_asr"),
+    "O pmi_asr, weight 4, + screen": replace(SCREEN, kind="pmi_asr", asr_weight=4.0),
+    "P Whisper avg log-prob alone (pmi_asr, weight 1000) + screen": replace(SCREEN, kind="pmi_asr", asr_weight=1000.0),
 }
 
 
@@ -98,7 +101,7 @@ def apply(rows: list[dict], rules: SignalRules) -> list[dict]:
         else:
             base = r.get("perplexity_uncond") if rules.neutral == "" else r.get("perplexity_neutral")
             lu = math.log(base) if base else None
-        s = None if why else sense(lp, lu, len(words(r.get("text") or "")), rules)
+        s = None if why else sense(lp, lu, len(words(r.get("text") or "")), rules, r.get("avg_logprob"))
         out.append({**r, "reject": why or (None if s is not None else "no perplexity"), "sense": s})
     return out
 
@@ -148,6 +151,12 @@ def main() -> None:
     else:
         rows = collect(args.run_dir.resolve(), out, args.n_prompts)
         cache.write_text(json.dumps(rows))
+    truth = {r["prompt_id"]: r for r in rows["true continuation"]}
+    for c in ("hallucination", "filler", "generic sentence", "repetition"):  # rows collected before the probes had it
+        for r in rows.get(c, []):
+            if r.get("avg_logprob") is None:
+                t = truth[r["prompt_id"]]
+                r.update(seconds=t.get("seconds"), avg_logprob=t.get("avg_logprob"), no_speech_prob=t.get("no_speech_prob"))
     results = {name: calibration_summary({k: apply(v, rules) for k, v in rows.items()}, "sense", args.bootstrap)
                for name, rules in VARIANTS.items()}
     (out / "variants.json").write_text(json.dumps(results, indent=1))
