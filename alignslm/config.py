@@ -212,10 +212,11 @@ class JudgeConfig:
     max_new_tokens: int = opt(96, "Score mode without expected_score: tokens of analysis + 'Score: N'.")
     backoff_s: float = opt(0.5, "HTTP: first retry delay (doubles each retry).")
     shard_size: int = opt(128, "Continuations per output shard (resume granularity).")
-    signal: str = opt("pmi_words", "Perplexity mode, what the pairs and the evaluation compare (alignslm.signal): "
+    signal: str = opt("pmi_asr", "Perplexity mode, what the pairs and the evaluation compare (alignslm.signal): "
                       "lnppl (ln-perplexity given the prompt, lower is better) | pmi (ln p(c|prompt) - ln p(c) "
                       "per token) | pmi_words (pmi x words, capped at judge.max_words) | contrast / contrast_words (the same against "
-                      "judge.contrast_k other prompts instead of the neutral one). See the calibration block "
+                      "judge.contrast_k other prompts instead of the neutral one) | pmi_asr (pmi + judge.asr_weight x Whisper's "
+                      "average token log-prob). See the calibration block "
                       "of the report and experiments/signal_calibration.md.")
     screen_hallucinations: bool = opt(True, "Reject transcripts made only of known Whisper hallucinations and "
                                             "fillers ('Thank you.', 'you', 'Um, so.'): they lose every pair.")
@@ -227,6 +228,7 @@ class JudgeConfig:
     max_words: int = opt(40, "signal=pmi_words: words counted at most.")
     max_autobleu: float = opt(0.5, "Reject a transcript whose bigram auto-BLEU is above this (a loop; the demo's "
                                    "true continuations reach 0.45).")
+    asr_weight: float = opt(2.0, "signal=pmi_asr: weight of Whisper's average token log-prob beside the pmi.")
     contrast_k: int = opt(4, "signal=contrast/contrast_words: other prompts each continuation is also judged with.")
     neutral_prompt: str = opt("It was an ordinary day. People were busy with the things they usually do.",
                               "signal=pmi/pmi_words: the context the prompt is compared with (ln p(c|prompt) - "

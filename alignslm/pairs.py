@@ -114,7 +114,7 @@ def build_pairs_for_prompt(cands: list[Candidate], r: PairRules) -> tuple[list[t
     chosen, rejected = (_score_sets if r.mode == "score" else _perplexity_sets)(cands, r)
     if not chosen:
         return [], ("no continuation reaches chosen_min" if r.mode == "score"
-                    else "every judged continuation is repetitive")
+                    else "every judged continuation is repetitive")  # or screened out (alignslm.signal)
     if not rejected:
         return [], ("no continuation at or below rejected_max" if r.mode == "score"
                     else "no continuation with a higher perplexity")
@@ -131,11 +131,12 @@ def build_pairs(prompts: dict[Any, dict], r: PairRules) -> tuple[list[dict], dic
     """
     rows: list[dict] = []
     no_pair: Counter = Counter()
-    n_cands = n_rep = n_missing = 0
+    n_cands = n_rep = n_missing = n_screened = 0
     for pid, p in prompts.items():
         cands: list[Candidate] = p["candidates"]
         n_cands += len(cands)
-        n_rep += sum(c.repetitive(r.autobleu_delta) for c in cands)
+        n_rep += sum(c.autobleu is not None and c.autobleu > r.autobleu_delta for c in cands)
+        n_screened += sum(c.screened for c in cands)
         n_missing += sum(_metric(c, r.mode) is None for c in cands)
         pairs, reason = build_pairs_for_prompt(cands, r)
         if reason:
@@ -156,6 +157,7 @@ def build_pairs(prompts: dict[Any, dict], r: PairRules) -> tuple[list[dict], dic
         "pairs_per_prompt": len(rows) / n_prompts if n_prompts else 0.0,
         "continuations": n_cands, "missing_metric": n_missing,
         "autobleu_filtered": n_rep, "autobleu_filtered_share": n_rep / n_cands if n_cands else 0.0,
+        "screened": n_screened, "screened_share": n_screened / n_cands if n_cands else 0.0,
         "score_histogram": score_histogram(
             [c.score for p in prompts.values() for c in p["candidates"] if c.score is not None]),
     }

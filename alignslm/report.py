@@ -75,8 +75,11 @@ def calibration_block(results: Mapping) -> str:
              "chain rejects loses its pairs (two rejects tie); ties count half; 95% bootstrap CIs over prompts.",
              "", "| candidate | accepted | mean signal [95% CI] | true continuation wins [95% CI] |",
              "|---|---|---|---|"]
-    for name, c in cal["classes"].items():
-        w = cal["wins"].get(name)
+    first = ["true continuation", "base sample", "random units"]
+    for name in first + sorted(k for k in cal["classes"] if k not in first):
+        c, w = cal["classes"].get(name), cal["wins"].get(name)
+        if c is None:
+            continue
         lines.append(f"| {name} | {_num(c.get('accepted'), '{:.0%}')} | {_ci(c)} | "
                      f"{_ci(w, '{:.3f}') if w else '-'} |")
     g = cal.get("gates", {})

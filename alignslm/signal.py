@@ -30,7 +30,10 @@ How a transcript scores (higher is better), ``kind``:
 - ``contrast`` / ``contrast_words``: as ``pmi`` / ``pmi_words``, but against the mean ln-perplexity given
   ``contrast_k`` *other* prompts of the same set (the next ones in sorted order, so the choice does not
   depend on sharding): does the continuation fit its own prompt better than other stories' prompts?  Generic
-  story text gains nothing; a continuation that stays on its prompt's topic gains.
+  story text gains nothing; a continuation that stays on its prompt's topic gains;
+- ``pmi_asr``: ``pmi`` + ``asr_weight`` x Whisper's average token log-probability of the transcript: sense
+  given the prompt plus how sure Whisper was that this audio is these words (babble decoded into words
+  gets a low one; the calibration's best variant on the demo, experiments/signal_calibration.md).
 """
 
 from __future__ import annotations
@@ -51,14 +54,14 @@ HALLUCINATIONS = (
 )
 FILLERS = ("um", "uh", "hmm", "mm", "ah", "oh", "okay", "ok", "so", "yeah", "yes", "no", "well", "and", "i",
            "the", "a", "huh", "hey", "hi", "wow", "oh my god", "all right", "alright")
-KINDS = ("lnppl", "pmi", "pmi_words", "contrast", "contrast_words")
+KINDS = ("lnppl", "pmi", "pmi_words", "contrast", "contrast_words", "pmi_asr")
 
 
 @dataclass(frozen=True)
 class SignalRules:
     """What the screen rejects and how a transcript scores (the ``judge`` section's signal fields)."""
 
-    kind: str = "pmi_words"
+    kind: str = "pmi_asr"
     hallucinations: bool = True
     max_no_speech: float | None = None  # off by default: see experiments/signal_calibration.md
     min_avg_logprob: float | None = None
@@ -67,6 +70,7 @@ class SignalRules:
     max_autobleu: float = 0.5
     neutral: str = "It was an ordinary day. People were busy with the things they usually do."
     contrast_k: int = 4
+    asr_weight: float = 2.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -87,7 +91,8 @@ def rules_from(cfg: object) -> SignalRules:
                        max_words=getattr(cfg, "max_words", d.max_words),
                        max_autobleu=getattr(cfg, "max_autobleu", d.max_autobleu),
                        neutral=getattr(cfg, "neutral_prompt", d.neutral),
-                       contrast_k=getattr(cfg, "contrast_k", d.contrast_k))
+                       contrast_k=getattr(cfg, "contrast_k", d.contrast_k),
+                       asr_weight=getattr(cfg, "asr_weight", d.asr_weight))
 
 
 def garbage(text: str) -> str | None:
@@ -136,8 +141,9 @@ def screen(text: str, rules: SignalRules, seconds: float | None = None, avg_logp
     return None
 
 
-def sense(ln_ppl: float | None, ln_ppl_uncond: float | None, n_words: int, rules: SignalRules) -> float | None:
-    """The signal of one judged transcript (higher is better); None when a needed perplexity is missing."""
+def sense(ln_ppl: float | None, ln_ppl_uncond: float | None, n_words: int, rules: SignalRules,
+          avg_logprob: float | None = None) -> float | None:
+    """The signal of one judged transcript (higher is better); None when a needed value is missing."""
     if ln_ppl is None:
         return None
     if rules.kind == "lnppl":
@@ -145,6 +151,8 @@ def sense(ln_ppl: float | None, ln_ppl_uncond: float | None, n_words: int, rules
     if ln_ppl_uncond is None:
         return None
     pmi = ln_ppl_uncond - ln_ppl
+    if rules.kind == "pmi_asr":
+        return None if avg_logprob is None else pmi + rules.asr_weight * avg_logprob
     return pmi if rules.kind in ("pmi", "contrast") else pmi * min(n_words, rules.max_words)
 
 
@@ -190,7 +198,7 @@ def judge_rows(rows: list[dict], ppl_judge: object, rules: SignalRules, all_prom
     for r, c, u in zip(todo, cond, base):
         r["perplexity"] = c.perplexity
         r["perplexity_uncond"] = u
-        r["sense"] = sense(ln(c.perplexity), ln(u), len(words(r["text"])), rules)
+        r["sense"] = sense(ln(c.perplexity), ln(u), len(words(r["text"])), rules, r.get("avg_logprob"))
         if c.perplexity is None:
             r["reject"] = f"judge: {c.error or 'no perplexity'}"
 
@@ -200,7 +208,7 @@ def _baseline(todo: list[dict], texts: list[str], ppl_judge: object, rules: Sign
     """Per row, the perplexity the prompt's is compared with (None for kind lnppl)."""
     if rules.kind == "lnppl":
         return [None] * len(todo)
-    if rules.kind in ("pmi", "pmi_words"):
+    if rules.kind in ("pmi", "pmi_words", "pmi_asr"):
         return [u.perplexity for u in ppl_judge.score([rules.neutral] * len(todo), texts)]  # type: ignore[attr-defined]
     others = contrast_prompts(all_prompts or [r["prompt_text"] for r in todo], rules.contrast_k)
     lns: list[list[float]] = [[] for _ in todo]

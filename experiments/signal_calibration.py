@@ -26,24 +26,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignslm.signal import OFF, SignalRules, screen, sense  # noqa: E402
+from alignslm.signal import OFF, SignalRules, contrast_prompts, screen, sense  # noqa: E402
 from alignslm.textmetrics import words  # noqa: E402
 
 ALL = replace(OFF, kind="pmi", neutral="")  # no screen, all perplexities: every variant computed afterwards
 NEUTRAL = SignalRules().neutral
+
+SCREEN = SignalRules()  # the default screen: hallucination/filler list, loops; Whisper's confidence off
+WHISPER = dict(max_no_speech=0.5, min_avg_logprob=-1.0)  # faster-whisper's own thresholds
 
 VARIANTS: dict[str, SignalRules] = {
     "A lnppl, no screen (the demo's signal before)": OFF,
     "B pmi vs empty context, no screen": replace(OFF, kind="pmi", neutral=""),
     "C pmi vs neutral context, no screen": replace(OFF, kind="pmi"),
     "D pmi_words vs neutral, no screen": replace(OFF, kind="pmi_words"),
-    "E lnppl + screen": replace(SignalRules(), kind="lnppl"),
-    "F pmi vs empty + screen": replace(SignalRules(), kind="pmi", neutral=""),
-    "G pmi vs neutral + screen": replace(SignalRules(), kind="pmi"),
-    "H pmi_words vs neutral + screen (default)": SignalRules(),
-    "I pmi_words vs neutral + hallucination list and loops only": replace(
-        OFF, kind="pmi_words", hallucinations=True, max_autobleu=0.3),
-    "J pmi_words vs neutral + screen, no words/s": replace(SignalRules(), min_words_per_s=0.0),
+    "E lnppl + screen": replace(SCREEN, kind="lnppl"),
+    "F pmi vs empty + screen": replace(SCREEN, kind="pmi", neutral=""),
+    "G pmi vs neutral + screen": replace(SCREEN, kind="pmi"),
+    "H pmi_words vs neutral + screen": replace(SCREEN, kind="pmi_words"),
+    "I H + Whisper confidence (no-speech 0.5, log-prob -1.0)": replace(SCREEN, kind="pmi_words", **WHISPER),
+    "J H + words/s >= 1.5": replace(SCREEN, kind="pmi_words", min_words_per_s=1.5),
+    "K contrast (4 other prompts) + screen": replace(SCREEN, kind="contrast"),
+    "L contrast_words (4 other prompts) + screen": replace(SCREEN, kind="contrast_words"),
+    "M contrast_words, no screen": replace(OFF, kind="contrast_words"),
+    "N pmi_asr (pmi + 2 x Whisper avg log-prob) + screen (default)": replace(SCREEN, kind="pmi_asr"),
+    "O pmi_asr, weight 4, + screen": replace(SCREEN, kind="pmi_asr", asr_weight=4.0),
+    "P Whisper avg log-prob alone (pmi_asr, weight 1000) + screen": replace(SCREEN, kind="pmi_asr", asr_weight=1000.0),
 }
 
 
@@ -63,12 +71,20 @@ def collect(run_dir: Path, out: Path, n_prompts: int) -> dict[str, list[dict]]:
     gen.evaluate(ctx, "base", lm)
     base = read_jsonl(out / "base" / "generations.jsonl")
     _, classes = calibration(ctx, gen, base, rules=ALL)
-    todo = [r for rows in classes.values() for r in rows if not r.get("asr_reject") and (r.get("text") or "").strip()]
-    for r, res in zip(todo, gen.ppl.score([NEUTRAL] * len(todo), [r["text"] for r in todo])):
+    todo = [r for rows in classes.values() for r in rows
+            if not r.get("asr_reject") and (r.get("text") or "").strip() and r.get("prompt_text")]
+    texts = [r["text"] for r in todo]
+    for r, res in zip(todo, gen.ppl.score([NEUTRAL] * len(todo), texts)):
         r["perplexity_neutral"] = res.perplexity
+    others = contrast_prompts(list(gen.prompt_texts), SignalRules().contrast_k)
+    for j in range(SignalRules().contrast_k):  # the contrast kinds' baselines, as alignslm.signal computes them
+        idx = [i for i, r in enumerate(todo) if len(others.get(r["prompt_text"], [])) > j]
+        res = gen.ppl.score([others[todo[i]["prompt_text"]][j] for i in idx], [texts[i] for i in idx])
+        for i, x in zip(idx, res):
+            todo[i].setdefault("perplexity_contrast", []).append(x.perplexity)
     logging.info("collected in %.0f s", time.time() - t0)
     keep = ("prompt_id", "k", "text", "prompt_text", "seconds", "avg_logprob", "no_speech_prob", "asr_reject",
-            "perplexity", "perplexity_uncond", "perplexity_neutral")
+            "perplexity", "perplexity_uncond", "perplexity_neutral", "perplexity_contrast")
     return {c: [{k: r.get(k) for k in keep} for r in rows] for c, rows in classes.items()}
 
 
@@ -79,9 +95,13 @@ def apply(rows: list[dict], rules: SignalRules) -> list[dict]:
         why = r.get("asr_reject") or screen(r.get("text") or "", rules, r.get("seconds"), r.get("avg_logprob"),
                                             r.get("no_speech_prob"))
         lp = math.log(r["perplexity"]) if r.get("perplexity") else None
-        base = r.get("perplexity_uncond") if rules.neutral == "" else r.get("perplexity_neutral")
-        lu = math.log(base) if base else None
-        s = None if why else sense(lp, lu, len(words(r.get("text") or "")), rules)
+        if rules.kind.startswith("contrast"):
+            c = [math.log(v) for v in (r.get("perplexity_contrast") or [])[:rules.contrast_k] if v]
+            lu = sum(c) / len(c) if c else None
+        else:
+            base = r.get("perplexity_uncond") if rules.neutral == "" else r.get("perplexity_neutral")
+            lu = math.log(base) if base else None
+        s = None if why else sense(lp, lu, len(words(r.get("text") or "")), rules, r.get("avg_logprob"))
         out.append({**r, "reject": why or (None if s is not None else "no perplexity"), "sense": s})
     return out
 
@@ -120,16 +140,23 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/../<run name>-calibration")
     ap.add_argument("--n-prompts", type=int, default=100)
     ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--rows", type=Path, default=None, help="use these collected rows (default: DIR/rows.json)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = args.out or args.run_dir.parent / f"{args.run_dir.name}-calibration"
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / "rows.json"
+    cache = args.rows or out / "rows.json"
     if cache.is_file():
         rows = json.loads(cache.read_text())
     else:
         rows = collect(args.run_dir.resolve(), out, args.n_prompts)
         cache.write_text(json.dumps(rows))
+    truth = {r["prompt_id"]: r for r in rows["true continuation"]}
+    for c in ("hallucination", "filler", "generic sentence", "repetition"):  # rows collected before the probes had it
+        for r in rows.get(c, []):
+            if r.get("avg_logprob") is None:
+                t = truth[r["prompt_id"]]
+                r.update(seconds=t.get("seconds"), avg_logprob=t.get("avg_logprob"), no_speech_prob=t.get("no_speech_prob"))
     results = {name: calibration_summary({k: apply(v, rules) for k, v in rows.items()}, "sense", args.bootstrap)
                for name, rules in VARIANTS.items()}
     (out / "variants.json").write_text(json.dumps(results, indent=1))

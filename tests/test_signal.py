@@ -71,7 +71,7 @@ def test_judge_rows_screens_and_scores_in_place():
             {"prompt_text": "The cook is in the kitchen.", "text": "Thank you.", "seconds": 2.0},
             {"prompt_text": "The cook is in the kitchen.", "text": "", "reject": "asr: no speech"},
             {"prompt_text": "", "text": "She washed the pan.", "seconds": 2.0}]
-    judge_rows(rows, FakePPL(), RULES)
+    judge_rows(rows, FakePPL(), SignalRules(kind="pmi_words"))
     assert rows[0]["reject"] is None and rows[0]["sense"] == pytest.approx(4.0)  # pmi 1 x 4 words
     assert rows[1]["screened"] and rows[1]["sense"] is None
     assert rows[2]["screened"] and rows[2]["asr_reject"] == "asr: no speech"
@@ -140,3 +140,9 @@ def test_contrast_kind_judges_against_other_prompts():
     rows = [{"prompt_text": "sea waves", "text": "sea boats"}, {"prompt_text": "farm cows", "text": "sea boats"}]
     judge_rows(rows, Topical(), SignalRules(kind="contrast", contrast_k=1))
     assert rows[0]["sense"] == pytest.approx(2.0) and rows[1]["sense"] == pytest.approx(-2.0)
+
+
+def test_pmi_asr_adds_whisper_confidence():
+    r = SignalRules(kind="pmi_asr", asr_weight=2.0)
+    assert sense(3.0, 4.0, 5, r, avg_logprob=-0.5) == pytest.approx(0.0)
+    assert sense(3.0, 4.0, 5, r, avg_logprob=None) is None

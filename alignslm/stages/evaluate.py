@@ -251,13 +251,14 @@ def calibration(ctx: StageContext, gen: Any, base_rows: list[dict], rules: Any =
     try:
         gen.judge_rows(truth, "calibration/true")
         gen.judge_rows(rand, "calibration/random")
-        secs = {r["prompt_id"]: r.get("seconds") for r in truth}
+        # a probe stands for the true continuation's audio transcribed as the probe: its Whisper meta
+        meta = {r["prompt_id"]: {k: r.get(k) for k in ("seconds", "avg_logprob", "no_speech_prob")} for r in truth}
         for i, p in enumerate(gen.prompts):
             last = gen.prompt_texts[i].rstrip(" .!?").split()[-3:]
             texts = {**PROBES, "repetition": " ".join(last * 4) + "." if last else "the the the the."}
             for k, text in texts.items():
                 probes[k].append({"prompt_id": p["prompt_id"], "k": 0, "prompt_text": gen.prompt_texts[i],
-                                  "text": text, "seconds": secs[p["prompt_id"]] or None, "reject": None})
+                                  "text": text, **meta[p["prompt_id"]], "reject": None})
         judge_rows([r for v in probes.values() for r in v], gen.ppl, rules, list(gen.prompt_texts))
     finally:
         gen.rules = saved
