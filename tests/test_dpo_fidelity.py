@@ -129,3 +129,23 @@ def test_an_empty_pairs_file_names_the_pairs_and_judge_summaries():
 
     with pytest.raises(NoPairs, match="the pairs stage built none; its summary.json says why"):
         prepare_pairs([], tiny_opt(), 64, source="round-1/pairs/pairs.jsonl")
+
+
+@pytest.mark.parametrize("arch", ["opt", "llama"])
+def test_dpo_steps_move_every_lora_parameter_and_no_base_parameter(tmp_path, arch):
+    """After a few DPO steps every LoRA tensor of every target has moved (lora_A moves from step 2, once lora_B
+    is no longer zero) and every base weight is bit-identical: the adapter is all that trains."""
+    lm = tiny_opt(dropout=0.0) if arch == "opt" else UnitLM(tiny_llama(), offset=OFFSET, n_units=N_UNITS, bos_id=1,
+                                                            eos_id=2, pad_id=0)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    tr = DPOTrainer(lm, cfg(epochs=3), tmp_path, seed=1)
+    start = {n: p.detach().clone() for n, p in tr.peft.named_parameters() if ".lora_" in n}
+    ex, _ = prepare_pairs(pairs(8), lm, 64)
+    assert tr.train(ex)["steps"] == 6
+    lora = {n: p for n, p in tr.peft.named_parameters() if ".lora_" in n}
+    assert len(lora) == 2 * 4 * 2 and start.keys() == lora.keys()  # (A, B) x q/k/v/o x 2 layers
+    assert [n for n, p in lora.items() if torch.equal(p, start[n])] == []  # every LoRA tensor moved
+    base = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+            for n, p in tr.peft.named_parameters() if ".lora_" not in n}
+    assert base.keys() == before.keys()
+    assert [n for n, p in base.items() if not torch.equal(p, before[n])] == []  # no base weight moved
