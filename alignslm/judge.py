@@ -308,7 +308,9 @@ class TransformersBackend:
             enc = self.tok([self._template(conversations[i]) for i in b], return_tensors="pt", padding=True,
                            add_special_tokens=False).to(self.device)
             with torch.no_grad():
-                gen = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                # ids and mask only: some tokenizers add token_type_ids, which transformers < 5 rejects in generate
+                gen = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                          max_new_tokens=max_new_tokens, do_sample=False,
                                           pad_token_id=self.tok.pad_token_id)  # (B, T + new)
             for row in gen[:, enc["input_ids"].shape[1]:]:
                 out.append((self.tok.decode(row, skip_special_tokens=True).strip(), None))
