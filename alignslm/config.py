@@ -213,11 +213,12 @@ class JudgeConfig:
     backoff_s: float = opt(0.5, "HTTP: first retry delay (doubles each retry).")
     shard_size: int = opt(128, "Continuations per output shard (resume granularity).")
     signal: str = opt("pmi_asr", "Perplexity mode, what the pairs and the evaluation compare (alignslm.signal): "
-                      "lnppl (ln-perplexity given the prompt, lower is better) | pmi (ln p(c|prompt) - ln p(c) "
-                      "per token) | pmi_words (pmi x words, capped at judge.max_words) | contrast / contrast_words (the same against "
-                      "judge.contrast_k other prompts instead of the neutral one) | pmi_asr (pmi + judge.asr_weight x Whisper's "
-                      "average token log-prob). See the calibration block "
-                      "of the report and experiments/signal_calibration.md.")
+                      "lnppl (ln-perplexity given the prompt, lower is better) | pmi (ln p(c|prompt) - "
+                      "ln p(c|judge.neutral_prompt) per token) | pmi_words (pmi x words, capped at "
+                      "judge.max_words) | contrast / contrast_words (the same against judge.contrast_k other "
+                      "prompts) | pmi_asr (pmi + judge.asr_weight x Whisper's average token log-prob; the "
+                      "demo default: true continuation > base sample 0.745, > random units 0.970). See the "
+                      "report's calibration block and experiments/signal_calibration.md.")
     screen_hallucinations: bool = opt(True, "Reject transcripts made only of known Whisper hallucinations and "
                                             "fillers ('Thank you.', 'you', 'Um, so.'): they lose every pair.")
     max_no_speech: float | None = opt(None, "Reject a continuation whose Whisper no-speech probability is above "

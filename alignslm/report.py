@@ -84,8 +84,11 @@ def calibration_block(results: Mapping) -> str:
                      f"{_ci(w, '{:.3f}') if w else '-'} |")
     g = cal.get("gates", {})
     above = ", ".join(g.get("classes_above_truth") or []) or "none"
-    lines += ["", f"Gates: true > base sample in >= 80% of pairs: **{'met' if g.get('vs_base_ge_0.80') else 'not met'}**; "
-              f"true > random units in >= 95%: **{'met' if g.get('vs_random_ge_0.95') else 'not met'}**; "
+    def met(k: str) -> str:
+        return "met" if g.get(k) else "not met"
+
+    lines += ["", f"Gates: true > base sample in >= 80% of pairs: **{met('vs_base_ge_0.80')}**; "
+              f"true > random units in >= 95%: **{met('vs_random_ge_0.95')}**; "
               f"classes let through with a mean signal >= the truth's: **{above}**."]
     return "\n".join(lines) + "\n"
 

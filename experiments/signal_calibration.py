@@ -46,8 +46,8 @@ VARIANTS: dict[str, SignalRules] = {
     "H pmi_words vs neutral + screen": replace(SCREEN, kind="pmi_words"),
     "I H + Whisper confidence (no-speech 0.5, log-prob -1.0)": replace(SCREEN, kind="pmi_words", **WHISPER),
     "J H + words/s >= 1.5": replace(SCREEN, kind="pmi_words", min_words_per_s=1.5),
-    "K contrast (4 other prompts) + screen": replace(SCREEN, kind="contrast"),
-    "L contrast_words (4 other prompts) + screen": replace(SCREEN, kind="contrast_words"),
+    "K contrast (other prompts) + screen": replace(SCREEN, kind="contrast"),
+    "L contrast_words (other prompts) + screen": replace(SCREEN, kind="contrast_words"),
     "M contrast_words, no screen": replace(OFF, kind="contrast_words"),
     "N pmi_asr (pmi + 2 x Whisper avg log-prob) + screen (default)": replace(SCREEN, kind="pmi_asr"),
     "O pmi_asr, weight 4, + screen": replace(SCREEN, kind="pmi_asr", asr_weight=4.0),
@@ -56,7 +56,8 @@ VARIANTS: dict[str, SignalRules] = {
 
 
 def collect(run_dir: Path, out: Path, n_prompts: int) -> dict[str, list[dict]]:
-    from alignslm.config import load_config, replace as cfg_replace
+    from alignslm.config import load_config
+    from alignslm.config import replace as cfg_replace
     from alignslm.genmetrics import GenerationSetup
     from alignslm.rundir import StageContext, read_jsonl
     from alignslm.stages.evaluate import _load, calibration
@@ -156,7 +157,7 @@ def main() -> None:
         for r in rows.get(c, []):
             if r.get("avg_logprob") is None:
                 t = truth[r["prompt_id"]]
-                r.update(seconds=t.get("seconds"), avg_logprob=t.get("avg_logprob"), no_speech_prob=t.get("no_speech_prob"))
+                r.update({k: t.get(k) for k in ("seconds", "avg_logprob", "no_speech_prob")})
     results = {name: calibration_summary({k: apply(v, rules) for k, v in rows.items()}, "sense", args.bootstrap)
                for name, rules in VARIANTS.items()}
     (out / "variants.json").write_text(json.dumps(results, indent=1))

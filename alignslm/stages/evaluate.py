@@ -162,7 +162,8 @@ def run(ctx: StageContext) -> dict:
         write_jsonl(rejected_file, rejected)
         write_json(done, res)
         results["models"][name] = res
-    if gen is not None and getattr(cfg.eval, "calibration", False) and (ctx.out / "base" / "generations.jsonl").is_file():
+    base_gen = ctx.out / "base" / "generations.jsonl"
+    if gen is not None and getattr(cfg.eval, "calibration", False) and base_gen.is_file():
         results["calibration"] = _calibration(ctx, gen)
     results["comparisons"] = _comparisons(results["models"], cfg.eval.bootstrap, ctx.seed("compare"))
     results["protocol"] = _protocol(cfg, benches, tok, gen, context)
