@@ -124,7 +124,7 @@ def test_chaos_sigkills_then_resume_equals_uninterrupted(clean, tmp_path):
         p = subprocess.Popen(_cmd(run_dir), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            p.wait(timeout=rng.uniform(0.3, 1.5) * gap + 3.0)  # + the imports before any work
+            p.wait(timeout=rng.uniform(0.1, 0.6) * gap + 3.0)  # + the imports before any work
             break  # it finished before the kill: the remaining kills have nothing to hit
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)  # the run and any worker it forked (its own process group)
@@ -133,7 +133,7 @@ def test_chaos_sigkills_then_resume_equals_uninterrupted(clean, tmp_path):
         gap = gap * 2 if _progress(run_dir) == before else seconds / N_KILLS  # a stage longer than the gap
     out = _run(run_dir)
     assert out.returncode == 0, out.stderr[-4000:]
-    assert kills >= min(N_KILLS, 3), f"only {kills} kills landed"
+    assert kills == N_KILLS, f"only {kills} kills landed"
     assert not [p for p in run_dir.rglob("*.tmp")], "temporary files left behind"
     assert_same_run(clean_dir, run_dir)
     _assert_trained(run_dir)
