@@ -212,7 +212,8 @@ def test_judge_stage_records_every_bad_item(server, tmp_path, monkeypatch, caplo
     tdir = tmp_path / "round-1" / "transcribe"
     texts = ["the pan is clean", "", "   \t", "#### 1234 !!! ..", "x", "FAIL500 x", "TWO scores", "GARBLE x",
              "go to the farm go to the farm"]
-    rows = [{"prompt_id": "p0", "k": k, "prompt_text": "Anna washed the pan.", "text": t,
+    # k=4: a clip the ASR could not read; the transcribe stage writes its text as "" beside the error
+    rows = [{"prompt_id": "p0", "k": k, "prompt_text": "Anna washed the pan.", "text": "" if t == "x" else t,
              "error": "bad audio: corrupt" if t == "x" else None} for k, t in enumerate(texts)]
     write_jsonl(tdir / "transcripts.jsonl", rows)
     cfg = load_config(overrides=["judge.mode=score", "judge.backend=openai", f"judge.url={server}", "judge.retries=1",
@@ -225,16 +226,17 @@ def test_judge_stage_records_every_bad_item(server, tmp_path, monkeypatch, caplo
     out = read_jsonl(ctx.out / "judgments.jsonl")
     assert [r["k"] for r in out] == list(range(len(texts)))
     scores = [r["score"] for r in out]
-    assert scores == [4.0, None, None, None, None, None, 3.0, None, 4.0]
+    assert scores == [4.0, None, None, None, None, None, 3.0, None, None]  # the loop is screened, not asked
     assert out[0]["autobleu"] == 0.0 and out[8]["autobleu"] == pytest.approx(6 / 7)
     assert out[1]["error"] == "empty transcript" and out[2]["error"] == "empty transcript"
     assert out[3]["error"].startswith("garbage") and out[4]["error"].startswith("transcription failed")
     assert "HTTP 500" in out[5]["error"] and "unparseable" in out[7]["error"]
-    assert s["items"] == 9 and s["judged"] == 3 and s["missing"] == 6
+    assert out[8]["error"].startswith("repetition") and out[8]["screened"]
+    assert s["items"] == 9 and s["judged"] == 2 and s["missing"] == 7
     assert s["missing_by_reason"] == {"empty transcript": 2, "garbage transcript": 1, "transcription failed": 1,
-                                      "endpoint error": 1, "unparseable judge reply": 1}
-    assert s["score_histogram"]["4"] == 2 and s["score_histogram"]["3"] == 1 and s["retried"] == 2
-    assert len(read_jsonl(ctx.out / "rejects.jsonl")) == 6
+                                      "endpoint error": 1, "unparseable judge reply": 1, "repetition": 1}
+    assert s["score_histogram"]["4"] == 1 and s["score_histogram"]["3"] == 1 and s["retried"] == 2
+    assert len(read_jsonl(ctx.out / "rejects.jsonl")) == 7
     # the key appears nowhere in the run directory, nor in the logs
     for f in tmp_path.rglob("*"):
         if f.is_file():

@@ -62,11 +62,16 @@ def run(ctx: StageContext) -> dict:
     return _summary(done, cfg.mode, getattr(judge.backend, "stats", None))
 
 
+def _reason(error: str | None) -> str:
+    """The kind of an item's error for the summary: 'judge: endpoint error: HTTP 500 ...' -> 'endpoint error'."""
+    return (error or "").removeprefix("judge: ").split(":")[0].split(" (")[0]
+
+
 def _summary(done: list[dict], mode: str, http_stats: dict | None) -> dict:
     key = "score" if mode == "score" else "perplexity"
-    screened = Counter(r["error"].split(":")[0].split(" (")[0] for r in done if r.get("screened") and r["error"])
+    screened = Counter(_reason(r["error"]) for r in done if r.get("screened") and r["error"])
     vals = [r[key] for r in done if r[key] is not None]
-    kinds = Counter((r["error"] or "").split(":")[0].split(" (")[0] for r in done if r[key] is None)
+    kinds = Counter(_reason(r["error"]) for r in done if r[key] is None)
     asked = [r for r in done if r.get("asked", True)]  # the judge's own items (upstream failures are not)
     out = {"items": len(done), "judged": len(vals), "missing": len(done) - len(vals),
            "items_tried": len(asked), "items_failed": sum(r[key] is None for r in asked),
