@@ -73,9 +73,10 @@ def test_every_stage_ran_and_artifacts_are_consistent(smoke_run):
     pairs = read_jsonl(smoke_run / "round-1/pairs/pairs.jsonl")
     for p in pairs:
         assert {"prompt", "chosen", "rejected", "prompt_id"} <= set(p)
-        # rejected either scored lower or was rejected outright for repetition (auto-BLEU > delta)
-        better = (p["chosen_score"] < p["rejected_score"] if p["metric"] == "perplexity"
-                  else p["chosen_score"] > p["rejected_score"])
+        # rejected scored worse, or was screened out by the signal (no score: it loses by rule), or is a loop
+        assert p["chosen_score"] is not None
+        better = p["rejected_score"] is None or (p["chosen_score"] < p["rejected_score"] if p["metric"] == "perplexity"
+                                                 else p["chosen_score"] > p["rejected_score"])
         assert better or p["rejected_autobleu"] > 0.1
         assert p["chosen_autobleu"] <= 0.1
     assert any((smoke_run / "round-1/train/adapter").glob("*.safetensors"))
@@ -177,8 +178,10 @@ def test_two_process_gloo_run_matches_one_process(smoke_run, tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     for name in ("sample/samples.jsonl", "transcribe/transcripts.jsonl", "pairs/pairs.jsonl"):
         assert read_jsonl(run_dir / "round-1" / name) == read_jsonl(smoke_run / "round-1" / name), name
-    # DDP averages gradients across ranks: the same math, a different float summation order
-    _same_adapter(run_dir / "round-1/train/adapter", smoke_run / "round-1/train/adapter", tol=1e-4)
+    # DDP averages gradients across ranks: the same math, a different float summation order. Adam moves every
+    # weight by about +-lr per step whatever its gradient's size, so an element whose gradient is near zero can
+    # land up to lr (5e-4) apart per step; a smoke round trains 1-2 steps from step 1 (no warm-up).
+    _same_adapter(run_dir / "round-1/train/adapter", smoke_run / "round-1/train/adapter", tol=1e-3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,7 +217,7 @@ def test_export_is_a_plain_transformers_checkpoint_with_the_policy_logprobs(smok
         got = torch.log_softmax(logits.double(), -1).gather(1, tgt[:, None]).sum().item()
         assert got == pytest.approx(want, abs=1e-3) and abs(want - other) > 1e-4  # the adapter is in there
     # what is needed to tokenize and vocode travels with it
-    wav = read_jsonl(smoke_run / "corpus/manifest.jsonl")[0]["path"]
+    wav = smoke_run / "corpus" / read_jsonl(smoke_run / "corpus/manifest.jsonl")[0]["path"]  # run-relative
     from alignslm.audio import read_audio
 
     x = read_audio(wav)

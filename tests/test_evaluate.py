@@ -468,7 +468,7 @@ def test_evaluate_stage_with_generation_metrics(tmp_path, unitlm_dir):
         assert g["n_continuations"] == 4 and g["n_prompts"] == 2
         assert g["prompt_wer"] is not None and g["prompt_wer"] >= 0.0
         rows = [json.loads(x) for x in (tmp_path / "evaluate" / name / "generations.jsonl").read_text().splitlines()]
-        assert g["judge_metric"] == "perplexity"
+        assert g["judge_metric"] == "sense"  # perplexity mode compares the signal's sense (alignslm.signal)
         for r in rows:  # every continuation is judged (perplexity, and 1..5 beside) or a counted reject
             assert (r["reject"] is None and r["perplexity"] > 1.0 and 1.0 <= r["score"] <= 5.0) or r["reject"]
         assert g["n_rejects"] == sum(bool(r["reject"]) for r in rows)
@@ -480,7 +480,7 @@ def test_evaluate_stage_with_generation_metrics(tmp_path, unitlm_dir):
     for key in ("score", "judge_gain"):
         c = res["comparisons"]["round-1"][key]
         assert c["n"] <= 2 and (c["diff"] is None or c["lo"] <= c["diff"] <= c["hi"])
-    assert res["comparisons"]["round-1"]["judge_metric"] == "perplexity"
+    assert res["comparisons"]["round-1"]["judge_metric"] == "sense"
 
 
 def test_windowed_scoring_of_utterances_longer_than_the_context(lm):
