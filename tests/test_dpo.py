@@ -21,13 +21,7 @@ from alignslm.unitlm import UnitLM
 N_UNITS, OFFSET = 20, 2  # slamkit-style ids: pad=0, bos=eos=1, unit k -> k+2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI box has 2 shared cores: torch's intra-op threads only spin against other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_lm(seed: int = 0, extra_vocab: int = 0, support: str = "units") -> UnitLM:

@@ -18,12 +18,7 @@ from alignslm.unitlm import UnitLM
 N_UNITS, OFFSET = 20, 4  # TWIST-style: unit k is token k + config.offset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_opt(dropout: float = 0.1) -> UnitLM:

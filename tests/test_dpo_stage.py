@@ -14,13 +14,7 @@ from alignslm.rundir import StageContext, write_json, write_jsonl
 from alignslm.stages import train as train_stage
 from alignslm.unitlm import load_unitlm
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def make_run(tmp_path, reference="base", **train):

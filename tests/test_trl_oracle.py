@@ -8,7 +8,6 @@ cannot change what a step sees, no dropout, same AdamW / linear schedule / clipp
 from __future__ import annotations
 
 import pytest
-import torch
 
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
@@ -20,12 +19,7 @@ from alignslm.dpo import DPOTrainer, Example  # noqa: E402
 N_PAIRS, STEPS, BETA = 6, 3, 0.2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def unit_tokenizer():
