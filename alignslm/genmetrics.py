@@ -247,6 +247,7 @@ def held_out_prompts(manifest: Sequence[Mapping], units: Mapping[str, Mapping], 
         words_ = [w["word"] for w in (r.get("words") or []) if float(w["end"]) <= p.end_s + 1e-6]
         out.append({"prompt_id": r["utt_id"], "prompt": p.units, "prompt_end_s": p.end_s, "path": r["path"],
                     "split": r["split"], "reference": " ".join(words_) if words_ else None,
+                    "at_word": p.at_word_boundary,
                     "truth": [int(x) for x in u["units"][len(p.units):]]})  # the true continuation
     return out
 
@@ -318,7 +319,8 @@ class GenerationSetup:
                          + (f"({'expected digit score' if self.cfg.judge.expected_score else 'parsed score'})"
                             if self.metric == "score" else "(perplexity of the transcript given the prompt's)"),
                 "judge_metric": self.metric,
-                "prompt_wer_n": sum(p["reference"] is not None for p in self.prompts)}
+                "prompt_wer_n": sum(p["reference"] is not None for p in self.prompts),
+                "prompts_at_word_end": sum(bool(p.get("at_word")) for p in self.prompts)}
 
     def _prompt_side(self) -> tuple[list[str], float | None, list[str]]:
         """Transcripts of the original prompt audio (the judge's context) and the resynthesis WER."""

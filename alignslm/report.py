@@ -173,7 +173,11 @@ def protocol_text(results: Mapping) -> str:
         f"{p.get('n_continuations', 'n/a')} continuations each, the same prompts and seeds for every model; "
         f"sampling {p.get('sampling', {})}; judge: {p.get('judge', 'n/a')}. Judge score CIs: percentile bootstrap "
         f"over prompts ({p.get('bootstrap', 'n/a')} resamples); differences: paired bootstrap over prompts.",
-        "- Prompt WER: prompts resynthesised (units -> vocoder -> ASR) against their reference text.",
+        f"- Prompts: cut at the last word end before {p.get('prompt_seconds', 'n/a')} s (word times in the "
+        f"manifest) for {p.get('prompts_at_word_end', 'n/a')} of {p.get('n_prompts', 'n/a')}; the others at that "
+        "time on a unit boundary. The judge's prompt text is always Whisper's transcript of the cut prompt audio.",
+        f"- Prompt WER: prompts resynthesised (units -> vocoder -> ASR) against their reference text (the words "
+        f"before the cut: needs word times; {p.get('prompt_wer_n', 'n/a')} prompts have it).",
     ]) + "\n"
 
 

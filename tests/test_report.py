@@ -135,3 +135,12 @@ def test_rounds_table_in_perplexity_mode_shows_perplexities_pairs_and_held_out_a
     assert "| round 2 | 4 | 1 | median perplexity 65 | 5 | 0.920 | 0.550 (4 pairs) |" in md
     png = (tmp_path / "r" / "judge_histograms.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_protocol_says_how_prompts_were_cut():
+    from alignslm.report import protocol_text
+
+    txt = protocol_text({"protocol": {"n_prompts": 10, "prompt_seconds": 3.0, "prompts_at_word_end": 7,
+                                      "prompt_wer_n": 7}})
+    assert "cut at the last word end before 3.0 s (word times in the manifest) for 7 of 10" in txt
+    assert "Whisper's transcript of the cut prompt audio" in txt and "7 prompts have it" in txt
