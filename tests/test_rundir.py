@@ -346,3 +346,36 @@ def test_torch_files_depend_on_their_content_only(tmp_path):
     write_torch(tmp_path / "b" / "state.pt", loaded)
     assert (tmp_path / "a" / "state.pt").read_bytes() == (tmp_path / "b" / "state.pt").read_bytes()
     assert torch.equal(torch.load(tmp_path / "a" / "state.pt", weights_only=True)["w"], state["w"])
+
+
+@pytest.mark.integration
+def test_rerun_on_a_still_full_disk_is_one_clear_line(tmp_path):
+    """A run directory on a real, full file system (a 256 KiB tmpfs): the first run and a rerun while it is
+    still full each stop with one line naming the path and the bytes free, no traceback."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to make a small tmpfs (a real full file system)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        try:  # fill it to the last byte
+            with open(mnt / "filler", "wb", buffering=0) as f:
+                while True:
+                    f.write(b"\0" * 4096)
+        except OSError:
+            pass
+        cmd = [sys.executable, "-m", "alignslm.run", "--smoke", "--quiet", f"run.run_dir={mnt / 'run'}",
+               f"run.cache_dir={tmp_path / 'cache'}"]
+        for attempt in range(2):  # the first run and a rerun, the disk still full
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            assert out.returncode != 0, attempt
+            assert "Traceback" not in out.stderr, out.stderr[-2000:]
+            lines = [ln for ln in out.stderr.splitlines() if "free" in ln and str(mnt) in ln]
+            assert lines, out.stderr[-2000:]
+            assert "Free some space and run the same command again" in out.stderr or "free" in lines[0]
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
