@@ -16,7 +16,8 @@ from importlib import metadata
 def floor_in(requirements: list[str], package: str) -> str | None:
     """The ``>=`` floor of ``package`` among requirement strings (``"transformers>=4.57"``), or None."""
     for req in requirements:
-        m = re.match(rf"^{re.escape(package)}\s*(\[[^\]]*\])?\s*(?P<spec>[^;]*)", req.strip())
+        # the name must end where the specifier starts: "transformers-stream-generator>=9" is another package
+        m = re.match(rf"^{re.escape(package)}\s*(\[[^\]]*\])?\s*(?P<spec>(?:[<>=!~(]|$)[^;]*)", req.strip())
         if m:
             floor = re.search(r">=\s*([0-9][0-9.]*)", m.group("spec"))
             if floor:

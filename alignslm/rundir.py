@@ -1,6 +1,6 @@
 """The run directory: atomic files, JSONL, the stage manifest, rejects, resumable shards, rank sharding.
 
-Rules (design.md), each kept in one place here:
+Rules (docs/design.md), each kept in one place here:
 - outputs are written under a temporary name (:func:`temp_name`) and renamed into place, so a reader never
   sees half a file; temporaries of a killed write are removed at the next start (:func:`remove_stale_temps`);
   files get the umask's mode; a full disk is one :class:`DiskFullError` naming the path and the bytes free;

@@ -16,9 +16,9 @@ tokens only.  Three ways to get it, all with fp32 accumulation:
 ``lo:hi`` restricts the softmax support to a contiguous slice of the vocabulary (the unit range of a
 unit LM whose lm_head also spans text tokens); targets are given as vocabulary ids and must fall in it.
 
-Implementation choice (style.md): ``impl=None`` picks Triton for CUDA tensors when Triton imports,
-torch otherwise; ``ALIGNSLM_IMPL=torch|triton`` overrides, and ``TRITON_INTERPRET=1`` lets the Triton
-path run on CPU tensors (tests).
+Implementation choice (alignslm.impl, one resolver for every op): ``impl=None`` picks Triton for CUDA
+tensors when Triton imports, torch otherwise; ``ALIGNSLM_IMPL=torch|triton`` overrides, and
+``TRITON_INTERPRET=1`` lets the Triton path run on CPU tensors (tests).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ def test_floor_parsing_and_comparison():
     assert floor_in(reqs, "transformers") == "4.57"
     assert floor_in(reqs, "torch") == "2.4" and floor_in(reqs, "triton") == "3.0"
     assert floor_in(reqs, "numpy") is None
+    assert floor_in(reqs[::-1], "transformers") == "4.57"  # not the floor of a package whose name it prefixes
     assert version_key("4.56.2") < version_key("4.57") <= version_key("4.57.0.dev0") < version_key("5.0.0")
 
 
