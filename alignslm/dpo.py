@@ -583,7 +583,13 @@ class DPOTrainer:
             if (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < total:
                 self.save_checkpoint(step + 1)
         self.save_checkpoint(total)
+        if not last and start > 0:  # killed after the final checkpoint: the last step is the log's last row
+            last = self._last_logged(log_path, start)
         return {"steps": total, "final": last}
+
+    def _last_logged(self, path: Path, step: int) -> dict:
+        rows = [r for r in read_jsonl(path) if r.get("step") == step] if path.exists() else []
+        return rows[-1] if rows else {}
 
     def _truncate_log(self, path: Path, done: int) -> None:
         if self.rank == 0 and path.exists():

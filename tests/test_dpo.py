@@ -224,6 +224,17 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path):
     assert summary["steps"] == 6 and la[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # LoRA B = 0 at start
 
 
+def test_resume_after_the_final_checkpoint_reports_the_same_last_step(tmp_path):
+    """A kill after training's last checkpoint but before the stage is recorded: the rerun trains no step
+    and still reports the last step's metrics (the stage summary equals an uninterrupted run's)."""
+    rows, cfg = synthetic_pairs(12), train_cfg(epochs=1, grad_accum=1, batch_size=4, checkpoint_every=2)
+    _, first, _ = _run(tmp_path, rows, cfg)
+    _, again, _ = _run(tmp_path, rows, cfg)
+    assert first["final"] and first["final"]["step"] == first["steps"] == 3
+    assert {k: v for k, v in again["final"].items() if k not in ("seconds", "time")} == \
+        {k: v for k, v in first["final"].items() if k not in ("seconds", "time")}
+
+
 def _continued(tmp, rows, cfg, init, process_seed, seed=3):
     """A round-2 trainer (continuing ``init``) after the process's RNG was left in some state."""
     lm = tiny_lm()
