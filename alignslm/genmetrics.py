@@ -178,6 +178,50 @@ def win_rate(a_rows: Sequence[Mapping], b_rows: Sequence[Mapping], key: str = "s
     return out
 
 
+def paired_win_rate(base_rows: Sequence[Mapping], other_rows: Sequence[Mapping], judge_metric: str = "sense",
+                    n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """How often ``other``'s continuation beats ``base``'s for the same prompt and continuation index ``k``
+    (the same sampling seed on both sides).  A rejected continuation loses against an accepted one, two
+    rejects tie, ties count half, so a model cannot win by having more of its outputs rejected.  Mean over
+    prompts of each prompt's share, with a percentile bootstrap CI over prompts; 0.5 = no difference.
+    """
+    field_ = JUDGE_FIELDS[judge_metric]
+    sign = 1.0 if HIGHER_IS_BETTER[judge_metric] else -1.0
+
+    def keyed(rows: Sequence[Mapping]) -> dict[tuple[str, int], dict]:
+        out = {}
+        for r in log_perplexity_rows(rows):
+            v = r.get(field_)
+            ok = not r.get("reject") and v is not None and math.isfinite(float(v))
+            out[(str(r["prompt_id"]), int(r.get("k", 0)))] = {"reject": None if ok else "rejected",
+                                                                "v": sign * float(v) if ok else None}
+        return out
+
+    a, b = keyed(base_rows), keyed(other_rows)
+    per: dict[str, list[float]] = defaultdict(list)
+    for key in sorted(set(a) & set(b)):
+        per[key[0]].append(_outcome(b[key], a[key], "v"))
+    out = bootstrap_ci([float(np.mean(v)) for v in per.values()], n_boot, seed)
+    out["pairs"] = sum(len(v) for v in per.values())
+    out["unpaired"] = len(set(a) ^ set(b))
+    return out
+
+
+def reject_share_diff(base_rows: Sequence[Mapping], other_rows: Sequence[Mapping], judge_metric: str = "sense",
+                      n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap over prompts of ``other``'s reject share minus ``base``'s (> 0: more rejects); a
+    reject is what ``summarize_generations`` counts as one (a reason, or no value of the judge metric)."""
+    field_ = JUDGE_FIELDS[judge_metric]
+
+    def share(rows: Sequence[Mapping]) -> dict[str, float]:
+        acc: dict[str, list[float]] = defaultdict(list)
+        for r in log_perplexity_rows(rows):
+            acc[str(r["prompt_id"])].append(1.0 if r.get("reject") or r.get(field_) is None else 0.0)
+        return {k: float(np.mean(v)) for k, v in acc.items()}
+
+    return paired_bootstrap(share(base_rows), share(other_rows), n_boot, seed)
+
+
 def class_summary(rows: Sequence[Mapping], key: str = "sense", n_boot: int = 2000, seed: int = 0) -> dict:
     """Accepted share and the mean ``key`` (with a bootstrap CI) of one class of outputs."""
     vals = [r.get(key) for r in rows if not r.get("reject") and r.get(key) is not None]
@@ -196,6 +240,8 @@ def calibration_summary(classes: Mapping[str, Sequence[Mapping]], key: str = "se
     t = classes[truth]
     out: dict[str, Any] = {"key": key, "classes": {k: class_summary(v, key, n_boot, seed) for k, v in classes.items()},
                            "wins": {k: win_rate(t, v, key, n_boot, seed) for k, v in classes.items() if k != truth}}
+    if "base sample" in classes and "random units" in classes:  # is the base model worth aligning? (>= 0.90)
+        out["base_vs_random"] = win_rate(classes["base sample"], classes["random units"], key, n_boot, seed)
     tm = out["classes"][truth]["mean"]
     beaten_by = [k for k, c in out["classes"].items()
                  if k != truth and c["mean"] is not None and tm is not None and c["mean"] >= tm]

@@ -90,11 +90,21 @@ def calibration_block(results: Mapping) -> str:
     lines += ["", f"Gates: true > base sample in >= 80% of pairs: **{met('vs_base_ge_0.80')}**; "
               f"true > random units in >= 95%: **{met('vs_random_ge_0.95')}**; "
               f"classes let through with a mean signal >= the truth's: **{above}**."]
+    bvr = cal.get("base_vs_random")
+    if bvr:
+        lines += ["", f"Is the base model worth aligning? Its samples beat random-unit continuations in "
+                  f"{_ci(bvr, '{:.3f}')} of pairs (the demo aims at >= 0.90)."]
     return "\n".join(lines) + "\n"
 
 
 def _judge_ci(g: Mapping) -> Mapping | None:
     return g.get("judge") or g.get("judge_score")
+
+
+def verdict_line(results: Mapping) -> str:
+    """The evaluate stage's one-line verdict (win rate of the last round against the base, calibration)."""
+    v = results.get("verdict") or {}
+    return v.get("line") or "No verdict (the evaluate stage did not write one)."
 
 
 def headline_table(results: Mapping) -> str:
@@ -118,15 +128,19 @@ def comparison_table(results: Mapping) -> str:
         return ""
     gain = {"perplexity": "judge gain = base - model ln-perplexity",
             "sense": "signal gain = model - base"}.get(judge_metric(results), "judge score gain")
-    lines = [f"| model vs base | {gain} [95% CI] | P(gain <= 0) | auto-BLEU diff [95% CI] | prompts |"
-             " sWUGGY diff | sBLIMP diff | sSC diff | tSC diff |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| model vs base | win rate [95% CI] | {gain} [95% CI] | P(gain <= 0) | reject share diff [95% CI] |"
+             " auto-BLEU diff [95% CI] | prompts | sWUGGY diff | sBLIMP diff | sSC diff | tSC diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in comps.items():
         s, a = c.get("judge_gain") or c.get("score", {}), c.get("autobleu", {})
+        w, rj = c.get("win_rate"), c.get("reject_share")
         bd = c.get("benchmarks", {})
         diffs = [("n/a" if bd.get(k) is None else f"{100 * bd[k]:+.1f}") for _, k in BENCH_COLS]
-        lines.append(f"| {model_label(name)} | {_ci(s, '{:+.3f}')} | {_num(s.get('p_le_0'), '{:.3f}')} | "
+        lines.append(f"| {model_label(name)} | {_ci(w, '{:.3f}')} | {_ci(s, '{:+.3f}')} | "
+                     f"{_num(s.get('p_le_0'), '{:.3f}')} | {_ci(rj, '{:+.3f}')} | "
                      f"{_ci(a, '{:+.4f}')} | {s.get('n', 0)} | " + " | ".join(diffs) + " |")
+    lines += ["", "Win rate: the model's continuation against the base model's for the same held-out prompt and "
+              "seed (a rejected continuation loses, two rejects tie, ties count half); 0.5 = no difference."]
     return "\n".join(lines) + "\n"
 
 
@@ -422,9 +436,11 @@ def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_exam
     examples = copy_examples(results, out, n_examples, run_dir / "evaluate")
     table = headline_table(results)
     comp = comparison_table(results)
-    write_text(out / "headline.md", table + ("\nEach round against the base model (paired bootstrap over the same "
-                                             "prompts and seeds):\n\n" + comp if comp else ""))
-    md = ["# alignslm report", ""]
+    line = verdict_line(results)
+    comp_txt = ("\nEach round against the base model (paired bootstrap over the same prompts and seeds):\n\n"
+                + comp) if comp else ""
+    write_text(out / "headline.md", line + "\n\n" + table + comp_txt)
+    md = ["# alignslm report", "", f"**Verdict:** {line}", ""]
     if demo:
         md += [NOT_COMPARABLE, ""]
     judge_txt = {"perplexity": "the judge's ln-perplexity of the continuation transcripts given the prompt's (the "

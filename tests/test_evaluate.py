@@ -367,7 +367,8 @@ def test_evaluate_and_report_stages(tmp_path, unitlm_dir):
                              "report"))
     assert out["models"] == 2
     head = (tmp_path / "report" / "headline.md").read_text().splitlines()
-    assert head[2].startswith("| base | ") and head[3].startswith("| round 1 | ")
+    assert head[0] == res["verdict"]["line"]
+    assert head[4].startswith("| base | ") and head[5].startswith("| round 1 | ")
 
 
 def test_generation_metrics_for_the_base_and_the_last_round_by_default():

@@ -45,7 +45,7 @@ def test_headline_table_has_the_papers_shape():
     assert t[2] == "| base | 71.2 | 60.1 | 55.0 | 75.4 | 2.70 [2.50, 2.90] | 0.052 |"
     assert t[3].startswith("| round 1 | 73.0 | 62.0 | 58.0 | 80.0 | 3.10 [2.90, 3.30] |")
     c = rp.comparison_table(res)
-    assert "| round 1 | +0.400 [+0.100, +0.700] | 0.004 |" in c and "+4.6" in c
+    assert "| round 1 | n/a | +0.400 [+0.100, +0.700] | 0.004 | n/a |" in c and "+4.6" in c
 
 
 def _results_no_audio() -> dict:
@@ -70,7 +70,8 @@ def test_build_report_writes_tables_plots_examples(tmp_path):
     md = (out / "report.md").read_text()
     assert "not comparable" in md and "per-token mean" in md and "[BOS, units, EOS]" in md
     head = (out / "headline.md").read_text()
-    assert head.startswith(rp.headline_table(res)) and rp.comparison_table(res) in head
+    assert head.startswith(rp.verdict_line(res)) and rp.headline_table(res) in head and rp.comparison_table(res) in head
+    assert md.startswith("# alignslm report\n\n**Verdict:** No verdict")
     assert "![reward_accuracy](reward_accuracy.png)" in md
     copied = out / "examples" / "round-1" / "p0_k0.wav"
     assert copied.is_file() and "(examples/round-1/p0_k0.wav)" in md

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from alignslm.genmetrics import calibration_summary, win_rate
+from alignslm.genmetrics import calibration_summary, paired_win_rate, reject_share_diff, win_rate
 from alignslm.pairs import Candidate, PairRules, build_pairs_for_prompt
 from alignslm.signal import OFF, SignalRules, is_stock, judge_rows, rules_from, screen, sense
 
@@ -97,6 +97,7 @@ def test_calibration_summary_gates():
     assert res["wins"]["base sample"]["mean"] == pytest.approx(0.9)
     assert res["wins"]["random units"]["mean"] == 1.0
     assert res["classes"]["random units"]["accepted"] == 0.0
+    assert res["base_vs_random"]["mean"] == 1.0  # every base sample accepted, every random unit rejected
     assert res["gates"]["vs_base_ge_0.80"] and res["gates"]["vs_random_ge_0.95"]
     assert res["gates"]["classes_above_truth"] == ["hallucination"] and not res["gates"]["no_class_above_truth"]
 
@@ -146,3 +147,40 @@ def test_pmi_asr_adds_whisper_confidence():
     r = SignalRules(kind="pmi_asr", asr_weight=2.0)
     assert sense(3.0, 4.0, 5, r, avg_logprob=-0.5) == pytest.approx(0.0)
     assert sense(3.0, 4.0, 5, r, avg_logprob=None) is None
+
+
+def test_paired_win_rate_pairs_by_prompt_and_seed_and_rejects_lose():
+    base = [{"prompt_id": "a", "k": 0, "sense": 1.0}, {"prompt_id": "a", "k": 1, "sense": 3.0},
+            {"prompt_id": "b", "k": 0, "sense": 2.0}, {"prompt_id": "b", "k": 1, "reject": "asr: no speech"}]
+    other = [{"prompt_id": "a", "k": 0, "sense": 2.0}, {"prompt_id": "a", "k": 1, "sense": 3.0},
+             {"prompt_id": "b", "k": 0, "reject": "screen: filler"}, {"prompt_id": "b", "k": 1, "sense": -9.0}]
+    w = paired_win_rate(base, other, "sense", n_boot=0)
+    # a: k0 win, k1 tie = 0.75; b: k0 loss (a reject loses), k1 win (vs a reject) = 0.5
+    assert w["mean"] == pytest.approx((0.75 + 0.5) / 2) and w["pairs"] == 4 and w["unpaired"] == 0
+    # reversed roles give the complement; more rejects cannot win
+    assert paired_win_rate(other, base, "sense", n_boot=0)["mean"] == pytest.approx(1 - w["mean"])
+    all_rejected = [{**r, "reject": "x"} for r in other]
+    assert paired_win_rate(base, all_rejected, "sense", n_boot=0)["mean"] < 0.5
+    # ln-perplexity: lower wins
+    pb = [{"prompt_id": "a", "k": 0, "perplexity": 10.0}]
+    po = [{"prompt_id": "a", "k": 0, "perplexity": 5.0}]
+    assert paired_win_rate(pb, po, "perplexity", n_boot=0)["mean"] == 1.0
+    d = reject_share_diff(base, all_rejected, "sense", n_boot=0)
+    assert d["diff"] == pytest.approx(1 - 0.25)  # 4/4 rejected against 1/4
+
+
+def test_verdict_line_says_improved_worse_or_unchanged_and_the_calibration():
+    from alignslm.stages.evaluate import verdict
+
+    def res(lo, hi, gates):
+        return {"comparisons": {"round-1": {}, "round-2": {"win_rate": {"mean": (lo + hi) / 2, "lo": lo, "hi": hi,
+                                                                           "pairs": 500}}},
+                "calibration": {"gates": gates}}
+
+    ok = {"vs_base_ge_0.80": True, "vs_random_ge_0.95": True, "no_class_above_truth": True, "classes_above_truth": []}
+    v = verdict(res(0.55, 0.65, ok))
+    assert v["model"] == "round-2" and v["improved"] and "IMPROVED" in v["line"] and "passed" in v["line"]
+    v = verdict(res(0.45, 0.58, {**ok, "vs_base_ge_0.80": False}))
+    assert v["state"] == "unchanged" and not v["improved"] and "FAILED its calibration" in v["line"]
+    assert verdict(res(0.30, 0.45, ok))["state"] == "worse"
+    assert verdict({"comparisons": {}})["improved"] is None

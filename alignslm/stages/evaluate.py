@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from alignslm.evaluate import (
     score_benchmarks,
     tokenize_items,
 )
-from alignslm.genmetrics import GenerationSetup, compare_models
+from alignslm.genmetrics import GenerationSetup, compare_models, paired_win_rate, reject_share_diff
 from alignslm.rundir import StageContext, hash_str, read_json, read_jsonl, relative_path, write_json, write_jsonl
 
 
@@ -165,7 +166,9 @@ def run(ctx: StageContext) -> dict:
     base_gen = ctx.out / "base" / "generations.jsonl"
     if gen is not None and getattr(cfg.eval, "calibration", False) and base_gen.is_file():
         results["calibration"] = _calibration(ctx, gen)
-    results["comparisons"] = _comparisons(results["models"], cfg.eval.bootstrap, ctx.seed("compare"))
+    results["comparisons"] = _comparisons(results["models"], cfg.eval.bootstrap, ctx.seed("compare"),
+                                          generations=_generations(ctx, results["models"]))
+    results["verdict"] = verdict(results)
     results["protocol"] = _protocol(cfg, benches, tok, gen, context)
     results["demo"] = cfg.benchmarks.root is None
     write_json(ctx.out / "results.json", results)
@@ -283,17 +286,64 @@ def _calibration(ctx: StageContext, gen: Any) -> dict:
     return summary
 
 
-def _comparisons(models: dict, n_boot: int, seed: int) -> dict:
+def _generations(ctx: StageContext, models: dict) -> dict[str, list[dict]]:
+    """Each model's held-out continuations (evaluate/<model>/generations.jsonl), for the paired comparisons."""
+    out = {}
+    for name in models:
+        path = ctx.out / name / "generations.jsonl"
+        if path.is_file():
+            out[name] = read_jsonl(path)
+    return out
+
+
+def _comparisons(models: dict, n_boot: int, seed: int, generations: dict[str, list[dict]] | None = None) -> dict:
     out = {}
     base = models["base"]
+    generations = generations or {}
     for name, m in models.items():
         if name == "base":
             continue
         c = compare_models(base.get("generation") or {}, m.get("generation") or {}, n_boot, seed)
         c["benchmarks"] = {k: m["benchmarks"][k]["all"] - base["benchmarks"][k]["all"]
                            for k in m["benchmarks"] if k in base["benchmarks"]}
+        if "base" in generations and name in generations:
+            metric = (m.get("generation") or {}).get("judge_metric", "sense")
+            c["win_rate"] = paired_win_rate(generations["base"], generations[name], metric, n_boot, seed)
+            c["reject_share"] = reject_share_diff(generations["base"], generations[name], metric, n_boot, seed)
         out[name] = c
     return out
+
+
+def last_round(results: Mapping) -> str | None:
+    """The last round's model (``round-R``) that has a comparison with the base model, or None."""
+    rounds = sorted((int(k.split("-")[1]), k) for k in results.get("comparisons", {}) if k.startswith("round-"))
+    return rounds[-1][1] if rounds else None
+
+
+def verdict(results: Mapping) -> dict[str, Any]:
+    """One line: did alignment improve the model on this run, and did the run's signal pass its calibration?
+
+    Improved = the last round's continuations beat the base model's (same prompt, same seed; rejects lose)
+    with a 95% CI above 0.5.  Worse = CI below 0.5.  Otherwise no measurable change.
+    """
+    name = last_round(results)
+    w = (results.get("comparisons", {}).get(name) or {}).get("win_rate") if name else None
+    gates = (results.get("calibration") or {}).get("gates") or {}
+    passed = all(v for v in gates.values() if isinstance(v, bool)) if gates else None
+    cal_txt = ("the signal passed its calibration" if passed else
+               "the signal FAILED its calibration (see the report's calibration block)" if gates
+               else "no signal calibration")
+    if not w or w.get("mean") is None:
+        return {"model": name, "improved": None, "calibration_passed": passed,
+                "line": f"No paired win rate (no held-out generations of a round and the base model); {cal_txt}."}
+    lo, hi, mean = w["lo"], w["hi"], w["mean"]
+    state = "improved" if lo > 0.5 else "worse" if hi < 0.5 else "unchanged"
+    what = {"improved": "alignment IMPROVED the model", "worse": "alignment made the model WORSE",
+            "unchanged": "no measurable effect of alignment (the CI contains 0.5)"}[state]
+    line = (f"{what}: {name} beats the base model in {mean:.1%} of paired held-out continuations "
+            f"[95% CI {lo:.1%}, {hi:.1%}; 50% = no change; {w['pairs']} pairs, rejects lose]; {cal_txt}.")
+    return {"model": name, "state": state, "improved": state == "improved", "win_rate": mean, "win_rate_ci": [lo, hi],
+            "calibration_passed": passed, "line": line}
 
 
 def _protocol(cfg: Any, benches: dict, tok: Any, gen: Any, context: int | None) -> dict:
