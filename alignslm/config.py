@@ -261,7 +261,8 @@ class TrainConfig:
     lr: float = opt(5e-4, "Peak learning rate (paper: 1e-6 at 7B scale).")
     warmup_steps: int = opt(10, "Linear warmup steps, then linear decay.")
     epochs: int = opt(2, "Epochs over the pairs.")
-    batch_size: int = opt(8, "Pairs per micro-batch and process: a step takes processes x batch_size x grad_accum.")
+    batch_size: int = opt(8, "Pairs per micro-batch over all processes (each of W processes takes batch_size / W; "
+                             "a multiple of W): a step takes batch_size x grad_accum pairs whatever the world size.")
     grad_accum: int = opt(1, "Gradient accumulation steps.")
     max_length: int = opt(512, "Max prompt+completion tokens; longer pairs are truncated (prompt kept from the right).")
     precompute_ref: bool = opt(True, "Compute reference log-probs once and cache them in the run directory (same "

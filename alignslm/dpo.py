@@ -5,7 +5,8 @@
     summary = DPOTrainer(lm, cfg.train, out_dir, seed=1).train(examples)
 
 What one optimizer step does:
-  1. For each of ``grad_accum`` micro-batches of ``batch_size`` pairs (per rank), chosen and rejected
+  1. For each of ``grad_accum`` micro-batches of ``batch_size`` pairs (over all ranks: each of W processes
+     takes ``batch_size / W`` of them, so a step is the same whatever the world size), chosen and rejected
      go through the model in ONE forward pass: ``[chosen_1..B, rejected_1..B]`` right-padded, or (the
      default, ``share_prompt``) one row ``prompt + chosen + rejected`` per pair whose prompt is computed
      once for both completions, with a 4-D attention mask and restarted positions (see Batch).
@@ -344,12 +345,15 @@ def schedule_problem(n_pairs: int, cfg: Any, world: int = 1) -> str | None:
     The linear schedule starts at learning rate 0 and warms up over ``warmup_steps``: a single step with any
     warm-up, or lr = 0, gives no step with a learning rate above 0, and training would leave LoRA B at 0.
     """
-    per_step = world * cfg.batch_size * cfg.grad_accum
+    if cfg.batch_size % world:
+        return (f"train.batch_size={cfg.batch_size} is the micro-batch over all {world} processes and must be a "
+                f"multiple of their number; set it to {cfg.batch_size + world - cfg.batch_size % world}")
+    per_step = cfg.batch_size * cfg.grad_accum
     total = math.ceil(n_pairs / per_step) * cfg.epochs
     f = linear_schedule(cfg.warmup_steps, total)
     if any(f(s) > 0 for s in range(total)) and cfg.lr > 0:
         return None
-    return (f"train: {n_pairs} pairs at {per_step} pairs per step ({world} process(es) x train.batch_size "
+    return (f"train: {n_pairs} pairs at {per_step} pairs per step (train.batch_size "
             f"{cfg.batch_size} x train.grad_accum {cfg.grad_accum}) x {cfg.epochs} epoch(s) = {total} step(s), "
             f"and with train.warmup_steps={cfg.warmup_steps} and train.lr={cfg.lr:g} every one has learning rate "
             f"0: the adapter would not change. Lower train.warmup_steps below {total}, or lower batch_size/"
@@ -455,10 +459,10 @@ class DPOTrainer:
         n_max = max(e.idx for e in examples) + 1
         cache = torch.zeros(n_max, 2, dtype=torch.float32, device=self.device)
         ctx = self.peft.disable_adapter() if self.reference == "base" else contextlib.nullcontext()
-        mine = examples[self.rank::self.world]
+        mine, per_rank = examples[self.rank::self.world], self._per_rank()
         with torch.no_grad(), ctx:
-            for s in range(0, len(mine), self.cfg.batch_size):
-                b = self._collate(mine[s:s + self.cfg.batch_size])
+            for s in range(0, len(mine), per_rank):
+                b = self._collate(mine[s:s + per_rank])
                 c, r = self.module(*b.forward_args()).chunk(2)
                 cache[b.idx] = torch.stack([c, r], 1)
         if self.world > 1:
@@ -473,12 +477,19 @@ class DPOTrainer:
         """This rank's micro-batches for global optimizer step ``step`` (0-based)."""
         epoch, k = divmod(step, steps_per_epoch)
         order = epoch_order(len(examples), self.seed, epoch)
-        per_step = self.world * self.cfg.batch_size * self.cfg.grad_accum
+        per_step, per_rank = self.cfg.batch_size * self.cfg.grad_accum, self._per_rank()
         out = []
         for m in range(self.cfg.grad_accum):
-            start = k * per_step + m * self.world * self.cfg.batch_size + self.rank * self.cfg.batch_size
-            out.append([examples[order[(start + j) % len(order)]] for j in range(self.cfg.batch_size)])
+            start = k * per_step + m * self.cfg.batch_size + self.rank * per_rank
+            out.append([examples[order[(start + j) % len(order)]] for j in range(per_rank)])
         return out
+
+    def _per_rank(self) -> int:
+        """This process's share of a micro-batch (``train.batch_size`` is over all processes)."""
+        if self.cfg.batch_size % self.world:
+            raise ValueError(f"train.batch_size={self.cfg.batch_size} must be a multiple of the {self.world} "
+                             "processes (it is the micro-batch over all of them)")
+        return self.cfg.batch_size // self.world
 
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         logps = self.ddp(*batch.forward_args())  # (2B,)
@@ -551,7 +562,7 @@ class DPOTrainer:
         problem = schedule_problem(len(examples), self.cfg, self.world)
         if problem:
             raise ValueError(problem)
-        per_step = self.world * self.cfg.batch_size * self.cfg.grad_accum
+        per_step = self.cfg.batch_size * self.cfg.grad_accum
         if per_step > len(examples):
             logger.warning("train: %d pairs per step but only %d pairs: each step repeats pairs", per_step,
                            len(examples))

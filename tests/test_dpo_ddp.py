@@ -28,7 +28,7 @@ from test_dpo import synthetic_pairs, tiny_lm, train_cfg
 from alignslm.dpo import DPOTrainer, prepare_pairs
 dist.init_process_group("gloo")
 world = dist.get_world_size()
-cfg = dataclasses.replace(train_cfg(epochs=%(epochs)d, batch_size=%(gb)d // world, grad_accum=1, warmup_steps=1,
+cfg = dataclasses.replace(train_cfg(epochs=%(epochs)d, batch_size=%(gb)d, grad_accum=1, warmup_steps=1,
                           checkpoint_every=1000))
 lm = tiny_lm(seed=4)
 ex, _ = prepare_pairs(synthetic_pairs(%(n)d, seed=6), lm, 64)

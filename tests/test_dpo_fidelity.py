@@ -108,7 +108,10 @@ def test_a_schedule_without_any_update_is_an_error_before_training(tmp_path):
     assert schedule_problem(18, cfg(batch_size=8, grad_accum=8, warmup_steps=0)) is None
     assert schedule_problem(18, cfg(batch_size=4, grad_accum=1, warmup_steps=3)) is None  # 5 steps, lr > 0 from 1
     assert schedule_problem(18, cfg(lr=0.0)) is not None
-    assert schedule_problem(200, paper, world=8) is not None  # 512 pairs per step on 8 processes
+    # train.batch_size is the micro-batch over all processes: the schedule does not depend on the world size
+    assert schedule_problem(200, cfg(batch_size=8, grad_accum=8, warmup_steps=3), world=8) is None  # 4 steps
+    assert schedule_problem(200, cfg(batch_size=8, grad_accum=8, warmup_steps=3), world=1) is None
+    assert "multiple of" in schedule_problem(200, cfg(batch_size=6, grad_accum=8, warmup_steps=0), world=4)
     lm = tiny_opt()
     ex, _ = prepare_pairs(pairs(18), lm, 64)
     tr = DPOTrainer(lm, paper, tmp_path, seed=1)

@@ -172,14 +172,13 @@ def test_two_process_gloo_run_matches_one_process(smoke_run, tmp_path):
     run_dir = tmp_path / "ddp"
     _copy_base(smoke_run, run_dir)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "alignslm.run", *SMOKE, f"run.run_dir={run_dir}", "curriculum.rounds=1",
-           "train.batch_size=4"]  # per process: 2 x 4 = the 1-process run's 8 pairs per step, the same schedule
+           "-m", "alignslm.run", *SMOKE, f"run.run_dir={run_dir}", "curriculum.rounds=1"]  # the same config
     env = {**_env(), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-4000:]
     for name in ("sample/samples.jsonl", "transcribe/transcripts.jsonl", "pairs/pairs.jsonl"):
         assert read_jsonl(run_dir / "round-1" / name) == read_jsonl(smoke_run / "round-1" / name), name
-    # train.batch_size is per process, so the same global batch needs half of it here (above). DDP averages the
+    # train.batch_size is over all processes (each rank takes half of every micro-batch). DDP averages the
     # ranks' gradients: the same math, another float summation order. Adam moves every weight by about +-lr per
     # step whatever its gradient's size, so an element whose gradient is near zero can land up to lr (5e-4)
     # apart per step; a smoke round trains 1-2 steps from step 1 (no warm-up).
