@@ -1,4 +1,5 @@
-"""The report: ``report/results.json``, ``report/report.md``, ``report/headline.md`` and PNG plots.
+"""The report: ``report/results.json``, ``report/report.md``, ``report/headline.md``, PNG plots and
+``report/index.html`` (one offline page with the tables, plots and audio: alignslm.eval.html).
 
 Inputs are the evaluate stage's ``results.json`` (per model: benchmarks + generation metrics) and the
 round directories (``round-N/judge/judgments.jsonl`` for the judge-score histograms,
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from alignslm import logger
+from alignslm.eval.html import write_index
 from alignslm.genmetrics import score_histogram
 from alignslm.rundir import atomic_path, read_json, read_jsonl, write_json, write_text
 
@@ -448,18 +451,24 @@ def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_exam
                  "sense": "the signal the pairs were built from (alignslm.signal: what the prompt adds to the judge "
                           "LM's likelihood of the transcript, screened; higher is better)"}.get(
         judge_metric(results), "judge score 1-5")
-    md += ["## Results", "", f"Benchmarks in %, {judge_txt} with a bootstrap 95% CI over prompts, bigram "
-           "auto-BLEU of the continuation transcripts (lower = less repetition).", "", table,
-           "## Each round against the base model", "", comparison_table(results) or "No rounds to compare.\n",
-           "## Signal calibration", "", calibration_block(results),
-           "## Training rounds", "", rounds_table(hists, logs),
-           "## Details", "", _detail_tables(results), "## Benchmark data problems", "", data_problems(results),
-           "## Protocol", "", protocol_text(results),
-           "## Plots", ""]
+    sections = [("Results", f"Benchmarks in %, {judge_txt} with a bootstrap 95% CI over prompts, bigram "
+                 "auto-BLEU of the continuation transcripts (lower = less repetition).\n\n" + table),
+                ("Each round against the base model", comparison_table(results) or "No rounds to compare.\n"),
+                ("Signal calibration", calibration_block(results)),
+                ("Training rounds", rounds_table(hists, logs)),
+                ("Details", _detail_tables(results)), ("Benchmark data problems", data_problems(results)),
+                ("Protocol", protocol_text(results))]
+    for title, text in sections:
+        md += [f"## {title}", "", text]
+    md += ["## Plots", ""]
     md += [f"![{k}]({p.name})" for k, p in plots.items()]
     md += ["", "## Example continuations", "", _examples_md(examples)]
     write_text(out / "report.md", "\n".join(md) + "\n")
     full = {**results, "judge_histograms": hists, "examples": examples,
             "plots": {k: p.name for k, p in plots.items()}}
     write_json(out / "results.json", full)
-    return {"models": len(results["models"]), "plots": len(plots), "examples": len(examples)}
+    t0 = time.perf_counter()
+    page = write_index(out / "index.html", results, run_dir, sections, plots, n_examples, judge_metric(results),
+                       model_label, line, NOT_COMPARABLE if demo else None)
+    page["seconds"] = round(time.perf_counter() - t0, 3)
+    return {"models": len(results["models"]), "plots": len(plots), "examples": len(examples), "index_html": page}

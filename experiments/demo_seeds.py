@@ -7,7 +7,8 @@ of the last round against the base model (same held-out prompt and seed; a rejec
 rejects tie, ties count half) with its 95% bootstrap CI over prompts, the judge gain, the reject-share,
 tSC and auto-BLEU differences, the held-out reward accuracy (the round-1 policy on round-2 pairs whose
 prompts round 1 never saw), the signal's calibration and the wall time.  Everything in the JSON is read
-from the run directories by this script, never written by hand.
+from the run directories by this script, never written by hand.  Every metric across the seeds (mean, sd,
+95% t-interval) goes to ``<root>/merged/seeds.md`` (alignslm.seeds).
 
     python experiments/demo_seeds.py --seeds 0-4                  # run what is missing, then collect
     python experiments/demo_seeds.py --seeds 0-4 --collect-only   # only read finished run directories
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from alignslm.genmetrics import paired_win_rate, reject_share_diff  # noqa: E402
 from alignslm.rundir import read_json, read_jsonl, write_json  # noqa: E402
+from alignslm.seeds import MergeError, merge_dirs  # noqa: E402
 
 MIN_HELDOUT_ACCURACY = 0.60
 MAX_TSC_DROP = 0.01
@@ -157,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     write_json(a.out, out)
     print(table(rows))
     print(f"gate held in {held} of {len(rows)} seeds; written {a.out}")
+    if rows:  # every metric across the seeds: mean, sd, t-interval (python -m alignslm.seeds merge)
+        try:
+            merge_dirs([a.root / f"seed-{r['seed']}" for r in rows], a.root / "merged")
+            print(f"across seeds: {a.root / 'merged' / 'seeds.md'}")
+        except MergeError as e:
+            print(f"not merged across seeds: {e}")
     return 0
 
 

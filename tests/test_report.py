@@ -63,7 +63,9 @@ def test_build_report_writes_tables_plots_examples(tmp_path):
                     [{"step": s, "rewards/accuracies": min(1.0, 0.5 + 0.1 * s), "loss": 0.6} for s in range(6)])
     out = tmp_path / "report"
     summary = rp.build_report(res, tmp_path, out, rounds=2, n_examples=2, demo=True)
+    page = summary.pop("index_html")
     assert summary == {"models": 2, "plots": 3, "examples": 1}
+    assert page["bytes"] == (out / "index.html").stat().st_size and page["prompts"] == 0  # no generations.jsonl
     for png in ("metrics_per_round.png", "judge_histograms.png", "reward_accuracy.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -41,7 +41,8 @@ round-N/train/adapter/          peft LoRA adapter (safetensors), CUMULATIVE: bas
                                 round-N policy (load_unitlm(unitlm, adapters=[round-N/train]); never a list of
                                 rounds); train_log.jsonl (step, lr, loss, rewards/*, logps/*), policy.json
 evaluate/results.json           per model (base, round-1, ...) benchmark + generation metrics
-report/report.md, report/results.json, report/headline.md, report/*.png
+report/report.md, report/results.json, report/headline.md, report/*.png, report/index.html (one offline page:
+                                tables, plots and audio inline; alignslm.eval.html)
 Every stage: rejects.jsonl (id, reason) for items its last attempt could not process.  Paths written inside the
 run directory are relative (to the file's stage directory unless said otherwise), so a run directory moves.
 manifest.json records, per finished stage, the size and content hash of every file it wrote (rundir.Manifest).

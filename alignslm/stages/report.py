@@ -1,6 +1,7 @@
 """The report stage: ``report/report.md``, ``report/headline.md`` (printed by the CLI at the end),
-``report/results.json`` and PNG plots, from ``evaluate/results.json`` and the round directories
-(``round-N/judge/judgments.jsonl``, ``round-N/train/train_log.jsonl``).  See alignslm.report.
+``report/results.json``, PNG plots and ``report/index.html`` (one offline page with the audio), from
+``evaluate/results.json`` and the round directories (``round-N/judge/judgments.jsonl``,
+``round-N/train/train_log.jsonl``).  See alignslm.report and alignslm.eval.html.
 """
 
 from __future__ import annotations
