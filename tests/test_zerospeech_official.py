@@ -256,3 +256,54 @@ def test_official_scorer_and_our_loader_agree_on_a_shuffled_lexical_gold(tmp_pat
     for band, (n, score) in official["by_frequency"].items():
         assert ours["by_frequency"][band]["n"] == n
         assert ours["by_frequency"][band]["score"] == pytest.approx(score, abs=1e-12)
+
+
+OFFICIAL_PROSAUDIT = r"""
+import json, sys
+from pathlib import Path
+from zerospeech.tasks.lm.prosody import ProsodicTask
+by_pair, by_type = ProsodicTask().run_prosodic_comparison(Path(sys.argv[1]), Path(sys.argv[2]))
+print("RESULT " + json.dumps({str(r.type): [int(r.n), float(r.score), None if r.std != r.std else float(r.std)]
+                              for r in by_type.itertuples()}))
+"""
+
+
+def test_official_prosaudit_scorer_gives_identical_numbers(tmp_path):
+    """ProsAudit (alignslm.eval.prosaudit): our loader, numbers and submission file against the official
+    ProsodicTask on the same gold.csv and english_dev.txt, with ties and one rejected file."""
+    _ensure_venv()
+    from alignslm.audio import write_wav
+    from alignslm.eval import prosaudit as pa
+
+    rng = np.random.default_rng(5)
+    d = tmp_path / "prosaudit" / "english" / "dev"
+    good, bad = [], []
+    for pid in range(24):
+        kind = "protosyntax" if pid % 3 else "lexical"
+        for v in ["V1", "V2", "V3"][: 1 + pid % 3]:
+            good.append([f"pg{len(good):03d}", pid, v, kind, "pause", 1, "a b"])
+            bad.append([f"pb{len(bad):03d}", pid, v, kind, "pause", 0, "a  b"])
+    _write_csv(d / "gold.csv", ["filename", "id", "voice", "type", "subtype", "correct", "transcription"], good + bad)
+    tone = 0.1 * np.sin(np.linspace(0, 400 * np.pi, 3200, dtype=np.float32))
+    for r in good + bad:
+        write_wav(d / f"{r[0]}.wav", tone)
+    write_wav(d / "pb005.wav", np.zeros(0, np.float32))  # empty: rejected, its pair lost in the submission
+    bset = pa.load_prosaudit(tmp_path / "prosaudit", "dev")
+    assert [f for f, _ in bset.rejects] == ["pb005"] and len(bset.dropped) == 1
+    vals = np.round(rng.normal(-3.0, 0.4, len(bset.items)), 1)  # rounding -> ties
+    scores = {f: float(v) for (f, _), v in zip(bset.items, vals) if f != "pb005"}
+    sub = pa.write_prosaudit_submission(tmp_path / "sub", "dev", [(f, p) for f, p in bset.items if f != "pb005"],
+                                        scores, bset.dropped, bset.rejects)
+    r = subprocess.run([str(PY), "-c", OFFICIAL_PROSAUDIT, str(d / "gold.csv"), str(sub)], capture_output=True,
+                       text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    official = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    written = ev.read_submission(sub, [r[0] for r in good + bad])
+    ours = pa.score_prosaudit(bset.pairs + bset.dropped, written)
+    ties = sum(written[p["correct_file"]] == written[p["incorrect_file"]] for p in bset.pairs)
+    assert ties > 0 and written["pb005"] == float("inf")
+    assert set(ours["by_type"]) == set(official) == {"lexical", "protosyntax"}
+    for t, (n, score, std) in official.items():
+        assert ours["by_type"][t]["n"] == n
+        assert ours["by_type"][t]["score"] == pytest.approx(score, abs=1e-12)
+        assert ours["by_type"][t]["std"] == pytest.approx(std, abs=1e-12)
