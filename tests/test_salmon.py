@@ -3,7 +3,6 @@ against a literal transcription of the official loop on a small set with ties an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +17,12 @@ N_UNITS = 20
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    """A tiny LLaMA unit LM with a full-vocabulary softmax (TWIST's own code uses the full vocabulary)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def lm(tiny_unitlm_dir):
+    """The tiny unit LM (tests/conftest.py) with a full-vocabulary softmax (TWIST's own code uses the full
+    vocabulary)."""
     from alignslm.unitlm import load_unitlm
 
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("unitlm")
-    cfg = LlamaConfig(vocab_size=N_UNITS + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                      bos_token_id=1, eos_token_id=1, pad_token_id=0)
-    LlamaForCausalLM(cfg).save_pretrained(d / "hf")
-    (d / "unitlm.json").write_text(json.dumps({"path": str(d / "hf"), "offset": 2, "n_units": N_UNITS,
-                                               "bos_id": 1, "eos_id": 1, "pad_id": 0}))
-    return load_unitlm(d, support="full")
+    return load_unitlm(tiny_unitlm_dir, support="full")
 
 
 def _tone(f: float, n: int = 1600) -> np.ndarray:

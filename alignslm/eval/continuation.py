@@ -1,0 +1,116 @@
+"""Continuation-only scoring of spoken StoryCloze (sSC, tSC): compare only the endings, given the shared story.
+
+The usual protocol scores each whole story (``[BOS, context, ending, EOS]``) and compares the two.  With the
+per-token mean (``eval.score=mean``) the context's tokens -- the same on both sides -- dilute the difference
+between the endings by the story's length; "On the Fallacy of Global Token Perplexity in Spoken Language
+Model Evaluation" (arXiv 2601.06329) argues for likelihoods restricted to the part being judged.  Here:
+
+    s(story) = sum (or mean, per ``eval.score``) of log p(x_t | x_<t) over the ending's tokens and EOS,
+
+with the whole story as the left context.  The wavs are whole stories, so the split point comes from the
+units: the context is the longest common prefix of the correct and the incorrect unit sequences (the same
+context audio gives the same units until the first frame that hears a different ending; the demo's stories
+are spoken by one deterministic voice, so their contexts are sample-identical).  Both sides are scored from
+that token on.  In sum mode this equals whole-story scoring whenever the prefix is all of the context
+(the shared tokens add the same log-probability to both sides); in mean mode it removes the dilution.  The
+result records the prefix's share of the shorter story (``prefix_share``) and how many pairs share no prefix
+at all (then the whole sequences are compared), so a reader can see whether the split was found.
+
+Accuracy: share of pairs whose correct story scores strictly higher; ties are counted (as
+alignslm.evaluate.score_storycloze).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+SUFFIX = "_continuation"  # results key: "ssc_continuation", "tsc_continuation"
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two unit sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def continuation_scores(lm: Any, units: Mapping[str, Sequence[int]], pairs: Sequence[Mapping], mode: str = "mean",
+                        batch_size: int = 64) -> tuple[dict[str, float], list[int]]:
+    """(file id -> score of its ending given the shared context, per-pair prefix lengths in units).
+
+    Targets of ``[BOS, u_1..u_n, EOS]`` are u_1..u_n, EOS; the ending of a side whose shared prefix is p units
+    is targets p+1..n+1 (u_{p+1}..u_n and EOS: never empty).
+    """
+    from alignslm.eval.loglik import token_logprobs
+
+    if mode not in ("mean", "sum"):
+        raise ValueError(f"eval.score must be mean or sum, got {mode!r}")
+    prefix = [shared_prefix(units[p["correct_file"]], units[p["incorrect_file"]]) for p in pairs]
+    sides = [(p[f"{s}_file"], k) for p, k in zip(pairs, prefix) for s in ("correct", "incorrect")]
+    seqs = [[lm.bos_id, *lm.units_to_ids(list(units[f])), lm.eos_id] for f, _ in sides]
+    out: dict[str, float] = {}
+    for (f, k), lp in zip(sides, token_logprobs(lm, seqs, batch_size)):
+        tail = lp[k:]  # (n + 1 - k,) the ending's units and EOS
+        out[f] = float(tail.sum() / tail.size) if mode == "mean" else float(tail.sum())
+    return out, prefix
+
+
+def score_continuation(lm: Any, units: Mapping[str, Sequence[int]], pairs: Sequence[Mapping], mode: str = "mean",
+                       batch_size: int = 64) -> dict:
+    """Continuation-only accuracy of one StoryCloze set (see the module docstring)."""
+    t0 = time.perf_counter()
+    scores, prefix = continuation_scores(lm, units, pairs, mode, batch_size)
+    c = np.array([scores[p["correct_file"]] for p in pairs], dtype=np.float64)  # (P,)
+    w = np.array([scores[p["incorrect_file"]] for p in pairs], dtype=np.float64)  # (P,)
+    shorter = np.array([min(len(units[p["correct_file"]]), len(units[p["incorrect_file"]])) for p in pairs])
+    share = np.array(prefix, dtype=np.float64) / np.maximum(shorter, 1)  # (P,)
+    wins = (c > w).astype(np.float64)
+    return {"all": float(wins.mean()) if len(pairs) else None, "n_pairs": len(pairs), "ties": int((c == w).sum()),
+            "per_pair": wins.tolist(), "scores": scores, "mode": mode,
+            "prefix_share": {"mean": float(share.mean()) if len(pairs) else None,
+                             "min": float(share.min()) if len(pairs) else None},
+            "no_shared_prefix": int(sum(k == 0 for k in prefix)),
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def score_storycloze_continuations(lm: Any, units: Mapping[str, Mapping[str, Sequence[int]]],
+                                   benches: Mapping[str, Any], mode: str, batch_size: int = 64) -> dict[str, dict]:
+    """``ssc_continuation`` / ``tsc_continuation`` for the StoryCloze sets present in ``benches``."""
+    return {f"{k}{SUFFIX}": score_continuation(lm, units[k], benches[k].pairs, mode, batch_size)
+            for k in ("ssc", "tsc") if k in benches}
+
+
+def report_table(results: Mapping, label: Any = str) -> str:
+    """Markdown: whole-story vs continuation-only sSC/tSC per model."""
+    models = results.get("models", {})
+    keys = [k for k in ("ssc", "tsc") if any(f"{k}{SUFFIX}" in (m.get("benchmarks") or {}) for m in models.values())]
+    if not keys:
+        return "Not measured (eval.storycloze=whole).\n"
+    head = " | ".join(f"{k[0]}SC whole | {k[0]}SC continuation only" for k in keys)
+    lines = [f"| model | {head} |", "|---|" + "---|---|" * len(keys)]
+    for name, m in models.items():
+        b = m.get("benchmarks") or {}
+        cells = []
+        for k in keys:
+            cells += [_pct((b.get(k) or {}).get("all")), _pct((b.get(f"{k}{SUFFIX}") or {}).get("all"))]
+        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
+    base = next(iter(models.values()), {}).get("benchmarks") or {}
+    shares = []
+    for k in keys:
+        r = base.get(f"{k}{SUFFIX}") or {}
+        shares.append(f"{k[0]}SC: the shared context is {_pct((r.get('prefix_share') or {}).get('mean'))}% of the "
+                      f"shorter story's units on average, {r.get('no_shared_prefix', 'n/a')} pair(s) share none")
+    shares = "; ".join(shares)
+    lines += ["", f"Accuracy in % (ties count as wrong). {shares}."]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * float(x):.1f}"

@@ -1,0 +1,60 @@
+"""GenPPL: the perplexity of the generated continuations' transcripts under a fixed text LM.
+
+Protocol (written into the report's Protocol section by :func:`protocol_line`):
+
+* the text LM is the judge's (``judge.backend`` / ``judge.model_path``; the demo: SmolLM2-135M-Instruct), the
+  same for every model and round, so GenPPL compares models on one scale;
+* each continuation's Whisper transcript is scored *unconditionally*: exp(mean NLL per token of the
+  transcript given only the LM's BOS token) (``ChatBackend.perplexity`` with an empty prompt); the judge
+  metric beside it is conditional (given the prompt's transcript), so the two separate "fluent English" from
+  "fits the prompt";
+* every continuation with a non-empty transcript is scored, screened ones included (a hallucinated "Thank
+  you." has a low GenPPL: read it beside auto-BLEU and the reject share); empty transcripts are counted
+  (``missing``);
+* per model: the geometric mean over prompts of each prompt's geometric-mean GenPPL (= exp of the mean
+  ln GenPPL), with a percentile bootstrap 95% CI over prompts; round vs base: the paired bootstrap of the
+  ln GenPPL difference (``log_genppl`` in the comparisons; < 0 = more fluent than the base model).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def add_genppl(rows: list[dict], backend: Any) -> dict:
+    """Set ``genppl`` and ``log_genppl`` on every row with a transcript (None otherwise); returns
+    {scored, missing, seconds}."""
+    t0 = time.perf_counter()
+    todo = [r for r in rows if (r.get("text") or "").strip()]
+    for r in rows:
+        r["genppl"] = r["log_genppl"] = None
+    res = backend.perplexity([""] * len(todo), [r["text"] for r in todo]) if todo else []
+    for r, (ppl, _err) in zip(todo, res):
+        if ppl is not None and math.isfinite(ppl) and ppl > 0:
+            r["genppl"], r["log_genppl"] = float(ppl), math.log(ppl)
+    scored = sum(r["genppl"] is not None for r in rows)
+    return {"scored": scored, "missing": len(rows) - scored, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def summarize_genppl(rows: Sequence[Mapping], n_boot: int = 2000, seed: int = 0) -> dict:
+    """exp of the bootstrap CI of the per-prompt mean ln GenPPL (a geometric mean with its CI)."""
+    from alignslm.genmetrics import bootstrap_ci, per_prompt_mean
+
+    per = per_prompt_mean(rows, "log_genppl")
+    ci = bootstrap_ci(list(per.values()), n_boot, seed)
+    out = {k: (math.exp(ci[k]) if ci[k] is not None else None) for k in ("mean", "lo", "hi")}
+    out.update(n=ci["n"], missing=sum(r.get("log_genppl") is None for r in rows), log=ci)
+    return out
+
+
+def protocol_line(protocol: Mapping) -> str:
+    g = protocol.get("genppl")
+    if not g:
+        return "- GenPPL: not measured (no generation metrics)."
+    return (f"- GenPPL: perplexity of each continuation's Whisper transcript under the fixed text LM {g['lm']}, "
+            "unconditional (given only its BOS token: how fluent, not how fitting; the judge metric is the "
+            "conditional one), every non-empty transcript including screened ones; per model the geometric mean "
+            "over prompts with a bootstrap 95% CI; round vs base: paired bootstrap of the ln GenPPL difference.")
