@@ -69,7 +69,16 @@ class BenchmarksConfig:
     rate: int = opt(175, "Demo: eSpeak speaking rate of the benchmarks (words per minute).")
     story_voice: str = opt("en-us+m2", "Demo: the single voice of sSC/tSC (as in Spoken StoryCloze).")
     n_topics: int = opt(10, "Demo: topics the benchmarks draw from (keep equal to corpus.n_topics).")
-    voices: list = opt(["en-us+m2", "en-us+f4", "en-us"], "Demo: voices of the lexical/syntactic benchmarks.")
+    voices: list = opt(["en-us+m2", "en-us+f4", "en-us"], "Demo: voices of the lexical/syntactic benchmarks "
+                        "(and of the demo SALMon: its speaker part needs two of one gender, its gender part both).")
+    salmon_root: str | None = opt(None, "The released SALMon (salmon_benchmark/: one folder per part, "
+                                        "sample_<i>_0.wav positive, sample_<i>_1.wav negative). None: the demo builds "
+                                        "a mini SALMon; a real run (benchmarks.root set) skips SALMon with a note.")
+    salmon_pairs: int = opt(200, "Demo SALMon: pairs per part (speaker, gender, background type and level, room "
+                                 "consistency; alignslm.demo.salmon); 0 = no SALMon in the demo.")
+    prosaudit_root: str | None = opt(None, "The ProsAudit data set (prosaudit/english/{dev,test}/ with gold.csv), "
+                                           "scored on benchmarks.split. None: not measured (the demo has no "
+                                           "ProsAudit set: alignslm.eval.prosaudit says why).")
 
 
 @dataclass(frozen=True)
@@ -304,6 +313,13 @@ class EvalConfig:
     calibration: bool = opt(True, "Calibrate the signal on the held-out prompts (the report's calibration block): "
                                   "true continuation vs base samples vs random units vs text probes, through the "
                                   "same vocoder, Whisper, screen and judge (~40% more generation time).")
+    salmon_score: str = opt("official", "SALMon utterance score: official (slp-rl/salmon's rule: the units with "
+                                        "no BOS/EOS, per-token mean over units 2..n) | eval (as eval.score, with "
+                                        "BOS/EOS).")
+    continuation_only: bool = opt(True, "Also score sSC/tSC on the ending only (its units and EOS given the shared "
+                                        "story; arXiv 2601.06329), reported beside the whole-story numbers.")
+    genppl: bool = opt(True, "GenPPL: perplexity of every continuation transcript under the judge's text LM, "
+                             "unconditional, beside the judge metric (one more LM pass per continuation).")
     also_score: bool = opt(False, "With judge.mode=perplexity, also ask the judge for 1-5 scores of the held-out "
                                   "continuations (reported beside; slow on a CPU).")
 
@@ -329,6 +345,7 @@ class Config:
 SMOKE_OVERRIDES: dict[str, Any] = {
     "corpus.n_stories": 100,
     "benchmarks.n_pairs": 20,
+    "benchmarks.salmon_pairs": 20,
     "tokenize.fit_iters": 8,
     "unitlm.d_model": 64,
     "unitlm.n_layers": 2,

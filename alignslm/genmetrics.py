@@ -138,7 +138,7 @@ def compare_models(base: Mapping[str, Any], other: Mapping[str, Any], n_boot: in
     p-value of "no improvement".
     """
     out: dict[str, Any] = {}
-    for f in ("score", "perplexity", "log_perplexity", "autobleu", "sense"):
+    for f in ("score", "perplexity", "log_perplexity", "autobleu", "sense", "log_genppl"):
         a = base.get("per_prompt", {}).get(f, {})
         b = other.get("per_prompt", {}).get(f, {})
         out[f] = paired_bootstrap(a, b, n_boot, seed)
@@ -365,6 +365,8 @@ class GenerationSetup:
                          + (f"({'expected digit score' if self.cfg.judge.expected_score else 'parsed score'})"
                             if self.metric == "score" else "(perplexity of the transcript given the prompt's)"),
                 "judge_metric": self.metric,
+                "genppl": {"lm": f"{self.cfg.judge.backend}:{self.cfg.judge.model_path or 'SmolLM2-135M-Instruct'}",
+                           "conditioning": "none (BOS only)"} if self.cfg.eval.genppl else None,
                 "prompt_wer_n": sum(p["reference"] is not None for p in self.prompts),
                 "prompts_at_word_end": sum(bool(p.get("at_word")) for p in self.prompts)}
 
@@ -390,6 +392,7 @@ class GenerationSetup:
         return texts, pwer, paths
 
     def evaluate(self, ctx: Any, name: str, lm: Any) -> tuple[dict, list[dict]]:
+        from alignslm.eval.genppl import add_genppl, summarize_genppl
         from alignslm.sampler import SamplingParams, generate
 
         s, n = self.cfg.sample, self.cfg.sample.n_continuations
@@ -400,6 +403,7 @@ class GenerationSetup:
                  "prompt_text": self.prompt_texts[i], "prompt_path": self.prompt_paths[i], "reject": None}
                 for i, p in enumerate(self.prompts) for k in range(n)]
         self.judge_rows(rows, name)
+        genppl = add_genppl(rows, self.ppl.backend) if self.cfg.eval.genppl else None  # alignslm.eval.genppl
         for r in rows:
             if r["reject"]:
                 ctx.rejects.add(f"{name}/{r['prompt_id']}/{r['k']}", r["reject"])
@@ -408,6 +412,9 @@ class GenerationSetup:
         write_jsonl(self.out / name / "generations.jsonl", rows)
         summary = summarize_generations(rows, self.cfg.eval.bootstrap, 0, self.prompt_wer, self.metric)
         summary["score_histogram"] = score_histogram([r.get("score") for r in rows])
+        if genppl is not None:
+            summary["genppl"] = {**summarize_genppl(rows, self.cfg.eval.bootstrap, 0), **genppl}
+            summary["per_prompt"]["log_genppl"] = per_prompt_mean(rows, "log_genppl")
         asked = [r for r in rows if r.get("text") and not (r["reject"] or "").startswith("asr:")]
         summary["judge_tried"] = len(asked)  # sent to the judge; judge_failed: it gave nothing back
         summary["judge_failed"] = sum((r["reject"] or "").startswith("judge:") for r in asked)

@@ -18,7 +18,11 @@ from typing import Any
 import numpy as np
 
 from alignslm import logger
+from alignslm.eval.continuation import report_table as continuation_table
 from alignslm.eval.html import write_index
+from alignslm.eval.prosaudit import report_table as prosaudit_table
+from alignslm.eval.salmon import report_table as salmon_table
+from alignslm.eval.suites import protocol_lines
 from alignslm.genmetrics import score_histogram
 from alignslm.rundir import atomic_path, read_json, read_jsonl, write_json, write_text
 
@@ -111,16 +115,20 @@ def verdict_line(results: Mapping) -> str:
 
 
 def headline_table(results: Mapping) -> str:
-    """Markdown table in the shape of the paper's: rows = models, columns = the six headline metrics."""
-    lines = [f"| model | sWUGGY | sBLIMP | sSC | tSC | {judge_label(results)} [95% CI] | auto-BLEU |",
-             "|---|---|---|---|---|---|---|"]
+    """Markdown table in the shape of the paper's: rows = models, columns = the six headline metrics (and
+    GenPPL beside the judge metric when it was measured: alignslm.eval.genppl)."""
+    genppl = any((m.get("generation") or {}).get("genppl") for m in results["models"].values())
+    lines = [f"| model | sWUGGY | sBLIMP | sSC | tSC | {judge_label(results)} [95% CI] |"
+             + (" GenPPL [95% CI] |" if genppl else "") + " auto-BLEU |",
+             "|---|---|---|---|---|---|---|" + ("---|" if genppl else "")]
     for name, m in results["models"].items():
         b = m.get("benchmarks", {})
         g = m.get("generation") or {}
         cells = [_pct(b.get(key, {}).get("all")) for _, key in BENCH_COLS]
         ab = (g.get("autobleu") or {}).get("mean")
+        gp = f" {_ci(g.get('genppl'), '{:.1f}')} |" if genppl else ""
         lines.append(f"| {model_label(name)} | " + " | ".join(cells)
-                     + f" | {_ci(_judge_ci(g))} | {_num(ab, '{:.3f}')} |")
+                     + f" | {_ci(_judge_ci(g))} |{gp} {_num(ab, '{:.3f}')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -195,6 +203,7 @@ def protocol_text(results: Mapping) -> str:
         "time on a unit boundary. The judge's prompt text is always Whisper's transcript of the cut prompt audio.",
         f"- Prompt WER: prompts resynthesised (units -> vocoder -> ASR) against their reference text (the words "
         f"before the cut: needs word times; {p.get('prompt_wer_n', 'n/a')} prompts have it).",
+        *protocol_lines(results),
     ]) + "\n"
 
 
@@ -454,6 +463,9 @@ def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_exam
     sections = [("Results", f"Benchmarks in %, {judge_txt} with a bootstrap 95% CI over prompts, bigram "
                  "auto-BLEU of the continuation transcripts (lower = less repetition).\n\n" + table),
                 ("Each round against the base model", comparison_table(results) or "No rounds to compare.\n"),
+                ("SALMon (acoustic consistency)", salmon_table(results, model_label)),
+                ("ProsAudit (prosody)", prosaudit_table(results, model_label)),
+                ("Spoken StoryCloze: whole story vs continuation only", continuation_table(results, model_label)),
                 ("Signal calibration", calibration_block(results)),
                 ("Training rounds", rounds_table(hists, logs)),
                 ("Details", _detail_tables(results)), ("Benchmark data problems", data_problems(results)),

@@ -350,7 +350,7 @@ def test_evaluate_and_report_stages(tmp_path, unitlm_dir):
     assert summary["models"] == 2 and 0.0 <= summary["base_sWUGGY"] <= 1.0
     res = json.loads((tmp_path / "evaluate" / "results.json").read_text())
     base, r1 = res["models"]["base"], res["models"]["round-1"]
-    assert set(base["benchmarks"]) == {"lexical", "syntactic", "ssc", "tsc"}
+    assert set(base["benchmarks"]) == {"lexical", "syntactic", "ssc", "tsc", "ssc_continuation", "tsc_continuation"}
     assert base["benchmarks"]["lexical"]["n_pairs"] == 8 and base["benchmarks"]["lexical"]["n_ids"] == 4
     assert base["benchmarks"]["ssc"]["n_pairs"] == 3
     assert res["protocol"]["score"] == "sum" and res["protocol"]["voices"]["lexical"] == ["A", "B"]
@@ -369,6 +369,56 @@ def test_evaluate_and_report_stages(tmp_path, unitlm_dir):
     head = (tmp_path / "report" / "headline.md").read_text().splitlines()
     assert head[0] == res["verdict"]["line"]
     assert head[4].startswith("| base | ") and head[5].startswith("| round 1 | ")
+
+
+def test_evaluate_stage_scores_salmon_prosaudit_and_continuations(tmp_path, unitlm_dir):
+    """SALMon (a released-layout folder) and ProsAudit recorded by the benchmarks stage are scored for every model,
+    with continuation-only sSC/tSC; the costs are in the summary; the report shows them."""
+    import csv
+
+    from alignslm.stages import evaluate as st_eval
+    from alignslm.stages import report as st_report
+
+    inputs = _stage_inputs(tmp_path, unitlm_dir)
+    for part in ("speaker_consistency", "rir_consistency"):
+        for i in range(3):
+            write_wav(tmp_path / "salmon" / part / f"sample_{i}_0.wav", _tone(300 + 50 * i))
+            write_wav(tmp_path / "salmon" / part / f"sample_{i}_1.wav", _tone(300 + 50 * i + 200 * (i > 0)))
+    d = tmp_path / "prosaudit" / "english" / "dev"
+    d.mkdir(parents=True)
+    rows = [[f"{c}{i}", i, "V", "lexical" if i % 2 else "protosyntax", "s", int(c == "g"), "t"]
+            for c in "gb" for i in range(4)]
+    with open(d / "gold.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["filename", "id", "voice", "type", "subtype", "correct", "transcription"], *rows])
+    for r in rows:
+        write_wav(d / f"{r[0]}.wav", _tone(250 + 30 * r[1] + 100 * r[5]))
+    info = {"root": str(tmp_path / "bench"), "salmon": {"root": str(tmp_path / "salmon"), "source": "real"},
+            "prosaudit": {"root": str(tmp_path / "prosaudit")}}
+    (tmp_path / "benchmarks" / "benchmarks.json").write_text(json.dumps(info))
+    summary = st_eval.run(_ctx(tmp_path, inputs, "evaluate", "eval.score=mean"))
+    for key in ("salmon_s", "prosaudit_s", "continuation_only_s", "genppl_s", "tokenize_suites_s"):
+        assert key in summary
+    res = json.loads((tmp_path / "evaluate" / "results.json").read_text())
+    for name in ("base", "round-1"):
+        b = res["models"][name]["benchmarks"]
+        sp = b["salmon/speaker_consistency"]
+        assert sp["n_pairs"] == 3 and sp["ties"] >= 1 and sp["mode"] == "official"  # sample 0: the same audio
+        assert 0.0 <= b["salmon/rir_consistency"]["all"] <= 1.0
+        assert b["prosaudit"]["n_pairs"] == 4 and set(b["prosaudit"]["by_type"]) == {"lexical", "protosyntax"}
+        assert b["ssc_continuation"]["n_pairs"] == 3 and "prefix_share" in b["tsc_continuation"]
+        sub = tmp_path / "evaluate" / "submissions" / name / "prosaudit" / "english_dev.txt"
+        assert len(ev.read_submission(sub, [r[0] for r in rows])) == 8
+        assert (tmp_path / "evaluate" / name / "scores_salmon-speaker_consistency.json").is_file()
+    diff = res["comparisons"]["round-1"]["benchmarks"]["salmon/rir_consistency"]
+    assert diff == pytest.approx(res["models"]["round-1"]["benchmarks"]["salmon/rir_consistency"]["all"]
+                                 - res["models"]["base"]["benchmarks"]["salmon/rir_consistency"]["all"])
+    assert res["protocol"]["salmon"]["score"] == "official" and res["protocol"]["continuation_only"] is True
+    st_report.run(_ctx(tmp_path, {"evaluate": tmp_path / "evaluate", "train_1": inputs["train_1"]}, "report"))
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## SALMon (acoustic consistency)" in md
+    assert "| model | room consistency | speaker consistency | mean |" in md
+    assert "| model | protosyntax | lexical |" in md and "sSC continuation only" in md
+    assert "- SALMon: pair = 1 if the positive" in md and "- GenPPL: not measured" in md
 
 
 def test_generation_metrics_for_the_base_and_the_last_round_by_default():

@@ -7,6 +7,11 @@
   (alignslm.demo.benchmarks) and read back through the same loaders.
 
 Files rejected by the loaders (not 16 kHz mono, empty) are listed in ``rejects.jsonl``.
+
+SALMon and ProsAudit (alignslm.eval.suites): ``benchmarks.salmon_root`` / ``benchmarks.prosaudit_root`` when
+set; otherwise the demo writes a mini SALMon under ``data/salmon`` (alignslm.demo.salmon) and ProsAudit is not
+measured; ``benchmarks.json`` records where each is (``salmon``, ``prosaudit``: root, source, note) and the
+summary what SALMon cost (``salmon_s``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import time
 from pathlib import Path
 
 from alignslm.benchdata import check_layout, load_all
+from alignslm.eval.suites import check as check_suites
+from alignslm.eval.suites import prepare as prepare_suites
 from alignslm.rundir import StageContext, relative_path, write_json
 
 
@@ -36,21 +43,28 @@ def run(ctx: StageContext) -> dict:
         source = "demo"
     sets = load_all(root, b.split)
     summary: dict = {"source": source, "seconds": round(time.time() - t0, 2)}
+    suites = prepare_suites(b, ctx.out, source == "demo", ctx.cfg.run.seed, ctx.cfg.run.cache_dir,
+                            min(2, os.cpu_count() or 1))
+    summary["salmon_parts"] = len(suites["salmon"].get("parts") or {})
+    summary["salmon_s"] = suites["salmon"].get("seconds", 0.0)  # the demo SALMon: synthesis + mixing + writing
     for name, bs in sets.items():
         for fid, reason in bs.rejects:
             ctx.rejects.add(f"{name}/{fid}", f"bad audio: {reason}")
         summary[f"{name}_pairs"] = len(bs.pairs)
         summary[f"{name}_files"] = len(bs.items)
     write_json(ctx.out / "benchmarks.json", {"root": relative_path(root, ctx.out), "split": b.split, "source": source,
-                                             "sets": {k: v.summary() for k, v in sets.items()}})
+                                             "sets": {k: v.summary() for k, v in sets.items()}, **suites})
     return summary
 
 
 def check(cfg) -> list[str]:  # noqa: ANN001 - Config
     """--dry-run: the real layout is complete (no audio read), or the demo's speech engine imports."""
     b = cfg.benchmarks
+    problems = check_suites(b)
     if b.root:
-        return [f"benchmarks.root: {p}" for p in check_layout(b.root, b.split)]
+        return [f"benchmarks.root: {p}" for p in check_layout(b.root, b.split)] + problems
+    if problems:
+        return problems
     try:
         import espeakng_loader  # noqa: F401
     except ImportError:

@@ -5,6 +5,10 @@ Reads ctx.inputs: benchmarks (benchmarks.json -> root), tokenize (the tokenizer)
 round-N policy).  Writes ``evaluate/results.json`` plus, per model, ``<model>/scores_<bench>.json``
 (utterance scores), ``<model>/generations.jsonl`` (per continuation) and ``submissions/<model>/`` (a
 ZeroSpeech 2021 submission).  Every check runs before any scoring; a finished model is not redone.
+
+SALMon per part, ProsAudit and continuation-only sSC/tSC (alignslm.eval.suites) are scored for every model
+beside the four; GenPPL (alignslm.eval.genppl) beside the judge metric of every generation model.  The
+summary gives each new metric's cost in seconds, summed over the models.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from alignslm import logger
+from alignslm.eval import suites as ev_suites
 from alignslm.evaluate import (
     SCORE_MODES,
     EvalInputError,
@@ -40,6 +45,8 @@ def check(cfg: Any) -> list[str]:
         problems.append("eval.n_prompts and eval.bootstrap must be >= 0")
     if cfg.eval.generation_models not in ("final", "all"):
         problems.append(f"eval.generation_models={cfg.eval.generation_models!r}: choose final or all")
+    if cfg.eval.salmon_score not in ("official", "eval"):
+        problems.append(f"eval.salmon_score={cfg.eval.salmon_score!r}: choose official or eval")
     return problems
 
 
@@ -64,6 +71,18 @@ def load_benchmarks(ctx: StageContext, root: Path, split: str) -> dict:
         used = {p[k] for p in bset.pairs for k in ("correct_file", "incorrect_file")}
         bset.items = [(f, p) for f, p in bset.items if f in used]
     return benches
+
+
+def _load_suites(ctx: StageContext, info: dict) -> dict:
+    """SALMon parts and ProsAudit where the benchmarks stage recorded them (alignslm.eval.suites.load); rejected
+    files are recorded as rejects, and only files of the remaining pairs are tokenised."""
+    suites = ev_suites.load(ctx.inputs["benchmarks"], info, ctx.cfg.benchmarks.split)
+    for name, bset in suites.items():
+        for fid, reason in bset.rejects:
+            ctx.rejects.add(f"{name}/{fid}", f"benchmark audio: {reason}")
+        used = {p[k] for p in bset.pairs for k in ("correct_file", "incorrect_file")}
+        bset.items = [(f, p) for f, p in bset.items if f in used]
+    return suites
 
 
 def _voices(bset: Any) -> list[str]:
@@ -125,9 +144,10 @@ def run(ctx: StageContext) -> dict:
     problems = check(cfg)
     if problems:
         raise EvalInputError("; ".join(problems))
-    root = ctx.inputs["benchmarks"] / read_json(ctx.inputs["benchmarks"] / "benchmarks.json")["root"]
-    benches = load_benchmarks(ctx, root, cfg.benchmarks.split)
-    for name, bset in benches.items():
+    info = read_json(ctx.inputs["benchmarks"] / "benchmarks.json")
+    benches = load_benchmarks(ctx, ctx.inputs["benchmarks"] / info["root"], cfg.benchmarks.split)
+    suites = _load_suites(ctx, info)
+    for name, bset in {**benches, **suites}.items():
         check_benchmark(name, bset.items, bset.pairs)
     models = models_to_evaluate(ctx)
     for name, adapters in models.items():
@@ -143,11 +163,14 @@ def run(ctx: StageContext) -> dict:
     check_unit_counts(lm.n_units, tok.n_units, lm.source, tok_src)
     context = lm.max_context()
     units, tok_s = _tokenized(ctx, tok, benches)
+    suite_units, suite_tok_s = _tokenized(ctx, tok, suites)
     gen = GenerationSetup.build(ctx) if cfg.eval.n_prompts > 0 else None
 
     results: dict[str, Any] = {"models": {},
                                "dropped_pairs": {k: len(b.dropped) for k, b in benches.items()},
-                               "timing": {"tokenize_benchmarks_s": round(tok_s, 2)}}
+                               "timing": {"tokenize_benchmarks_s": round(tok_s, 2),
+                                          "tokenize_suites_s": round(suite_tok_s, 2)},
+                               "salmon": info.get("salmon"), "prosaudit": info.get("prosaudit")}
     with_gen = generation_models(models, cfg.eval.generation_models)
     for name, adapters in models.items():
         done, rejected_file = ctx.out / name / "model.json", ctx.out / name / "rejects.jsonl"
@@ -158,7 +181,8 @@ def run(ctx: StageContext) -> dict:
         lm = lm if name == "base" else _load(ctx, adapters)
         check_unit_counts(lm.n_units, tok.n_units, lm.source, tok_src)
         with ctx.rejects.capture() as rejected:
-            res = _evaluate_model(ctx, name, lm, units, benches, gen if name in with_gen else None)
+            res = _evaluate_model(ctx, name, lm, units, benches, gen if name in with_gen else None,
+                                  (suite_units, suites))
         res["adapters"] = [relative_path(a, ctx.run_dir) for a in adapters]
         write_jsonl(rejected_file, rejected)
         write_json(done, res)
@@ -170,10 +194,12 @@ def run(ctx: StageContext) -> dict:
                                           generations=_generations(ctx, results["models"]))
     results["verdict"] = verdict(results)
     results["protocol"] = _protocol(cfg, benches, tok, gen, context)
+    results["protocol"].update(ev_suites.protocol(cfg.eval, suites, info))
     results["demo"] = cfg.benchmarks.root is None
     write_json(ctx.out / "results.json", results)
     base = headline(results["models"]["base"]["benchmarks"])
-    return {f"base_{k}": v for k, v in base.items() if v is not None} | {"models": len(models)}
+    costs = ev_suites.seconds(results["models"]) | {"tokenize_suites_s": round(suite_tok_s, 2)}
+    return {f"base_{k}": v for k, v in base.items() if v is not None} | {"models": len(models)} | costs
 
 
 def _check_judge(name: str, gen: dict, max_share: float) -> None:
@@ -200,14 +226,16 @@ def _device(cfg: Any) -> str:
     return str(resolve_device(cfg.run.device))
 
 
-def _evaluate_model(ctx: StageContext, name: str, lm: Any, units: dict, benches: dict, gen: Any) -> dict:
+def _evaluate_model(ctx: StageContext, name: str, lm: Any, units: dict, benches: dict, gen: Any,
+                    suites: tuple[dict, dict] = ({}, {})) -> dict:
     cfg = ctx.cfg
     t0 = time.perf_counter()
     bench = score_benchmarks(lm, units, benches, cfg.eval.score, cfg.eval.batch_size,
                              submission_dir=ctx.out / "submissions" / name, split=cfg.benchmarks.split)
+    bench.update(ev_suites.score_model(lm, units, benches, *suites, cfg.eval, ctx.out / "submissions" / name))
     score_s = time.perf_counter() - t0
     for bname, r in bench.items():
-        write_json(ctx.out / name / f"scores_{bname}.json", {"scores": r.pop("scores"),
+        write_json(ctx.out / name / f"scores_{bname.replace('/', '-')}.json", {"scores": r.pop("scores"),
                                                              "by_pair": r.pop("by_pair", None),
                                                              "per_pair": r.pop("per_pair", None)})
     out: dict[str, Any] = {"benchmarks": bench, "timing": {"score_s": round(score_s, 2)}}
