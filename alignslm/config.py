@@ -77,8 +77,10 @@ class BenchmarksConfig:
     salmon_pairs: int = opt(200, "Demo SALMon: pairs per part (speaker, gender, background type and level, room "
                                  "consistency; alignslm.demo.salmon); 0 = no SALMon in the demo.")
     prosaudit_root: str | None = opt(None, "The ProsAudit data set (prosaudit/english/{dev,test}/ with gold.csv), "
-                                           "scored on benchmarks.split. None: not measured (the demo has no "
-                                           "ProsAudit set: alignslm.eval.prosaudit says why).")
+                                           "scored on benchmarks.split. None: the demo builds the lexical part of "
+                                           "a mini ProsAudit; a real run notes that it was not measured.")
+    prosaudit_pairs: int = opt(200, "Demo ProsAudit: lexical pairs (a pause between words vs inside a word; "
+                                    "alignslm.demo.prosaudit); 0 = none.")
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "corpus.n_stories": 100,
     "benchmarks.n_pairs": 20,
     "benchmarks.salmon_pairs": 20,
+    "benchmarks.prosaudit_pairs": 20,
     "tokenize.fit_iters": 8,
     "unitlm.d_model": 64,
     "unitlm.n_layers": 2,

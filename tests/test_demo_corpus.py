@@ -92,7 +92,7 @@ def test_real_manifest_is_validated_with_rejects(tmp_path):
 
 def test_demo_benchmarks_stage_reads_back_through_the_loaders(tmp_path):
     ctx = _ctx(tmp_path, "benchmarks", "benchmarks.n_pairs=6", "benchmarks.voices=[en-us, en+m3]",
-               "benchmarks.salmon_pairs=3")
+               "benchmarks.salmon_pairs=3", "benchmarks.prosaudit_pairs=3")
     summary = bench_stage.run(ctx)
     assert summary["lexical_pairs"] == 12 and summary["ssc_pairs"] == 6 and summary["source"] == "demo"
     assert not (ctx.out / "rejects.jsonl").exists()
@@ -103,7 +103,8 @@ def test_demo_benchmarks_stage_reads_back_through_the_loaders(tmp_path):
                                             "salmon/bg_level_consistency", "salmon/rir_consistency"}
     assert "gender_consistency" in info["salmon"]["note"]  # two male voices: skipped, and the note says so
     assert summary["salmon_parts"] == 4 and summary["salmon_s"] > 0
-    assert info["prosaudit"]["root"] is None and "ProsAudit not measured" in info["prosaudit"]["note"]
+    assert info["prosaudit"]["root"] == "data/prosaudit" and info["prosaudit"]["pairs"] == 3
+    assert "lexical part only" in info["prosaudit"]["note"] and summary["prosaudit_pairs"] == 3
     root = ctx.out / "data"
     sets = load_all(root)
     assert {k: len(v.pairs) for k, v in sets.items()} == {"lexical": 12, "syntactic": 12, "ssc": 6, "tsc": 6}

@@ -186,7 +186,7 @@ def test_report_table_lists_every_part_per_model():
                       "round-1": {"benchmarks": {"salmon/speaker_consistency": {"all": 0.7}}}},
            "salmon": {"source": "demo", "note": None}}
     t = salmon.report_table(res).splitlines()
-    assert t[0] == "| model | speaker consistency | room consistency | mean |"
-    assert t[2] == "| base | 60.0 | 45.0 | 52.5 |" and t[3] == "| round-1 | 70.0 | n/a | 70.0 |"
+    assert t[0] == "| model | room consistency | speaker consistency | mean |"  # salmon.py's order
+    assert t[2] == "| base | 45.0 | 60.0 | 52.5 |" and t[3] == "| round-1 | n/a | 70.0 | 70.0 |"
     assert "speaker_consistency: 2/10" in t[-1]
     assert "benchmarks.salmon_root" in salmon.report_table({"models": {"base": {"benchmarks": {}}}})

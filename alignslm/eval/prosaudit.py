@@ -20,12 +20,11 @@ What the official code (PyPI ``zerospeech-benchmarks`` 0.9.4: ``zerospeech.tasks
   the loader rejected gets the pair-losing score, as in alignslm.evaluate (the official number is then a
   lower bound).
 
-No demo set: eSpeak NG has no prosodic-break control that makes the contrast without a second cue.  A pause
-inserted by cutting the waveform inside a word or inside a phrase is easy, but eSpeak's own phrasing does
-not follow our insertion (its intonation and final lengthening fall at punctuation only), so a "strong
-boundary" pause would be one that eSpeak already made (a comma or a full stop, with its pause, fall and
-lengthening) and the weak one a silence spliced into fluent speech: the LM could win on the splice alone
-(an energy step and a cut formant transition), not on prosody.  The real set is supported.
+The demo builds the lexical part only (alignslm.demo.prosaudit: one eSpeak sentence, the same silence
+inserted between two words or inside a word).  Not the protosyntax part: eSpeak marks a strong prosodic
+boundary only at punctuation, where it also pauses, so a strong boundary without a pause would need eSpeak's
+own silence cut out, and the pair would differ by a splice cue (an edit at a silent junction vs a cut through
+voiced speech) that an LM can use without knowing anything about prosody.  The real set has both parts.
 """
 
 from __future__ import annotations

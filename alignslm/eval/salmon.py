@@ -208,8 +208,9 @@ def score_salmon(lm: Any, units: Mapping[str, Mapping[str, Sequence[int]]], sets
 def report_table(results: Mapping, label: Any = str) -> str:
     """Markdown: one row per model, one column per SALMon part (accuracy %, ties in the detail line)."""
     models = results.get("models", {})
-    parts = list(dict.fromkeys(k for m in models.values() for k in (m.get("benchmarks") or {})
-                               if k.startswith(PREFIX)))
+    order = {p: i for i, p in enumerate(PARTS)}
+    parts = sorted({k for m in models.values() for k in (m.get("benchmarks") or {}) if k.startswith(PREFIX)},
+                   key=lambda k: (order.get(k[len(PREFIX):], len(order)), k))  # results.json sorts its keys
     info = results.get("salmon") or {}
     if not parts:
         return (info.get("note") or "Not measured (no SALMon data: set benchmarks.salmon_root).") + "\n"

@@ -8,7 +8,9 @@ Where the data comes from (the benchmarks stage, recorded in ``benchmarks.json``
 * SALMon: ``benchmarks.salmon_root`` (the released ``salmon_benchmark`` folder) when set; otherwise the demo
   builds its mini SALMon under ``data/salmon`` (alignslm.demo.salmon; ``benchmarks.salmon_pairs`` per part,
   0 = none), and a real run (``benchmarks.root`` set) skips SALMon with a note saying which key to set.
-* ProsAudit: ``benchmarks.prosaudit_root`` when set; no demo set (see alignslm.eval.prosaudit for why).
+* ProsAudit: ``benchmarks.prosaudit_root`` when set; otherwise the demo builds the lexical part of a mini
+  ProsAudit under ``data/prosaudit`` (alignslm.demo.prosaudit; ``benchmarks.prosaudit_pairs``, 0 = none; no
+  protosyntax part, alignslm.eval.prosaudit says why), and a real run notes that it was not measured.
 
 Results (the evaluate stage, per model): ``benchmarks["salmon/<part>"]``, ``benchmarks["prosaudit"]`` and
 ``benchmarks["ssc_continuation"]``/``["tsc_continuation"]``, each with ``all`` (so the round comparisons
@@ -26,8 +28,9 @@ from alignslm import logger
 from alignslm.eval import continuation, prosaudit, salmon
 from alignslm.rundir import relative_path
 
-NO_PROSAUDIT = ("ProsAudit not measured: benchmarks.prosaudit_root is unset and the demo has no ProsAudit set "
-                "(eSpeak NG cannot make the prosodic-boundary contrast without a splice cue; alignslm.eval.prosaudit).")
+DEMO_PROSAUDIT = ("demo mini ProsAudit: the lexical part only (the same pause between two words vs inside a word); "
+                  "no protosyntax part: eSpeak NG cannot make a strong prosodic boundary without its own pause "
+                  "(alignslm.eval.prosaudit)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -38,7 +41,8 @@ NO_PROSAUDIT = ("ProsAudit not measured: benchmarks.prosaudit_root is unset and 
 def prepare(b: Any, out: Path, demo: bool, seed: int, cache_dir: str, workers: int = 1) -> dict:
     """Build (demo) or check (real) SALMon and ProsAudit; returns the ``benchmarks.json`` entries
     {"salmon": {...}, "prosaudit": {...}}, each with ``root`` (relative to ``out``, or None) and ``note``."""
-    return {"salmon": _prepare_salmon(b, out, demo, seed, cache_dir, workers), "prosaudit": _prepare_prosaudit(b, out)}
+    return {"salmon": _prepare_salmon(b, out, demo, seed, cache_dir, workers),
+            "prosaudit": _prepare_prosaudit(b, out, demo, seed, cache_dir, workers)}
 
 
 def _prepare_salmon(b: Any, out: Path, demo: bool, seed: int, cache_dir: str, workers: int) -> dict:
@@ -67,12 +71,23 @@ def _prepare_salmon(b: Any, out: Path, demo: bool, seed: int, cache_dir: str, wo
             "seconds": built["seconds"], "tts_s": built["tts_s"]}
 
 
-def _prepare_prosaudit(b: Any, out: Path) -> dict:
-    if not b.prosaudit_root:
-        return {"root": None, "note": NO_PROSAUDIT}
-    root = Path(b.prosaudit_root).expanduser().resolve()
-    bs = prosaudit.load_prosaudit(root, b.split, check_audio=False)
-    return {"root": str(root), "split": b.split, "pairs": len(bs.pairs), "note": None}
+def _prepare_prosaudit(b: Any, out: Path, demo: bool, seed: int, cache_dir: str, workers: int) -> dict:
+    t0 = time.perf_counter()
+    if b.prosaudit_root:
+        root = Path(b.prosaudit_root).expanduser().resolve()
+        bs = prosaudit.load_prosaudit(root, b.split, check_audio=False)
+        return {"root": str(root), "source": "real", "split": b.split, "pairs": len(bs.pairs), "note": None,
+                "seconds": round(time.perf_counter() - t0, 2)}
+    if not demo or b.prosaudit_pairs <= 0:
+        why = "benchmarks.prosaudit_pairs=0" if demo else "a real run needs benchmarks.prosaudit_root"
+        return {"root": None, "source": None, "note": f"ProsAudit not measured ({why})"}
+    from alignslm.demo.prosaudit import write_demo_prosaudit
+
+    built = write_demo_prosaudit(out / "data" / "prosaudit", n_pairs=b.prosaudit_pairs, seed=seed,
+                                 voices=list(b.voices), rate=b.rate, n_topics=b.n_topics, cache_dir=cache_dir,
+                                 workers=workers, split=b.split)
+    return {"root": relative_path(out / "data" / "prosaudit", out), "source": "demo", "split": b.split,
+            "pairs": built["pairs"], "note": DEMO_PROSAUDIT, "seconds": built["seconds"]}
 
 
 def check(b: Any) -> list[str]:
@@ -90,8 +105,8 @@ def check(b: Any) -> list[str]:
             prosaudit.load_prosaudit(b.prosaudit_root, b.split, check_audio=False)
         except BenchmarkError as e:
             problems += [f"benchmarks.prosaudit_root: {p}" for p in e.lines()]
-    if b.salmon_pairs < 0:
-        problems.append("benchmarks.salmon_pairs must be >= 0")
+    if b.salmon_pairs < 0 or b.prosaudit_pairs < 0:
+        problems.append("benchmarks.salmon_pairs and benchmarks.prosaudit_pairs must be >= 0")
     return problems
 
 
@@ -169,7 +184,8 @@ def protocol_lines(results: Mapping) -> list[str]:
     pa = p.get("prosaudit") or {}
     lines.append("- ProsAudit: official ZeroSpeech scoring (ties 0.5, mean over voices per (type, id), then per "
                  "type), utterance score as sWUGGY/sBLIMP; " + (f"{pa['pairs']} pairs." if pa.get("pairs")
-                                                                else (pa.get("note") or "not measured.")))
+                                                                else (pa.get("note") or "not measured."))
+                 + (f" ({pa['note']})" if pa.get("pairs") and pa.get("note") else ""))
     if p.get("continuation_only"):
         lines.append("- sSC / tSC continuation only: the ending's units and EOS scored given the whole shared story "
                      "(context = the longest common unit prefix of the two versions), same eval.score reduction "

@@ -9,9 +9,10 @@
 Files rejected by the loaders (not 16 kHz mono, empty) are listed in ``rejects.jsonl``.
 
 SALMon and ProsAudit (alignslm.eval.suites): ``benchmarks.salmon_root`` / ``benchmarks.prosaudit_root`` when
-set; otherwise the demo writes a mini SALMon under ``data/salmon`` (alignslm.demo.salmon) and ProsAudit is not
-measured; ``benchmarks.json`` records where each is (``salmon``, ``prosaudit``: root, source, note) and the
-summary what SALMon cost (``salmon_s``).
+set; otherwise the demo writes a mini SALMon under ``data/salmon`` (alignslm.demo.salmon) and the lexical part
+of a mini ProsAudit under ``data/prosaudit`` (alignslm.demo.prosaudit); ``benchmarks.json`` records where each
+is (``salmon``, ``prosaudit``: root, source, note) and the summary what they cost (``salmon_s``,
+``prosaudit_s``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def run(ctx: StageContext) -> dict:
                             min(2, os.cpu_count() or 1))
     summary["salmon_parts"] = len(suites["salmon"].get("parts") or {})
     summary["salmon_s"] = suites["salmon"].get("seconds", 0.0)  # the demo SALMon: synthesis + mixing + writing
+    summary["prosaudit_pairs"] = suites["prosaudit"].get("pairs", 0)
+    summary["prosaudit_s"] = suites["prosaudit"].get("seconds", 0.0)
     for name, bs in sets.items():
         for fid, reason in bs.rejects:
             ctx.rejects.add(f"{name}/{fid}", f"bad audio: {reason}")
