@@ -103,3 +103,20 @@ def test_genppl_is_the_unconditional_perplexity_under_the_judge_lm(tiny_judge_di
     s = genppl.summarize_genppl(rows, n_boot=200, seed=0)
     geo = math.exp(np.mean([rows[0]["log_genppl"], np.mean([rows[2]["log_genppl"], rows[3]["log_genppl"]])]))
     assert s["mean"] == pytest.approx(geo) and s["lo"] <= s["mean"] <= s["hi"] and s["n"] == 2 and s["missing"] == 1
+
+
+def test_one_pass_gives_score_benchmarks_whole_story_result_and_the_continuations(lm):
+    from types import SimpleNamespace
+
+    from alignslm import evaluate as ev
+
+    units, pairs = _stories(np.random.default_rng(4), 10)
+    bench = {"ssc": SimpleNamespace(pairs=pairs, items=[(f, f) for f in units])}
+    both = cont.score_storycloze_both(lm, {"ssc": units}, bench, "mean", batch_size=4)
+    ref = ev.score_benchmarks(lm, {"ssc": units}, bench, "mean")["ssc"]
+    assert set(both) == {"ssc", "ssc_continuation"}
+    for key in ("all", "pair_mean", "n_pairs", "ties", "per_pair", "n_utterances", "windowed"):
+        assert both["ssc"][key] == ref[key], key
+    assert both["ssc"]["scores"] == pytest.approx(ref["scores"], abs=1e-5)
+    alone = cont.score_continuation(lm, units, pairs, "mean")
+    assert both["ssc_continuation"]["per_pair"] == alone["per_pair"]

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from alignslm import logger
+
 SUFFIX = "_continuation"  # results key: "ssc_continuation", "tsc_continuation"
 
 
@@ -41,12 +43,13 @@ def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def continuation_scores(lm: Any, units: Mapping[str, Sequence[int]], pairs: Sequence[Mapping], mode: str = "mean",
-                        batch_size: int = 64) -> tuple[dict[str, float], list[int]]:
-    """(file id -> score of its ending given the shared context, per-pair prefix lengths in units).
+def story_scores(lm: Any, units: Mapping[str, Sequence[int]], pairs: Sequence[Mapping], mode: str = "mean",
+                 batch_size: int = 64) -> tuple[dict[str, float], dict[str, float], list[int]]:
+    """(whole-story scores, continuation-only scores, per-pair shared prefix in units), from one pass.
 
-    Targets of ``[BOS, u_1..u_n, EOS]`` are u_1..u_n, EOS; the ending of a side whose shared prefix is p units
-    is targets p+1..n+1 (u_{p+1}..u_n and EOS: never empty).
+    Targets of ``[BOS, u_1..u_n, EOS]`` are u_1..u_n, EOS; the whole story scores all of them (as
+    alignslm.evaluate.score_units), the ending of a side whose shared prefix is p units only targets p+1..n+1
+    (u_{p+1}..u_n and EOS: never empty).
     """
     from alignslm.eval.loglik import token_logprobs
 
@@ -55,36 +58,70 @@ def continuation_scores(lm: Any, units: Mapping[str, Sequence[int]], pairs: Sequ
     prefix = [shared_prefix(units[p["correct_file"]], units[p["incorrect_file"]]) for p in pairs]
     sides = [(p[f"{s}_file"], k) for p, k in zip(pairs, prefix) for s in ("correct", "incorrect")]
     seqs = [[lm.bos_id, *lm.units_to_ids(list(units[f])), lm.eos_id] for f, _ in sides]
-    out: dict[str, float] = {}
+    whole: dict[str, float] = {}
+    ending: dict[str, float] = {}
     for (f, k), lp in zip(sides, token_logprobs(lm, seqs, batch_size)):
         tail = lp[k:]  # (n + 1 - k,) the ending's units and EOS
-        out[f] = float(tail.sum() / tail.size) if mode == "mean" else float(tail.sum())
-    return out, prefix
+        whole[f] = float(lp.sum() / lp.size) if mode == "mean" else float(lp.sum())
+        ending[f] = float(tail.sum() / tail.size) if mode == "mean" else float(tail.sum())
+    return whole, ending, prefix
 
 
-def score_continuation(lm: Any, units: Mapping[str, Sequence[int]], pairs: Sequence[Mapping], mode: str = "mean",
-                       batch_size: int = 64) -> dict:
-    """Continuation-only accuracy of one StoryCloze set (see the module docstring)."""
-    t0 = time.perf_counter()
-    scores, prefix = continuation_scores(lm, units, pairs, mode, batch_size)
+def continuation_scores(lm: Any, units: Mapping[str, Sequence[int]], pairs: Sequence[Mapping], mode: str = "mean",
+                        batch_size: int = 64) -> tuple[dict[str, float], list[int]]:
+    """(file id -> score of its ending given the shared context, per-pair prefix lengths in units)."""
+    _, ending, prefix = story_scores(lm, units, pairs, mode, batch_size)
+    return ending, prefix
+
+
+def continuation_result(pairs: Sequence[Mapping], units: Mapping[str, Sequence[int]], scores: Mapping[str, float],
+                        prefix: Sequence[int], mode: str) -> dict:
+    """Continuation-only accuracy of one StoryCloze set from its ending scores (see the module docstring)."""
     c = np.array([scores[p["correct_file"]] for p in pairs], dtype=np.float64)  # (P,)
     w = np.array([scores[p["incorrect_file"]] for p in pairs], dtype=np.float64)  # (P,)
     shorter = np.array([min(len(units[p["correct_file"]]), len(units[p["incorrect_file"]])) for p in pairs])
     share = np.array(prefix, dtype=np.float64) / np.maximum(shorter, 1)  # (P,)
     wins = (c > w).astype(np.float64)
     return {"all": float(wins.mean()) if len(pairs) else None, "n_pairs": len(pairs), "ties": int((c == w).sum()),
-            "per_pair": wins.tolist(), "scores": scores, "mode": mode,
+            "per_pair": wins.tolist(), "scores": dict(scores), "mode": mode,
             "prefix_share": {"mean": float(share.mean()) if len(pairs) else None,
                              "min": float(share.min()) if len(pairs) else None},
-            "no_shared_prefix": int(sum(k == 0 for k in prefix)),
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "no_shared_prefix": int(sum(k == 0 for k in prefix))}
 
 
-def score_storycloze_continuations(lm: Any, units: Mapping[str, Mapping[str, Sequence[int]]],
-                                   benches: Mapping[str, Any], mode: str, batch_size: int = 64) -> dict[str, dict]:
-    """``ssc_continuation`` / ``tsc_continuation`` for the StoryCloze sets present in ``benches``."""
-    return {f"{k}{SUFFIX}": score_continuation(lm, units[k], benches[k].pairs, mode, batch_size)
-            for k in ("ssc", "tsc") if k in benches}
+def score_continuation(lm: Any, units: Mapping[str, Sequence[int]], pairs: Sequence[Mapping], mode: str = "mean",
+                       batch_size: int = 64) -> dict:
+    """Continuation-only accuracy of one StoryCloze set, scored on its own."""
+    t0 = time.perf_counter()
+    scores, prefix = continuation_scores(lm, units, pairs, mode, batch_size)
+    return {**continuation_result(pairs, units, scores, prefix, mode), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def score_storycloze_both(lm: Any, units: Mapping[str, Mapping[str, Sequence[int]]], benches: Mapping[str, Any],
+                          mode: str, batch_size: int = 64) -> dict[str, dict]:
+    """``ssc``/``tsc`` (whole story, the result alignslm.evaluate.score_benchmarks gives) and
+    ``ssc_continuation``/``tsc_continuation`` from one pass of per-token log-probs per set: continuation-only
+    scoring costs only its slicing (its ``seconds``); the pass is counted in the whole-story ``seconds``."""
+    from alignslm.evaluate import score_storycloze
+
+    out: dict[str, dict] = {}
+    for k in ("ssc", "tsc"):
+        if k not in benches:
+            continue
+        t0 = time.perf_counter()
+        pairs = benches[k].pairs
+        whole, ending, prefix = story_scores(lm, units[k], pairs, mode, batch_size)
+        t1 = time.perf_counter()
+        ctx = lm.max_context()
+        res = score_storycloze(pairs, whole)
+        res.update(scores=whole, n_utterances=len(whole), seconds=round(t1 - t0, 3),
+                   windowed=sum(ctx is not None and len(u) + 2 > ctx for u in units[k].values()))
+        out[k] = res
+        cont = continuation_result(pairs, units[k], ending, prefix, mode)
+        out[f"{k}{SUFFIX}"] = {**cont, "seconds": round(time.perf_counter() - t1, 3)}
+        logger.info("%s: %.4f, continuation only %.4f (%d pairs, %.1fs)", k, res["all"], cont["all"], len(pairs),
+                    t1 - t0)
+    return out
 
 
 def report_table(results: Mapping, label: Any = str) -> str:
@@ -92,7 +129,7 @@ def report_table(results: Mapping, label: Any = str) -> str:
     models = results.get("models", {})
     keys = [k for k in ("ssc", "tsc") if any(f"{k}{SUFFIX}" in (m.get("benchmarks") or {}) for m in models.values())]
     if not keys:
-        return "Not measured (eval.storycloze=whole).\n"
+        return "Not measured (eval.continuation_only=false).\n"
     head = " | ".join(f"{k[0]}SC whole | {k[0]}SC continuation only" for k in keys)
     lines = [f"| model | {head} |", "|---|" + "---|---|" * len(keys)]
     for name, m in models.items():

@@ -129,7 +129,8 @@ def load(bench_dir: Path, info: Mapping, split: str) -> dict:
 
 def score_model(lm: Any, units: Mapping, benches: Mapping, suite_units: Mapping, suites: Mapping, eval_cfg: Any,
                 submission_dir: Path | None = None) -> dict[str, dict]:
-    """Every suite's result for one model (see the module docstring)."""
+    """Every suite's result for one model (see the module docstring); with eval.continuation_only also sSC and
+    tSC, whole story and continuation only, from one pass (:func:`one_pass`)."""
     out: dict[str, dict] = {}
     parts = {k: v for k, v in suites.items() if k.startswith(salmon.PREFIX)}
     if parts:
@@ -139,10 +140,16 @@ def score_model(lm: Any, units: Mapping, benches: Mapping, suite_units: Mapping,
         sub = submission_dir / "prosaudit" if submission_dir is not None else None
         out[prosaudit.NAME] = prosaudit.score(lm, suite_units[prosaudit.NAME], suites[prosaudit.NAME], eval_cfg.score,
                                               eval_cfg.batch_size, sub)
-    if eval_cfg.continuation_only:
-        out.update(continuation.score_storycloze_continuations(lm, units, benches, eval_cfg.score,
-                                                               eval_cfg.batch_size))
+    story = {k: v for k, v in benches.items() if k in one_pass(eval_cfg)}
+    if story:
+        out.update(continuation.score_storycloze_both(lm, units, story, eval_cfg.score, eval_cfg.batch_size))
     return out
+
+
+def one_pass(eval_cfg: Any) -> tuple[str, ...]:
+    """The benchmarks :func:`score_model` scores itself (sSC/tSC whole story and continuation only from one
+    pass, with eval.continuation_only); the stage leaves them out of alignslm.evaluate.score_benchmarks."""
+    return ("ssc", "tsc") if eval_cfg.continuation_only else ()
 
 
 def seconds(models: Mapping) -> dict[str, float]:

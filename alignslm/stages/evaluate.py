@@ -230,7 +230,8 @@ def _evaluate_model(ctx: StageContext, name: str, lm: Any, units: dict, benches:
                     suites: tuple[dict, dict] = ({}, {})) -> dict:
     cfg = ctx.cfg
     t0 = time.perf_counter()
-    bench = score_benchmarks(lm, units, benches, cfg.eval.score, cfg.eval.batch_size,
+    zr = {k: v for k, v in benches.items() if k not in ev_suites.one_pass(cfg.eval)}  # the rest: alignslm.eval.suites
+    bench = score_benchmarks(lm, units, zr, cfg.eval.score, cfg.eval.batch_size,
                              submission_dir=ctx.out / "submissions" / name, split=cfg.benchmarks.split)
     bench.update(ev_suites.score_model(lm, units, benches, *suites, cfg.eval, ctx.out / "submissions" / name))
     score_s = time.perf_counter() - t0
