@@ -320,8 +320,9 @@ class EvalConfig:
                                         "BOS/EOS).")
     continuation_only: bool = opt(True, "Also score sSC/tSC on the ending only (its units and EOS given the shared "
                                         "story; arXiv 2601.06329), reported beside the whole-story numbers.")
-    genppl: bool = opt(True, "GenPPL: perplexity of every continuation transcript under the judge's text LM, "
-                             "unconditional, beside the judge metric (one more LM pass per continuation).")
+    genppl: bool = opt(True, "GenPPL beside the judge metric: the perplexity of every continuation transcript "
+                             "under the judge's text LM given judge.neutral_prompt ('' = BOS only), not the prompt "
+                             "(alignslm.eval.genppl; the pmi signals' own pass is reused).")
     also_score: bool = opt(False, "With judge.mode=perplexity, also ask the judge for 1-5 scores of the held-out "
                                   "continuations (reported beside; slow on a CPU).")
 

@@ -366,7 +366,7 @@ class GenerationSetup:
                             if self.metric == "score" else "(perplexity of the transcript given the prompt's)"),
                 "judge_metric": self.metric,
                 "genppl": {"lm": f"{self.cfg.judge.backend}:{self.cfg.judge.model_path or 'SmolLM2-135M-Instruct'}",
-                           "conditioning": "none (BOS only)"} if self.cfg.eval.genppl else None,
+                           "context": self.rules.neutral} if self.cfg.eval.genppl else None,
                 "prompt_wer_n": sum(p["reference"] is not None for p in self.prompts),
                 "prompts_at_word_end": sum(bool(p.get("at_word")) for p in self.prompts)}
 
@@ -403,7 +403,8 @@ class GenerationSetup:
                  "prompt_text": self.prompt_texts[i], "prompt_path": self.prompt_paths[i], "reject": None}
                 for i, p in enumerate(self.prompts) for k in range(n)]
         self.judge_rows(rows, name)
-        genppl = add_genppl(rows, self.ppl.backend) if self.cfg.eval.genppl else None  # alignslm.eval.genppl
+        genppl = (add_genppl(rows, self.ppl.backend, self.rules.neutral, self.rules.kind)  # alignslm.eval.genppl
+                  if self.cfg.eval.genppl else None)
         for r in rows:
             if r["reject"]:
                 ctx.rejects.add(f"{name}/{r['prompt_id']}/{r['k']}", r["reject"])

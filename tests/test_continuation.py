@@ -92,7 +92,7 @@ def test_genppl_is_the_unconditional_perplexity_under_the_judge_lm(tiny_judge_di
             {"prompt_id": "p1", "k": 0, "text": "The farmer fed the pig on the farm."},
             {"prompt_id": "p1", "k": 1, "text": "pan"}]
     stats = genppl.add_genppl(rows, backend)
-    assert stats["scored"] == 3 and stats["missing"] == 1 and rows[1]["genppl"] is None
+    assert stats["scored"] == 3 and stats["missing"] == 1 and stats["reused"] == 0 and rows[1]["genppl"] is None
     tok, model = backend.tok, backend.model
     for r in (rows[0], rows[2], rows[3]):
         ids = [tok.bos_token_id] + tok.encode(" " + r["text"].strip(), add_special_tokens=False)
@@ -120,3 +120,21 @@ def test_one_pass_gives_score_benchmarks_whole_story_result_and_the_continuation
     assert both["ssc"]["scores"] == pytest.approx(ref["scores"], abs=1e-5)
     alone = cont.score_continuation(lm, units, pairs, "mean")
     assert both["ssc_continuation"]["per_pair"] == alone["per_pair"]
+
+
+def test_genppl_in_the_neutral_context_reuses_the_pmi_signals_own_pass(tiny_judge_dir):
+    from alignslm.judge import PerplexityJudge, TransformersBackend
+    from alignslm.signal import SignalRules, judge_rows
+
+    backend = TransformersBackend(tiny_judge_dir, batch_size=2, dtype="float32")
+    rules = SignalRules(kind="pmi_asr", neutral="The cook washed the pan.")
+    rows = [{"prompt_id": "p0", "k": 0, "prompt_text": "A farmer.", "text": "The farmer fed the pig on the farm.",
+             "avg_logprob": -0.3, "reject": None},
+            {"prompt_id": "p0", "k": 1, "prompt_text": "A farmer.", "text": "Thank you.", "reject": None}]
+    judge_rows(rows, PerplexityJudge(backend), rules)
+    assert rows[0]["perplexity_uncond"] is not None and rows[1]["reject"]  # the hallucination is screened
+    stats = genppl.add_genppl(rows, backend, rules.neutral, rules.kind)
+    assert stats == {**stats, "scored": 2, "reused": 1, "missing": 0}
+    assert rows[0]["genppl"] == rows[0]["perplexity_uncond"]
+    direct = backend.perplexity([rules.neutral] * 2, [r["text"] for r in rows])
+    assert [r["genppl"] for r in rows] == pytest.approx([p for p, _ in direct], rel=1e-4)

@@ -4,10 +4,15 @@ Protocol (written into the report's Protocol section by :func:`protocol_line`):
 
 * the text LM is the judge's (``judge.backend`` / ``judge.model_path``; the demo: SmolLM2-135M-Instruct), the
   same for every model and round, so GenPPL compares models on one scale;
-* each continuation's Whisper transcript is scored *unconditionally*: exp(mean NLL per token of the
-  transcript given only the LM's BOS token) (``ChatBackend.perplexity`` with an empty prompt); the judge
-  metric beside it is conditional (given the prompt's transcript), so the two separate "fluent English" from
-  "fits the prompt";
+* each continuation's Whisper transcript is scored in one fixed context, not the prompt's:
+  exp(mean NLL per token of the transcript given ``judge.neutral_prompt``) (``ChatBackend.perplexity``; an
+  empty ``judge.neutral_prompt`` = given the LM's BOS token only, the strictly unconditional GenPPL).  The judge
+  metric beside it is conditional on the prompt's transcript, so the two separate "fluent English" from
+  "fits the prompt".  With the pmi signals (``judge.signal`` pmi, pmi_words, pmi_asr: the demo's) the judge
+  stage's path already computes exactly this number for every continuation it judges
+  (``perplexity_uncond``, alignslm.signal); it is reused, and only the others (screened ones) are scored here,
+  so GenPPL costs one judge pass over the screened continuations instead of one over all (measured on this
+  2-core VM under load: 0.34 s per transcript);
 * every continuation with a non-empty transcript is scored, screened ones included (a hallucinated "Thank
   you." has a low GenPPL: read it beside auto-BLEU and the reject share); empty transcripts are counted
   (``missing``);
@@ -23,20 +28,32 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+REUSABLE = ("pmi", "pmi_words", "pmi_asr")  # signal kinds whose perplexity_uncond is the GenPPL context's
 
-def add_genppl(rows: list[dict], backend: Any) -> dict:
-    """Set ``genppl`` and ``log_genppl`` on every row with a transcript (None otherwise); returns
-    {scored, missing, seconds}."""
+
+def add_genppl(rows: list[dict], backend: Any, context: str = "", signal_kind: str | None = None) -> dict:
+    """Set ``genppl`` and ``log_genppl`` on every row with a transcript (None otherwise): the perplexity of
+    ``text`` given ``context`` (reusing ``perplexity_uncond`` when ``signal_kind`` computed it with that same
+    context).  Returns {scored, reused, missing, seconds}."""
     t0 = time.perf_counter()
-    todo = [r for r in rows if (r.get("text") or "").strip()]
+    todo, reused = [], 0
     for r in rows:
         r["genppl"] = r["log_genppl"] = None
-    res = backend.perplexity([""] * len(todo), [r["text"] for r in todo]) if todo else []
+        if not (r.get("text") or "").strip():
+            continue
+        u = r.get("perplexity_uncond") if signal_kind in REUSABLE else None
+        if u is not None and math.isfinite(u) and u > 0:
+            r["genppl"], r["log_genppl"] = float(u), math.log(u)
+            reused += 1
+        else:
+            todo.append(r)
+    res = backend.perplexity([context] * len(todo), [r["text"] for r in todo]) if todo else []
     for r, (ppl, _err) in zip(todo, res):
         if ppl is not None and math.isfinite(ppl) and ppl > 0:
             r["genppl"], r["log_genppl"] = float(ppl), math.log(ppl)
     scored = sum(r["genppl"] is not None for r in rows)
-    return {"scored": scored, "missing": len(rows) - scored, "seconds": round(time.perf_counter() - t0, 3)}
+    return {"scored": scored, "reused": reused, "missing": len(rows) - scored,
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def summarize_genppl(rows: Sequence[Mapping], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -53,8 +70,10 @@ def summarize_genppl(rows: Sequence[Mapping], n_boot: int = 2000, seed: int = 0)
 def protocol_line(protocol: Mapping) -> str:
     g = protocol.get("genppl")
     if not g:
-        return "- GenPPL: not measured (no generation metrics)."
+        return "- GenPPL: not measured (no generation metrics, or eval.genppl=false)."
+    ctx = g.get("context") or ""
+    where = f"given the fixed context {ctx!r} (judge.neutral_prompt)" if ctx else "given only its BOS token"
     return (f"- GenPPL: perplexity of each continuation's Whisper transcript under the fixed text LM {g['lm']}, "
-            "unconditional (given only its BOS token: how fluent, not how fitting; the judge metric is the "
-            "conditional one), every non-empty transcript including screened ones; per model the geometric mean "
-            "over prompts with a bootstrap 95% CI; round vs base: paired bootstrap of the ln GenPPL difference.")
+            f"{where}, not the prompt (how fluent, not how fitting: the judge metric is the conditional one); "
+            "every non-empty transcript, screened ones included; per model the geometric mean over prompts "
+            "with a bootstrap 95% CI; round vs base: paired bootstrap of the ln GenPPL difference.")
