@@ -523,6 +523,9 @@ def test_evaluate_stage_with_generation_metrics(tmp_path, unitlm_dir):
         for r in rows:  # every continuation is judged (perplexity, and 1..5 beside) or a counted reject
             assert (r["reject"] is None and r["perplexity"] > 1.0 and 1.0 <= r["score"] <= 5.0) or r["reject"]
         assert g["n_rejects"] == sum(bool(r["reject"]) for r in rows)
+        gp = g["genppl"]  # every transcript, screened ones too, in the judge's neutral context
+        assert gp["scored"] == sum(r["genppl"] is not None for r in rows) == sum(bool(r.get("text")) for r in rows)
+        assert gp["scored"] + gp["missing"] == 4 and (gp["mean"] is None or gp["lo"] <= gp["mean"] <= gp["hi"])
         examples = res["models"][name]["examples"]  # paths relative to the evaluate directory
         assert all((tmp_path / "evaluate" / e["path"]).is_file() for e in examples if e.get("path"))
     seeds = [[json.loads(x)["seed"] for x in (tmp_path / "evaluate" / n / "generations.jsonl").read_text().splitlines()]
@@ -532,6 +535,7 @@ def test_evaluate_stage_with_generation_metrics(tmp_path, unitlm_dir):
         c = res["comparisons"]["round-1"][key]
         assert c["n"] <= 2 and (c["diff"] is None or c["lo"] <= c["diff"] <= c["hi"])
     assert res["comparisons"]["round-1"]["judge_metric"] == "sense"
+    assert "log_genppl" in res["comparisons"]["round-1"] and res["protocol"]["genppl"]["context"]
 
 
 def test_windowed_scoring_of_utterances_longer_than_the_context(lm):
