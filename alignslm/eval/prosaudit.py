@@ -151,7 +151,8 @@ def report_table(results: Mapping, label: Any = str) -> str:
         cells = [_pct(r.get(t)) for t in TYPES] + [_pct(r.get("all"))]
         lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     lines += ["", "Accuracy in % (official ProsAudit scoring: ties count half, mean over voices per (type, id), then "
-              f"per type); split {info.get('split', 'n/a')}; submissions in evaluate/submissions/<model>/prosaudit/."]
+              f"per type); split {info.get('split', 'n/a')}; submissions in evaluate/submissions/<model>/prosaudit/."
+              + (f" Source: {info['note']}." if info.get("note") else "")]
     return "\n".join(lines) + "\n"
 
 

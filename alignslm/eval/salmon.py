@@ -228,6 +228,9 @@ def report_table(results: Mapping, label: Any = str) -> str:
     ties = ", ".join(f"{s}: {(base.get(p) or {}).get('ties', 'n/a')}/{(base.get(p) or {}).get('n_pairs', 'n/a')}"
                      for p, s in zip(parts, short))
     src = info.get("source", "n/a")
+    sizes = sorted({int((base.get(p) or {}).get("n_pairs") or 0) for p in parts} - {0})
+    noise = (f" A part of n pairs scored by a model at chance lands within 50 +- {98 / np.sqrt(sizes[0]):.1f} points "
+             f"95% of the time (n = {', '.join(map(str, sizes))} here)." if sizes else "")
     lines += ["", f"Accuracy in % (50 = chance; ties count half, as in the official scorer). Source: {src}"
-              + (f" ({info['note']})" if info.get("note") else "") + f". Ties (first model): {ties}."]
+              + (f" ({info['note']})" if info.get("note") else "") + f". Ties (first model): {ties}.{noise}"]
     return "\n".join(lines) + "\n"
