@@ -223,7 +223,7 @@ class JudgeConfig:
     max_new_tokens: int = opt(96, "Score mode without expected_score: tokens of analysis + 'Score: N'.")
     backoff_s: float = opt(0.5, "HTTP: first retry delay (doubles each retry).")
     shard_size: int = opt(128, "Continuations per output shard (resume granularity).")
-    signal: str = opt("pmi_asr", "Perplexity mode, what the pairs and the evaluation compare (alignslm.signal): "
+    signal: str = opt("pmi_asr", "Perplexity mode, what the pairs and the evaluation compare (alignslm.judge.signal): "
                       "lnppl (ln-perplexity given the prompt, lower is better) | pmi (ln p(c|prompt) - "
                       "ln p(c|judge.neutral_prompt) per token) | pmi_words (pmi x words, capped at "
                       "judge.max_words) | contrast / contrast_words (the same against judge.contrast_k other "

@@ -6,7 +6,7 @@ Writes a self-describing directory that plain ``transformers`` loads:
                                          (base + round-N/train/adapter: the adapter is cumulative), with
                                          ``offset`` and ``n_units`` in config.json (TWIST's convention)
     DIR/tokenizer/                       tokenizer.json + quantizer (+ feature scale) of the run: audio ->
-                                         units with alignslm.tokenizer.load_tokenizer(DIR/"tokenizer"); the
+                                         units with alignslm.speech.tokenizer.load_tokenizer(DIR/"tokenizer"); the
                                          encoder itself is referenced by its path (tokenizer.json)
     DIR/vocoder/                         vocoder.json + its weights: units -> audio with
                                          alignslm.vocoder.load_vocoder(DIR/"vocoder")
@@ -27,8 +27,8 @@ from pathlib import Path
 
 from alignslm import logger
 from alignslm.rundir import Manifest, read_json, write_json
+from alignslm.speech.tokenizer import QUANTIZER_NPY, SCALE_NPY, TOKENIZER_JSON
 from alignslm.stages.train import policy_adapters
-from alignslm.tokenizer import QUANTIZER_NPY, SCALE_NPY, TOKENIZER_JSON
 
 TOKENIZER_FILES = (TOKENIZER_JSON, QUANTIZER_NPY, "quantizer.json", SCALE_NPY)
 
@@ -59,7 +59,7 @@ def check_round(run_dir: Path, rnd: int) -> None:
 
 def export(run_dir: str | Path, rnd: int | None, out: str | Path, dtype: str = "auto") -> Path:
     """Write the merged checkpoint of round ``rnd`` (None = the last trained) and its tokenizer and vocoder."""
-    from alignslm.unitlm import load_unitlm
+    from alignslm.lm.unitlm import load_unitlm
 
     run_dir, out = Path(run_dir).expanduser(), Path(out).expanduser()
     rnd = last_trained_round(run_dir) if rnd is None else rnd

@@ -27,14 +27,14 @@ from alignslm.rundir import hash_str, write_jsonl
 def generate_continuations(run_dir: str | Path, prompts: list[str | Path], out: str | Path, rnd: int | None = None,
                            n: int | None = None, device: str = "cpu") -> list[dict]:
     """Continuations of ``prompts`` (wav paths) by round ``rnd``'s policy; see the module docstring."""
-    from alignslm.asr import load_asr
-    from alignslm.audio import SAMPLE_RATE, read_audio, resample, write_wav
     from alignslm.config import load_config
     from alignslm.export import check_round, last_trained_round
-    from alignslm.sampler import SamplingParams, generate
+    from alignslm.lm.sampler import SamplingParams, generate
+    from alignslm.lm.unitlm import load_unitlm
+    from alignslm.speech.asr import load_asr
+    from alignslm.speech.audio import SAMPLE_RATE, read_audio, resample, write_wav
+    from alignslm.speech.tokenizer import load_tokenizer
     from alignslm.stages.train import policy_adapters
-    from alignslm.tokenizer import load_tokenizer
-    from alignslm.unitlm import load_unitlm
     from alignslm.vocoder import load_vocoder
 
     run_dir, out = Path(run_dir).expanduser(), Path(out).expanduser()

@@ -21,7 +21,7 @@ ENV = "ALIGNSLM_IMPL"
 OPS: dict[str, tuple[str, ...]] = {
     "sample": ("triton", "torch"),  # per-row temperature/top-k/top-p sampling (alignslm.kernels.sampling)
     "logprobs": ("triton", "torch"),  # fused linear + log-softmax for DPO (alignslm.kernels.logprobs)
-    "kmeans": ("cpp", "numpy"),  # k-means assignment and fitting (alignslm.quantizer, alignslm._C)
+    "kmeans": ("cpp", "numpy"),  # k-means assignment and fitting (alignslm.speech.quantizer, alignslm._C)
 }
 CHOICES = ("auto", *sorted({name for names in OPS.values() for name in names}))
 

@@ -66,7 +66,7 @@ def judge_endpoint_problems(cfg: Config, steps: list[Step]) -> list[str]:
     if cfg.judge.backend != "openai" or not cfg.judge.url or not any(
             st.spec.name in ("judge", "evaluate") for st in steps):
         return []
-    from alignslm.judge_http import JudgeEndpointError, probe_endpoint
+    from alignslm.judge.http import JudgeEndpointError, probe_endpoint
 
     try:
         probe_endpoint(cfg.judge.url, cfg.judge.api_key_env, min(cfg.judge.timeout_s, 10.0))
@@ -96,11 +96,11 @@ def cross_checks(cfg: Config) -> list[str]:
 
     import numpy as np
 
-    from alignslm.encoders import hubert_frame_rate, hubert_layer_problem
+    from alignslm.lm.unitlm import context_of
+    from alignslm.speech.encoders import hubert_frame_rate, hubert_layer_problem
     from alignslm.stages.sample import context_problem
     from alignslm.stages.tokenize import quantizer_dim_problem
     from alignslm.stages.unitlm import lm_unit_problems
-    from alignslm.unitlm import context_of
 
     problems: list[str] = []
     t, u = cfg.tokenize, cfg.unitlm

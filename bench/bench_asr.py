@@ -1,4 +1,4 @@
-"""ASR on many short clips: alignslm.asr (batched, trimmed windows) vs faster-whisper per file.
+"""ASR on many short clips: alignslm.speech.asr (batched, trimmed windows) vs faster-whisper per file.
 
     python bench/bench_asr.py [--quick] [--clips N]
 
@@ -58,8 +58,8 @@ def main() -> None:
 
     from faster_whisper import WhisperModel
 
-    from alignslm.asr import ASR, default_model_dir
-    from alignslm.audio import write_wav
+    from alignslm.speech.asr import ASR, default_model_dir
+    from alignslm.speech.audio import write_wav
     from alignslm.textmetrics import wer
 
     model_dir = default_model_dir()

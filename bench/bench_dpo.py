@@ -9,7 +9,7 @@ growth after the model is loaded.  Before timing, the first-step losses of both 
 agree in scale (the two trainers shuffle differently, so step 1 sees different pairs).
 
 Providers:
-  ours          alignslm.dpo.DPOTrainer (fp32, reference via disabled adapter, fused chunked lm_head,
+  ours          alignslm.dpo.trainer.DPOTrainer (fp32, reference via disabled adapter, fused chunked lm_head,
                 shared-prompt layout)
   ours-precompute  the same with reference log-probs computed once before training (train.precompute_ref;
                 the one-off pass is not in the per-step time, it costs about one epoch of reference forwards)
@@ -82,8 +82,8 @@ def run_ours(model_dir: str, steps: int, out: Path, precompute: bool = False, au
     import torch
 
     from alignslm.config import TrainConfig
-    from alignslm.dpo import DPOTrainer, prepare_pairs
-    from alignslm.unitlm import UnitLM
+    from alignslm.dpo.trainer import DPOTrainer, prepare_pairs
+    from alignslm.lm.unitlm import UnitLM
 
     lm = UnitLM.from_pretrained(model_dir, support="full", dtype="float32")
     rss_model = _rss_mb()

@@ -4,7 +4,7 @@
                                [--tokenize N]
 
 Providers (same model, same utterances, alternated A B A B ...):
-- ``alignslm``: alignslm.evaluate.score_units -> UnitLM.score_sequences (length-sorted batches of 64);
+- ``alignslm``: alignslm.eval.scoring.score_units -> UnitLM.score_sequences (length-sorted batches of 64);
 - ``per-utt``: the plain way (one forward per utterance, log-softmax over the unit support, sum).
 Both first have to agree (relative difference <= 1e-5 per utterance, fp32, on 50 utterances).
 ``--quick`` times ours once (wall and CPU seconds) and skips the slow side-by-side peer timing.
@@ -42,7 +42,7 @@ def demo_shaped_lm(tmp: Path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from alignslm.config import UnitLMConfig
-    from alignslm.unitlm import load_unitlm
+    from alignslm.lm.unitlm import load_unitlm
 
     c = UnitLMConfig()
     torch.manual_seed(0)
@@ -96,7 +96,7 @@ def time_tokenize(n: int) -> float:
     """Seconds to tokenise ``n`` demo sentences (eSpeak NG audio) with the demo encoder + a k-means."""
     from alignslm.demo.stories import generate_stories
     from alignslm.demo.tts import synthesize
-    from alignslm.encoders import build_encoder
+    from alignslm.speech.encoders import build_encoder
 
     texts = [s for st in generate_stories(n, seed=7) for s in st.sentences][:n]
     wavs = [synthesize(t).audio for t in texts]
@@ -113,8 +113,8 @@ def main() -> None:
 
     import torch
 
-    from alignslm.evaluate import score_units
-    from alignslm.unitlm import load_unitlm
+    from alignslm.eval.scoring import score_units
+    from alignslm.lm.unitlm import load_unitlm
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")

@@ -1,4 +1,4 @@
-"""Continuation sampling: alignslm.sampler.generate vs transformers generate(do_sample=True, top_k, top_p,
+"""Continuation sampling: alignslm.lm.sampler.generate vs transformers generate(do_sample=True, top_k, top_p,
 temperature) on the same model and batch (32 prompts x 5 continuations, 150 new units each).
 
     python bench/bench_sampling.py [--quick] [--model runs/demo/unitlm/model] [--threads N]
@@ -25,14 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import append_rows, print_table, row, time_alternating  # noqa: E402
 
 from alignslm.config import TokenizeConfig, UnitLMConfig  # noqa: E402
-from alignslm.sampler import SamplingParams, generate  # noqa: E402
-from alignslm.unitlm import UnitLM  # noqa: E402
+from alignslm.lm.sampler import SamplingParams, generate  # noqa: E402
+from alignslm.lm.unitlm import UnitLM  # noqa: E402
 
 
 def demo_lm(path: str | None, n_units: int) -> UnitLM:
     if path:
         return UnitLM.from_pretrained(path)
-    from alignslm.pretrain import BOS, EOS, OFFSET, PAD, build_model
+    from alignslm.lm.pretrain import BOS, EOS, OFFSET, PAD, build_model
 
     c = UnitLMConfig()
     model = build_model(n_units, c.d_model, c.n_layers, c.n_heads, c.context, seed=0).eval()

@@ -4,7 +4,7 @@
 
 Audio: demo-world stories spoken by eSpeak NG in the demo corpus' voices and rates (synthesised into
 --cache on first use).  Providers, timed alternately (harness.time_alternating), all producing units
-through alignslm.tokenizer:
+through alignslm.speech.tokenizer:
 - ``demo`` = the demo default (``tokenize.*`` of alignslm.config: log-mel front end, its feature norm
   and K), the ratio reference;
 - ``whisper-<rate>`` (CTranslate2 Whisper tiny.en encoder, batched equal-length windows),
@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import append_rows, pcts, print_table, row, time_alternating  # noqa: E402
 
-from alignslm.audio import read_audio  # noqa: E402
-from alignslm.encoders import build_encoder  # noqa: E402
-from alignslm.quantizer import IMPL, Quantizer, fit  # noqa: E402
-from alignslm.tokenizer import Tokenizer, dedup, feature_scale  # noqa: E402
+from alignslm.speech.audio import read_audio  # noqa: E402
+from alignslm.speech.encoders import build_encoder  # noqa: E402
+from alignslm.speech.quantizer import IMPL, Quantizer, fit  # noqa: E402
+from alignslm.speech.tokenizer import Tokenizer, dedup, feature_scale  # noqa: E402
 
 
 def demo_voices() -> list[tuple[str, int]]:

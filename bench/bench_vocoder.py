@@ -4,7 +4,7 @@
     python bench/bench_vocoder.py wer --run-dir RUN [--n 40]   # needs corpus, tokenize and vocoder stages done
 
 WER: held-out (test split) demo utterances; the reference is the manifest text; the same Whisper tiny.en
-(alignslm.asr) transcribes the original eSpeak audio, the units vocoded with their true durations, and the
+(alignslm.speech.asr) transcribes the original eSpeak audio, the units vocoded with their true durations, and the
 units vocoded with the vocoder's own duration model (what the pipeline does with sampled continuations).
 Speed: seconds of audio produced per wall second; providers alternate (harness.time_alternating); the
 batched and one-at-a-time outputs are checked to agree before timing.
@@ -104,9 +104,9 @@ def _demo_speed(quick: bool, threads: int) -> list[dict]:
 
 
 def wer_bench(run_dir: Path, n: int, beam: int = 5) -> tuple[list[dict], dict]:
-    from alignslm.asr import ASR, default_model_dir
-    from alignslm.audio import read_audio
     from alignslm.rundir import read_jsonl
+    from alignslm.speech.asr import ASR, default_model_dir
+    from alignslm.speech.audio import read_audio
     from alignslm.textmetrics import wer
     from alignslm.vocoder import load_vocoder
 

@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import append_rows, row  # noqa: E402
 
-from alignslm.audio import read_audio  # noqa: E402
-from alignslm.encoders import build_encoder  # noqa: E402
-from alignslm.quantizer import Quantizer, fit  # noqa: E402
+from alignslm.speech.audio import read_audio  # noqa: E402
+from alignslm.speech.encoders import build_encoder  # noqa: E402
+from alignslm.speech.quantizer import Quantizer, fit  # noqa: E402
+from alignslm.speech.tokenizer import Tokenizer, dedup, feature_scale  # noqa: E402
 from alignslm.textmetrics import wer  # noqa: E402
-from alignslm.tokenizer import Tokenizer, dedup, feature_scale  # noqa: E402
 
 VOICES = [("en-us", 150), ("en+m3", 180), ("en-us+f3", 165), ("en", 150), ("en-us", 180), ("en+m3", 150)]
 N_FFT, HOP = 400, 160
@@ -129,7 +129,7 @@ class Transcriber:
     def __init__(self) -> None:
         from faster_whisper import WhisperModel
 
-        from alignslm.encoders import default_whisper_dir
+        from alignslm.speech.encoders import default_whisper_dir
 
         self.model = WhisperModel(str(default_whisper_dir()), device="cpu", compute_type="int8", cpu_threads=2)
 
@@ -143,7 +143,7 @@ class Transcriber:
 
 
 class Trigram:
-    """Interpolated add-k trigram over units (with BOS/EOS); ``score_sequences`` as alignslm.evaluate wants."""
+    """Interpolated add-k trigram over units (with BOS/EOS); ``score_sequences`` as alignslm.eval.scoring wants."""
 
     def __init__(self, seqs: list[list[int]], k: int, lam: tuple[float, float, float] = (0.5, 0.3, 0.2)):
         self.V, self.lam = k + 2, lam
@@ -189,10 +189,10 @@ def _subset(bset: object, n: int) -> object:
 
 def lm_benchmarks(run_dir: Path, bench_root: Path, n_gram_units: int) -> dict:
     """Demo benchmarks (sWUGGY/sBLIMP/sSC/tSC-like) scored by a trigram unit LM trained on the run's units."""
-    from alignslm.benchdata import load_all
-    from alignslm.evaluate import headline, score_benchmarks, tokenize_items
+    from alignslm.eval.benchdata import load_all
+    from alignslm.eval.scoring import headline, score_benchmarks, tokenize_items
     from alignslm.rundir import read_jsonl
-    from alignslm.tokenizer import load_tokenizer
+    from alignslm.speech.tokenizer import load_tokenizer
 
     manifest = {r["utt_id"]: r for r in read_jsonl(run_dir / "corpus" / "manifest.jsonl")}
     train = [r["units"] for r in read_jsonl(run_dir / "tokenize" / "units.jsonl")

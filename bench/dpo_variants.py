@@ -36,8 +36,8 @@ from harness import append_rows, row  # noqa: E402
 
 
 def build_examples(run: Path, cfg, rounds: list[int], min_words: int, lm):  # noqa: ANN001, ANN201
-    from alignslm.dpo import prepare_pairs
-    from alignslm.pairs import Candidate, build_pairs, rules_for_round
+    from alignslm.dpo.pairs import Candidate, build_pairs, rules_for_round
+    from alignslm.dpo.trainer import prepare_pairs
     from alignslm.rundir import read_jsonl
 
     prompts: dict = {}
@@ -71,10 +71,10 @@ def main() -> None:
     a = ap.parse_args()
 
     from alignslm.config import load_config
-    from alignslm.dpo import DPOTrainer, prepare_pairs
-    from alignslm.genmetrics import GenerationSetup, compare_models
+    from alignslm.dpo.trainer import DPOTrainer, prepare_pairs
+    from alignslm.eval.genmetrics import GenerationSetup, compare_models
+    from alignslm.lm.unitlm import load_unitlm
     from alignslm.rundir import StageContext, read_json, read_jsonl
-    from alignslm.unitlm import load_unitlm
 
     run = Path(a.run_dir).resolve()
     cfg = load_config(run / "config.yaml", a.overrides)

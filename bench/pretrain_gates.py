@@ -44,8 +44,8 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
 
 def bench_units(run_dir: Path, benches: dict) -> dict:
     """Benchmark units with the run's tokenizer, cached in RUN_DIR/bench_units.json by tokenizer id."""
-    from alignslm.evaluate import tokenize_items
-    from alignslm.tokenizer import load_tokenizer
+    from alignslm.eval.scoring import tokenize_items
+    from alignslm.speech.tokenizer import load_tokenizer
 
     tok = load_tokenizer(run_dir / "tokenize")
     key = hashlib.sha1(json.dumps(tok.describe(), sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -60,9 +60,9 @@ def bench_units(run_dir: Path, benches: dict) -> dict:
 def score(run_dir: Path, modes: list[str]) -> dict:
     import torch
 
-    from alignslm.benchdata import load_all
-    from alignslm.evaluate import headline, score_benchmarks
-    from alignslm.unitlm import load_unitlm
+    from alignslm.eval.benchdata import load_all
+    from alignslm.eval.scoring import headline, score_benchmarks
+    from alignslm.lm.unitlm import load_unitlm
 
     torch.set_num_threads(1)
     benches = load_all(run_dir / "benchmarks" / "data")

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def context_gain(run: Path, lm_dir: Path) -> None:
-    from alignslm.benchdata import load_all
-    from alignslm.evaluate import tokenize_items
-    from alignslm.tokenizer import load_tokenizer
-    from alignslm.unitlm import load_unitlm
+    from alignslm.eval.benchdata import load_all
+    from alignslm.eval.scoring import tokenize_items
+    from alignslm.lm.unitlm import load_unitlm
+    from alignslm.speech.tokenizer import load_tokenizer
 
     root = run / "benchmarks" / json.loads((run / "benchmarks/benchmarks.json").read_text())["root"]
     texts = {(r["benchmark"], r["file"]): r["text"] for r in map(json.loads, open(root / "texts.jsonl"))}

@@ -1,5 +1,5 @@
 // pybind11 module alignslm._C: the k-means quantizer. Every input is validated here and a bad one
-// raises ValueError with the same wording as the numpy path in alignslm/quantizer.py.
+// raises ValueError with the same wording as the numpy path in alignslm/speech/quantizer.py.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 

@@ -7,8 +7,8 @@ Needs RUN_DIR's corpus, tokenize, unitlm and vocoder stages.  Once, through the 
 every held-out prompt: the true continuation resynthesised from its units, the base model's
 sample.n_continuations samples, random units, and text probes, each with its transcript, Whisper's
 confidence and the judge's ln-perplexities given the prompt and given nothing (``DIR/rows.json``; reused on
-a rerun).  Then every variant of alignslm.signal (screen + score) is applied to those rows and scored with
-the report's calibration block (alignslm.genmetrics.calibration_summary): ``DIR/variants.json`` and a
+a rerun).  Then every variant of alignslm.judge.signal (screen + score) is applied to those rows and scored with
+the report's calibration block (alignslm.eval.genmetrics.calibration_summary): ``DIR/variants.json`` and a
 markdown table on stdout.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignslm.signal import OFF, SignalRules, contrast_prompts, screen, sense  # noqa: E402
+from alignslm.judge.signal import OFF, SignalRules, contrast_prompts, screen, sense  # noqa: E402
 from alignslm.textmetrics import words  # noqa: E402
 
 ALL = replace(OFF, kind="pmi", neutral="")  # no screen, all perplexities: every variant computed afterwards
@@ -58,7 +58,7 @@ VARIANTS: dict[str, SignalRules] = {
 def collect(run_dir: Path, out: Path, n_prompts: int) -> dict[str, list[dict]]:
     from alignslm.config import load_config
     from alignslm.config import replace as cfg_replace
-    from alignslm.genmetrics import GenerationSetup
+    from alignslm.eval.genmetrics import GenerationSetup
     from alignslm.rundir import StageContext, read_jsonl
     from alignslm.stages.evaluate import _load, calibration
 
@@ -78,7 +78,7 @@ def collect(run_dir: Path, out: Path, n_prompts: int) -> dict[str, list[dict]]:
     for r, res in zip(todo, gen.ppl.score([NEUTRAL] * len(todo), texts)):
         r["perplexity_neutral"] = res.perplexity
     others = contrast_prompts(list(gen.prompt_texts), SignalRules().contrast_k)
-    for j in range(SignalRules().contrast_k):  # the contrast kinds' baselines, as alignslm.signal computes them
+    for j in range(SignalRules().contrast_k):  # the contrast kinds' baselines, as alignslm.judge.signal computes them
         idx = [i for i, r in enumerate(todo) if len(others.get(r["prompt_text"], [])) > j]
         res = gen.ppl.score([others[todo[i]["prompt_text"]][j] for i in idx], [texts[i] for i in idx])
         for i, x in zip(idx, res):
@@ -134,7 +134,7 @@ def class_table(res: dict) -> str:
 
 
 def main() -> None:
-    from alignslm.genmetrics import calibration_summary
+    from alignslm.eval.genmetrics import calibration_summary
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)

@@ -19,7 +19,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_unitlm_dir(tmp_path_factory):
     """A tiny random LLaMA unit LM (20 units, offset 2, bos = eos = 1, pad 0, context 64) saved as the unitlm
-    stage saves one (``unitlm.json`` + ``hf/``); load it with alignslm.unitlm.load_unitlm."""
+    stage saves one (``unitlm.json`` + ``hf/``); load it with alignslm.lm.unitlm.load_unitlm."""
     import json
 
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignslm.audio import write_wav
+from alignslm.speech.audio import write_wav
 
 K = 20
 SENTENCES = ["Anna the cook washed the dirty pan in the kitchen.", "The farmer fed the hungry pigs on the farm.",

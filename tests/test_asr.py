@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from alignslm.asr import ASR, ASRError, check_model_dir, default_model_dir, load_asr
-from alignslm.audio import write_wav
 from alignslm.config import load_config
 from alignslm.rundir import StageContext, read_jsonl, write_jsonl
+from alignslm.speech.asr import ASR, ASRError, check_model_dir, default_model_dir, load_asr
+from alignslm.speech.audio import write_wav
 from alignslm.textmetrics import wer
 
 TEXTS = ["The baker washes the blue bowl in the kitchen.", "Now the bowl is clean.",
@@ -110,7 +110,7 @@ def test_transcribe_stage(tmp_path, clips):
 
 
 def test_compute_type_auto_is_int8_on_cpu_and_accurate(asr, clips):
-    from alignslm.asr import asr_compute_type
+    from alignslm.speech.asr import asr_compute_type
 
     assert asr_compute_type("auto", "cpu") == "int8" and asr_compute_type("auto", "cuda") == "default"
     assert asr_compute_type("float32", "cpu") == "float32"
@@ -120,7 +120,7 @@ def test_compute_type_auto_is_int8_on_cpu_and_accurate(asr, clips):
 
 
 def test_results_do_not_depend_on_the_thread_count(clips):
-    """Transcripts and their scores are artifacts: bit-equal at 1 and 3 intra-op threads (alignslm.ct2 pins
+    """Transcripts and their scores are artifacts: bit-equal at 1 and 3 intra-op threads (alignslm.speech.ct2 pins
     CTranslate2's oneDNN backend; MKL's float GEMM differs with the thread count)."""
     import subprocess
     import sys
@@ -133,7 +133,7 @@ def test_results_do_not_depend_on_the_thread_count(clips):
         a = ASR(default_model_dir(), cpu_threads=threads, compute_type="default", batch_size=4)
         got.append([(r.text, r.avg_logprob, r.no_speech_prob) for r in a.transcribe_detailed(wavs)])
     assert got[0] == got[1]
-    code = ("import os; os.environ.pop('CT2_USE_MKL', None); from alignslm.ct2 import ctranslate2_module; "
+    code = ("import os; os.environ.pop('CT2_USE_MKL', None); from alignslm.speech.ct2 import ctranslate2_module; "
             "ctranslate2_module(); print(os.environ['CT2_USE_MKL'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"  # set before the library loads, whoever imports it first

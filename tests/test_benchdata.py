@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from alignslm.benchdata import (
+from alignslm.eval.benchdata import (
     BenchmarkError,
     check_layout,
     check_wav,
@@ -257,7 +257,7 @@ def test_submission_lists_every_gold_file_and_a_rejected_one_loses_its_pair(tmp_
     with the pair-losing score (-inf correct side, +inf incorrect side) and listed in submission_filled."""
     from types import SimpleNamespace
 
-    from alignslm import evaluate as ev
+    from alignslm.eval import scoring as ev
     from alignslm.rundir import Rejects
     from alignslm.stages import evaluate as st_eval
 

@@ -32,7 +32,7 @@ LOG_AND_REPORT = """
 import logging, io
 buf = io.StringIO()
 logging.basicConfig(stream=buf, level=logging.INFO)
-from alignslm import quantizer as q
+from alignslm.speech import quantizer as q
 import numpy as np
 X = np.random.default_rng(0).standard_normal((500, 12), dtype=np.float32)
 C = X[:7].copy()
@@ -58,13 +58,13 @@ def test_fallback_when_extension_missing():
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("numpy ")
     assert "LOG 1 " in r.stdout and "alignslm._C not available" in r.stdout
-    r = run_py(hide + "import alignslm.quantizer", env={"ALIGNSLM_IMPL": "cpp"}, cwd=ROOT)
+    r = run_py(hide + "import alignslm.speech.quantizer", env={"ALIGNSLM_IMPL": "cpp"}, cwd=ROOT)
     assert r.returncode != 0 and "kmeans: cpp was asked for (ALIGNSLM_IMPL) but cannot run here: the C++ " \
         "extension alignslm._C is not built" in r.stderr
 
 
 def test_bad_impl_name_is_rejected():
-    r = run_py("import alignslm.quantizer", env={"ALIGNSLM_IMPL": "fortran"}, cwd=ROOT)
+    r = run_py("import alignslm.speech.quantizer", env={"ALIGNSLM_IMPL": "fortran"}, cwd=ROOT)
     assert r.returncode != 0 and "ALIGNSLM_IMPL='fortran' is not valid: use one of auto, cpp, numpy" in r.stderr
 
 
@@ -89,7 +89,7 @@ def copy_source(dst: Path) -> Path:
 
 
 def make_venv(tmp: Path) -> Path:
-    """A fresh venv with nothing but pip and numpy (what ``import alignslm.quantizer`` needs)."""
+    """A fresh venv with nothing but pip and numpy (what ``import alignslm.speech.quantizer`` needs)."""
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
@@ -107,7 +107,7 @@ def pip(python: Path, *args: str, env: dict | None = None, cwd: Path | None = No
 
 IMPORT_CHECK = """
 import alignslm, numpy as np
-from alignslm import quantizer as q
+from alignslm.speech import quantizer as q
 ext = q._C.__file__ if q._C is not None else None
 X = np.random.default_rng(0).standard_normal((300, 20), dtype=np.float32)
 assert (q.assign(X, X[:9].copy()) == q.assign(X, X[:9].copy(), impl="numpy")).all()

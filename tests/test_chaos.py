@@ -34,7 +34,8 @@ N_KILLS = int(os.environ.get("ALIGNSLM_CHAOS_KILLS", "10"))
 # depth, of the JSON / JSONL artifacts (and manifest summaries) that carry wall-clock measurements.
 TIMING_KEYS = {"seconds", "time", "started", "wall_s", "build_seconds", "fit_s", "encode_s", "quantize_s",
                "audio_s", "x_realtime", "units_per_s", "timing", "score_s", "generation_s", "elapsed_s",
-               "tokens_per_s", "steps_per_s", "train_s", "train_seconds", "duration_s"}
+               "tokens_per_s", "steps_per_s", "train_s", "train_seconds", "duration_s", "tts_s", "salmon_s",
+               "prosaudit_s", "continuation_only_s", "genppl_s", "tokenize_suites_s"}
 
 
 def _env() -> dict:

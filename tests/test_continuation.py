@@ -9,11 +9,12 @@ import pytest
 
 from alignslm.eval import continuation as cont
 from alignslm.eval import genppl
+from alignslm.eval.genmetrics import summarize_genppl
 
 
 @pytest.fixture(scope="module")
 def lm(tiny_unitlm_dir):
-    from alignslm.unitlm import load_unitlm
+    from alignslm.lm.unitlm import load_unitlm
 
     return load_unitlm(tiny_unitlm_dir)
 
@@ -58,7 +59,7 @@ def test_only_the_ending_and_eos_are_scored_given_the_whole_context(lm, mode):
 
 
 def test_in_sum_mode_the_comparison_equals_whole_story_scoring(lm):
-    from alignslm import evaluate as ev
+    from alignslm.eval import scoring as ev
 
     units, pairs = _stories(np.random.default_rng(2), 12)
     whole = ev.score_units(lm, units, "sum")
@@ -100,7 +101,7 @@ def test_genppl_is_the_unconditional_perplexity_under_the_judge_lm(tiny_judge_di
             lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
         nll = -lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].mean().item()
         assert r["genppl"] == pytest.approx(math.exp(nll), rel=1e-4) and r["log_genppl"] == pytest.approx(nll, rel=1e-4)
-    s = genppl.summarize_genppl(rows, n_boot=200, seed=0)
+    s = summarize_genppl(rows, n_boot=200, seed=0)
     geo = math.exp(np.mean([rows[0]["log_genppl"], np.mean([rows[2]["log_genppl"], rows[3]["log_genppl"]])]))
     assert s["mean"] == pytest.approx(geo) and s["lo"] <= s["mean"] <= s["hi"] and s["n"] == 2 and s["missing"] == 1
 
@@ -108,7 +109,7 @@ def test_genppl_is_the_unconditional_perplexity_under_the_judge_lm(tiny_judge_di
 def test_one_pass_gives_score_benchmarks_whole_story_result_and_the_continuations(lm):
     from types import SimpleNamespace
 
-    from alignslm import evaluate as ev
+    from alignslm.eval import scoring as ev
 
     units, pairs = _stories(np.random.default_rng(4), 10)
     bench = {"ssc": SimpleNamespace(pairs=pairs, items=[(f, f) for f in units])}
@@ -124,7 +125,7 @@ def test_one_pass_gives_score_benchmarks_whole_story_result_and_the_continuation
 
 def test_genppl_in_the_neutral_context_reuses_the_pmi_signals_own_pass(tiny_judge_dir):
     from alignslm.judge import PerplexityJudge, TransformersBackend
-    from alignslm.signal import SignalRules, judge_rows
+    from alignslm.judge.signal import SignalRules, judge_rows
 
     backend = TransformersBackend(tiny_judge_dir, batch_size=2, dtype="float32")
     rules = SignalRules(kind="pmi_asr", neutral="The cook washed the pan.")

@@ -9,8 +9,8 @@ from alignslm.kernels.sampling import SamplingError
 from scipy import stats
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList, OPTConfig, OPTForCausalLM
 
-from alignslm.sampler import SamplingParams, generate
-from alignslm.unitlm import UnitLM, UnitLMError
+from alignslm.lm.sampler import SamplingParams, generate
+from alignslm.lm.unitlm import UnitLM, UnitLMError
 
 N_UNITS = 20
 
@@ -152,7 +152,7 @@ def test_reproducible_and_batch_independent():
 def test_cpu_caches_agree_and_grow(make, offset, monkeypatch):
     """CPU decode: the shared-prompt cache (grown 32 steps at a time) and the full-length prefix cache both give
     generate's greedy output past a growth step; sampled output is the same with either."""
-    from alignslm import sampler
+    from alignslm.lm import sampler
 
     model = make()
     lm = UnitLM(model, offset=offset, n_units=N_UNITS, bos_id=model.config.bos_token_id,
@@ -192,7 +192,7 @@ def test_bad_input_before_generation(kw, err, match, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_greedy_identical_to_generate_with_cuda_graph():
-    from alignslm import sampler
+    from alignslm.lm import sampler
 
     model = _llama().cuda()
     lm = UnitLM(model, offset=3, n_units=N_UNITS, bos_id=1, eos_id=2, pad_id=0)

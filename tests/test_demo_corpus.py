@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from alignslm.benchdata import load_all
 from alignslm.config import load_config
 from alignslm.demo.corpus import assign_splits
 from alignslm.demo.lexicon import vocabulary
 from alignslm.demo.stories import grammatical, predict_topic
+from alignslm.eval.benchdata import load_all
 from alignslm.rundir import StageContext, read_jsonl
 from alignslm.stages import benchmarks as bench_stage
 from alignslm.stages import corpus as corpus_stage

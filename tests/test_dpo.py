@@ -13,10 +13,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignslm.config import TrainConfig
-from alignslm.dpo import DPOTrainer, SequenceLogps, _support_ids, collate, prepare_pairs
-from alignslm.losses import metrics_from_stats, pair_stats, preference_loss
+from alignslm.dpo.losses import metrics_from_stats, pair_stats, preference_loss
+from alignslm.dpo.trainer import DPOTrainer, SequenceLogps, _support_ids, collate, prepare_pairs
+from alignslm.lm.unitlm import UnitLM
 from alignslm.rundir import Rejects
-from alignslm.unitlm import UnitLM
 
 N_UNITS, OFFSET = 20, 2  # slamkit-style ids: pad=0, bos=eos=1, unit k -> k+2
 

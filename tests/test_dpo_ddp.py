@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_dpo import synthetic_pairs, tiny_lm, train_cfg
 
-from alignslm.dpo import DPOTrainer, prepare_pairs
+from alignslm.dpo.trainer import DPOTrainer, prepare_pairs
 
 TESTS = Path(__file__).resolve().parent
 GLOBAL_BATCH, STEPS_PER_EPOCH, EPOCHS = 8, 2, 2
@@ -25,7 +25,7 @@ import torch, torch.distributed as dist
 torch.set_num_threads(1)
 sys.path.insert(0, os.environ["TESTS_DIR"])
 from test_dpo import synthetic_pairs, tiny_lm, train_cfg
-from alignslm.dpo import DPOTrainer, prepare_pairs
+from alignslm.dpo.trainer import DPOTrainer, prepare_pairs
 dist.init_process_group("gloo")
 world = dist.get_world_size()
 cfg = dataclasses.replace(train_cfg(epochs=%(epochs)d, batch_size=%(gb)d, grad_accum=1, warmup_steps=1,

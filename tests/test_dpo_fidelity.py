@@ -12,8 +12,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 from alignslm.config import TrainConfig
-from alignslm.dpo import DPOTrainer, dropout_off, lora_targets, prepare_pairs, schedule_problem
-from alignslm.unitlm import UnitLM
+from alignslm.dpo.trainer import DPOTrainer, dropout_off, lora_targets, prepare_pairs, schedule_problem
+from alignslm.lm.unitlm import UnitLM
 
 N_UNITS, OFFSET = 20, 4  # TWIST-style: unit k is token k + config.offset
 
@@ -123,7 +123,7 @@ def test_a_schedule_without_any_update_is_an_error_before_training(tmp_path):
 
 
 def test_an_empty_pairs_file_names_the_pairs_and_judge_summaries():
-    from alignslm.dpo import NoPairs
+    from alignslm.dpo.trainer import NoPairs
 
     with pytest.raises(NoPairs, match="the pairs stage built none; its summary.json says why"):
         prepare_pairs([], tiny_opt(), 64, source="round-1/pairs/pairs.jsonl")

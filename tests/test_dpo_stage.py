@@ -9,10 +9,10 @@ import torch
 from test_dpo import N_UNITS, OFFSET, synthetic_pairs, tiny_lm
 
 from alignslm.config import load_config
-from alignslm.dpo import SequenceLogps, collate, prepare_pairs
+from alignslm.dpo.trainer import SequenceLogps, collate, prepare_pairs
+from alignslm.lm.unitlm import load_unitlm
 from alignslm.rundir import StageContext, write_json, write_jsonl
 from alignslm.stages import train as train_stage
-from alignslm.unitlm import load_unitlm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 

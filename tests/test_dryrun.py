@@ -125,11 +125,11 @@ def _twin_setup(tmp_path: Path, vocab: int = 4 + K, k: int = K):
 
 def test_twin_checks_are_one_function_called_by_stage_and_dry_run(tmp_path, monkeypatch):
     from alignslm import run
+    from alignslm.lm.unitlm import UnitLMError
     from alignslm.rundir import StageContext
+    from alignslm.speech.tokenizer import TokenizerError
     from alignslm.stages import tokenize as st_tok
     from alignslm.stages import unitlm as st_lm
-    from alignslm.tokenizer import TokenizerError
-    from alignslm.unitlm import UnitLMError
 
     cfg = _twin_setup(tmp_path, vocab=4 + K - 1)  # one unit too many for the LM's vocabulary
     probs = run.cross_checks(cfg)

@@ -195,9 +195,9 @@ def test_export_is_a_plain_transformers_checkpoint_with_the_policy_logprobs(smok
     from transformers import AutoModelForCausalLM
 
     from alignslm.export import main as export_main
+    from alignslm.lm.unitlm import load_unitlm
+    from alignslm.speech.tokenizer import load_tokenizer
     from alignslm.stages.train import policy_adapters
-    from alignslm.tokenizer import load_tokenizer
-    from alignslm.unitlm import load_unitlm
     from alignslm.vocoder import load_vocoder
 
     out = tmp_path / "export"
@@ -219,7 +219,7 @@ def test_export_is_a_plain_transformers_checkpoint_with_the_policy_logprobs(smok
         assert got == pytest.approx(want, abs=1e-3) and abs(want - other) > 1e-4  # the adapter is in there
     # what is needed to tokenize and vocode travels with it
     wav = smoke_run / "corpus" / read_jsonl(smoke_run / "corpus/manifest.jsonl")[0]["path"]  # run-relative
-    from alignslm.audio import read_audio
+    from alignslm.speech.audio import read_audio
 
     x = read_audio(wav)
     a = load_tokenizer(out / "tokenizer").encode([x])[0][0]

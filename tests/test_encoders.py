@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from alignslm.encoders import EncoderError, HubertEncoder, LogMelEncoder, WhisperEncoder, build_encoder
-from alignslm.quantizer import assign as q_assign
-from alignslm.quantizer import fit
+from alignslm.speech.encoders import EncoderError, HubertEncoder, LogMelEncoder, WhisperEncoder, build_encoder
+from alignslm.speech.quantizer import assign as q_assign
+from alignslm.speech.quantizer import fit
 
 
 def speechlike(n: int, seed: int) -> np.ndarray:
@@ -155,8 +155,8 @@ def test_logmel_cepstra_frames_do_not_depend_on_the_rest_of_the_utterance():
 def test_logmel_cepstra_shape_gain_invariance_and_tokenizer_round_trip(tmp_path):
     import json
 
-    from alignslm.quantizer import Quantizer
-    from alignslm.tokenizer import Tokenizer, load_tokenizer
+    from alignslm.speech.quantizer import Quantizer
+    from alignslm.speech.tokenizer import Tokenizer, load_tokenizer
 
     enc = build_encoder("logmel", norm="cepstra", cepstra=19)
     w = speechlike(16000 + 500, 3)

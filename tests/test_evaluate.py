@@ -1,4 +1,4 @@
-"""Benchmark scoring (alignslm.evaluate) and generation statistics (alignslm.genmetrics)."""
+"""Benchmark scoring (alignslm.eval.scoring) and generation statistics (alignslm.eval.genmetrics)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from alignslm import evaluate as ev
-from alignslm import genmetrics as gm
-from alignslm.audio import write_wav
+from alignslm.eval import genmetrics as gm
+from alignslm.eval import scoring as ev
+from alignslm.speech.audio import write_wav
 
 # --------------------------------------------------------------------------------------------------
 # A tiny real unit LM (LLaMA architecture, random weights) saved the way the unitlm stage saves it
@@ -41,7 +41,7 @@ def unitlm_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lm(unitlm_dir):
-    from alignslm.unitlm import load_unitlm
+    from alignslm.lm.unitlm import load_unitlm
 
     return load_unitlm(unitlm_dir)
 
@@ -176,7 +176,7 @@ def test_tokenize_items_reports_bad_audio(tmp_path):
     items, _ = _bench(tmp_path, 2)
     write_wav(tmp_path / "silent.wav", np.zeros(1600, dtype=np.float32))
 
-    class LengthTokenizer:  # stand-in for alignslm.tokenizer: units from the waveform's length
+    class LengthTokenizer:  # stand-in for alignslm.speech.tokenizer: units from the waveform's length
         def encode(self, wavs):
             return [([len(w) % 7, 3], [1, 1]) for w in wavs]
 
@@ -314,9 +314,9 @@ def _stage_inputs(tmp: Path, unitlm_dir: Path, k: int = N_UNITS) -> dict[str, Pa
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from alignslm.encoders import LogMelEncoder
-    from alignslm.quantizer import Quantizer
-    from alignslm.tokenizer import Tokenizer
+    from alignslm.speech.encoders import LogMelEncoder
+    from alignslm.speech.quantizer import Quantizer
+    from alignslm.speech.tokenizer import Tokenizer
 
     _write_benchmarks(tmp / "bench")
     (tmp / "benchmarks").mkdir()
@@ -437,8 +437,8 @@ def test_generation_metrics_for_the_base_and_the_last_round_by_default():
 
 def test_report_of_a_round_without_generation_metrics_says_n_a(tmp_path):
     """eval.generation_models=final: an intermediate round has benchmarks only; its judge cells read n/a."""
-    from alignslm import report as rp
-    from alignslm.genmetrics import compare_models, summarize_generations
+    from alignslm.eval import report as rp
+    from alignslm.eval.genmetrics import compare_models, summarize_generations
 
     rows = [{"prompt_id": f"p{i}", "k": k, "perplexity": 50.0 + i + k, "autobleu": 0.0, "reject": None}
             for i in range(4) for k in range(2)]
@@ -467,7 +467,7 @@ def test_evaluate_stage_refuses_mismatched_units_before_scoring(tmp_path, unitlm
 
 
 def test_evaluate_stage_names_missing_wavs_before_scoring(tmp_path, unitlm_dir):
-    from alignslm.benchdata import BenchmarkError
+    from alignslm.eval.benchdata import BenchmarkError
     from alignslm.stages import evaluate as st_eval
 
     inputs = _stage_inputs(tmp_path, unitlm_dir)
@@ -484,8 +484,8 @@ def test_evaluate_stage_with_generation_metrics(tmp_path, unitlm_dir):
     """Held-out prompts from eSpeak NG speech -> sampler -> demo vocoder -> Whisper -> SmolLM2 judge."""
     from alignslm.demo.tts import synthesize
     from alignslm.rundir import write_jsonl
+    from alignslm.speech.tokenizer import load_tokenizer
     from alignslm.stages import evaluate as st_eval
-    from alignslm.tokenizer import load_tokenizer
     from alignslm.vocoder.demo import DemoNet, DemoSpec, DemoVocoder
 
     inputs = _stage_inputs(tmp_path, unitlm_dir)
@@ -519,7 +519,7 @@ def test_evaluate_stage_with_generation_metrics(tmp_path, unitlm_dir):
         assert g["n_continuations"] == 4 and g["n_prompts"] == 2
         assert g["prompt_wer"] is not None and g["prompt_wer"] >= 0.0
         rows = [json.loads(x) for x in (tmp_path / "evaluate" / name / "generations.jsonl").read_text().splitlines()]
-        assert g["judge_metric"] == "sense"  # perplexity mode compares the signal's sense (alignslm.signal)
+        assert g["judge_metric"] == "sense"  # perplexity mode compares the signal's sense (alignslm.judge.signal)
         for r in rows:  # every continuation is judged (perplexity, and 1..5 beside) or a counted reject
             assert (r["reject"] is None and r["perplexity"] > 1.0 and 1.0 <= r["score"] <= 5.0) or r["reject"]
         assert g["n_rejects"] == sum(bool(r["reject"]) for r in rows)

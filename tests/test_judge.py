@@ -15,10 +15,9 @@ from alignslm.judge import (  # noqa: E402
     PerplexityJudge,
     TransformersBackend,
     default_judge_model,
-    expected_from_probs,
     load_judge,
-    rubric_messages,
 )
+from alignslm.judge.rubric import expected_from_probs, rubric_messages  # noqa: E402
 
 
 @pytest.fixture(scope="module")

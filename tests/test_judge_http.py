@@ -15,8 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from alignslm.judge import LLMScoreJudge, PerplexityJudge, parse_score
-from alignslm.judge_http import OpenAIBackend
+from alignslm.judge import LLMScoreJudge, PerplexityJudge
+from alignslm.judge.http import OpenAIBackend
+from alignslm.judge.rubric import parse_score
 
 SECRET = "sk-test-SECRET-0123456789"
 
@@ -269,7 +270,7 @@ TEXTS = ["the pan is clean", "the pan is shiny", "she dried the pan", "TWO score
 
 
 def test_judge_down_fails_before_any_work_and_the_same_step_resumes(tmp_path):
-    from alignslm.judge_http import JudgeEndpointError
+    from alignslm.judge.http import JudgeEndpointError
     from alignslm.pipeline import run_step
     from alignslm.rundir import Manifest, read_jsonl
 

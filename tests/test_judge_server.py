@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from alignslm.judge import LLMScoreJudge, PerplexityJudge, default_judge_model
-from alignslm.judge_http import OpenAIBackend
+from alignslm.judge.http import OpenAIBackend
 
 pytestmark = [pytest.mark.server, pytest.mark.integration]
 
@@ -125,7 +125,7 @@ def _judge_run(root, url):
 
 
 def test_judge_stage_with_the_server_down_fails_loudly_then_resumes_to_the_same_artifacts(tmp_path):
-    from alignslm.judge_http import JudgeEndpointError
+    from alignslm.judge.http import JudgeEndpointError
     from alignslm.pipeline import run_step
     from alignslm.rundir import Manifest
 

@@ -11,7 +11,7 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from alignslm import quantizer as q
+from alignslm.speech import quantizer as q
 
 IMPLS = ["numpy", pytest.param("cpp", marks=pytest.mark.skipif(q._C is None, reason="alignslm._C not built"))]
 

@@ -5,7 +5,14 @@ import json
 import pytest
 
 from alignslm.config import load_config
-from alignslm.pairs import Candidate, PairRules, build_pairs, build_pairs_for_prompt, rules_for_round, score_histogram
+from alignslm.dpo.pairs import (
+    Candidate,
+    PairRules,
+    build_pairs,
+    build_pairs_for_prompt,
+    rules_for_round,
+    score_histogram,
+)
 
 
 def C(k, score=None, ppl=None, ab=0.0, text=None):  # noqa: N802

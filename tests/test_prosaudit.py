@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignslm.audio import write_wav
-from alignslm.benchdata import BenchmarkError
 from alignslm.eval import prosaudit as pa
-from alignslm.evaluate import read_submission
+from alignslm.eval.benchdata import BenchmarkError
+from alignslm.eval.scoring import read_submission
+from alignslm.speech.audio import write_wav
 
 COLUMNS = ["filename", "id", "voice", "type", "subtype", "correct", "transcription"]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignslm import report as rp
-from alignslm.audio import write_wav
+from alignslm.eval import report as rp
 from alignslm.rundir import write_jsonl
+from alignslm.speech.audio import write_wav
 
 
 def _results(tmp_path: Path) -> dict:
@@ -141,7 +141,7 @@ def test_rounds_table_in_perplexity_mode_shows_perplexities_pairs_and_held_out_a
 
 
 def test_protocol_says_how_prompts_were_cut():
-    from alignslm.report import protocol_text
+    from alignslm.eval.report import protocol_text
 
     txt = protocol_text({"protocol": {"n_prompts": 10, "prompt_seconds": 3.0, "prompts_at_word_end": 7,
                                       "prompt_wer_n": 7}})

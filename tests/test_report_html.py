@@ -18,10 +18,10 @@ import pytest
 import soundfile as sf
 from browser import SKIP_REASON, Browser, chromium_path
 
-from alignslm import report as rp
-from alignslm.audio import write_wav
+from alignslm.eval import report as rp
 from alignslm.eval.html import markdown_to_html
 from alignslm.rundir import read_json, write_jsonl
+from alignslm.speech.audio import write_wav
 
 needs_chromium = pytest.mark.skipif(chromium_path() is None, reason=SKIP_REASON)
 HOSTILE = "<script>alert('x')</script> & \"quotes\""

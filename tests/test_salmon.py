@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignslm.audio import write_wav
-from alignslm.benchdata import BenchmarkError
 from alignslm.eval import salmon
+from alignslm.eval.benchdata import BenchmarkError
 from alignslm.eval.loglik import token_logprobs
+from alignslm.speech.audio import write_wav
 
 N_UNITS = 20
 
@@ -20,7 +20,7 @@ N_UNITS = 20
 def lm(tiny_unitlm_dir):
     """The tiny unit LM (tests/conftest.py) with a full-vocabulary softmax (TWIST's own code uses the full
     vocabulary)."""
-    from alignslm.unitlm import load_unitlm
+    from alignslm.lm.unitlm import load_unitlm
 
     return load_unitlm(tiny_unitlm_dir, support="full")
 
@@ -124,7 +124,7 @@ def test_official_utterance_score_is_the_mean_over_units_two_to_n_without_bos_eo
     ref = float(lp[torch.arange(len(u) - 1), x[0, 1:]].mean())
     assert got == pytest.approx(ref, abs=1e-5)
     with_bos = salmon.utterance_scores(lm, {"a": u}, "eval", "sum")["a"]
-    from alignslm import evaluate as ev
+    from alignslm.eval import scoring as ev
 
     assert with_bos == pytest.approx(ev.score_units(lm, {"a": u}, "sum")["a"], abs=1e-4)
     assert np.isnan(salmon.utterance_scores(lm, {"b": [2]}, "official")["b"])
@@ -143,7 +143,7 @@ def test_equal_sequences_get_bitwise_equal_scores_whatever_the_batching(lm):
 
 
 def test_sequences_longer_than_the_context_are_scored_in_strided_windows(lm):
-    from alignslm import evaluate as ev
+    from alignslm.eval import scoring as ev
 
     units = np.random.default_rng(3).integers(0, N_UNITS, 90).tolist()  # 92 tokens > context 64
     seq = [lm.bos_id, *lm.units_to_ids(units), lm.eos_id]

@@ -13,7 +13,7 @@ from alignslm.kernels.sampling import SamplingError
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignslm.config import load_config
-from alignslm.prompts import PromptError, make_prompt
+from alignslm.lm.prompts import PromptError, make_prompt
 from alignslm.rundir import StageContext, read_jsonl, write_json, write_jsonl
 
 K = 16
@@ -122,7 +122,7 @@ def test_sample_stage_rows_resume_and_rounds(tmp_path):
     # round 2 samples with base + round-1 adapter
     from peft import LoraConfig, get_peft_model
 
-    from alignslm.unitlm import load_unitlm
+    from alignslm.lm.unitlm import load_unitlm
 
     base = load_unitlm(run / "unitlm").model
     pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
@@ -142,7 +142,7 @@ def test_sample_stage_rows_resume_and_rounds(tmp_path):
     ("sample.top_p=1.2", "top_p"), ("sample.max_new_units=250", "context"),
 ])
 def test_sample_stage_bad_params_fail_before_generation(tmp_path, ov, match, monkeypatch):
-    from alignslm import sampler
+    from alignslm.lm import sampler
     from alignslm.stages import sample as stage
 
     run = _run_dir(tmp_path)
@@ -156,8 +156,8 @@ def test_sample_stage_bad_params_fail_before_generation(tmp_path, ov, match, mon
 
 
 def test_sample_stage_units_out_of_range(tmp_path):
+    from alignslm.lm.unitlm import UnitLMError
     from alignslm.stages import sample as stage
-    from alignslm.unitlm import UnitLMError
 
     run = _run_dir(tmp_path)
     rows = read_jsonl(run / "tokenize" / "units.jsonl")

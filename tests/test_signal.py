@@ -1,5 +1,5 @@
-"""alignslm.signal (the screen and the score shared by the judge stage, the pairs and the evaluation) and the
-calibration statistics of alignslm.genmetrics."""
+"""alignslm.judge.signal (the screen and the score shared by the judge stage, the pairs and the evaluation) and the
+calibration statistics of alignslm.eval.genmetrics."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from alignslm.genmetrics import calibration_summary, paired_win_rate, reject_share_diff, win_rate
-from alignslm.pairs import Candidate, PairRules, build_pairs_for_prompt
-from alignslm.signal import OFF, SignalRules, is_stock, judge_rows, rules_from, screen, sense
+from alignslm.dpo.pairs import Candidate, PairRules, build_pairs_for_prompt
+from alignslm.eval.genmetrics import calibration_summary, paired_win_rate, reject_share_diff, win_rate
+from alignslm.judge.signal import OFF, SignalRules, is_stock, judge_rows, rules_from, screen, sense
 
 RULES = SignalRules()
 
@@ -111,7 +111,7 @@ def test_pairs_use_the_sense_and_reject_screened_outright():
 
 
 def test_report_calibration_block():
-    from alignslm.report import calibration_block
+    from alignslm.eval.report import calibration_block
 
     truth = [{"prompt_id": str(i), "sense": 3.0} for i in range(4)]
     base = [{"prompt_id": str(i), "sense": 1.0} for i in range(4)]
@@ -123,7 +123,7 @@ def test_report_calibration_block():
 
 
 def test_contrast_prompts_are_the_next_distinct_ones_in_sorted_order():
-    from alignslm.signal import contrast_prompts
+    from alignslm.judge.signal import contrast_prompts
 
     c = contrast_prompts(["b", "a", "c", "a", ""], 2)
     assert c == {"a": ["b", "c"], "b": ["c", "a"], "c": ["a", "b"]}

@@ -9,11 +9,11 @@ import pytest
 import soundfile as sf
 
 from alignslm.config import Config, replace
-from alignslm.encoders import LogMelEncoder
-from alignslm.quantizer import Quantizer
 from alignslm.rundir import StageContext, read_jsonl, write_jsonl
+from alignslm.speech.encoders import LogMelEncoder
+from alignslm.speech.quantizer import Quantizer
+from alignslm.speech.tokenizer import Tokenizer, TokenizerError, dedup, feature_scale, load_tokenizer
 from alignslm.stages import tokenize as stage
-from alignslm.tokenizer import Tokenizer, TokenizerError, dedup, feature_scale, load_tokenizer
 
 
 def speechlike(n: int, seed: int) -> np.ndarray:

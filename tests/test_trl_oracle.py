@@ -14,7 +14,7 @@ pytest.importorskip("datasets")
 
 from test_dpo import N_UNITS, synthetic_pairs, tiny_lm, train_cfg  # noqa: E402
 
-from alignslm.dpo import DPOTrainer, Example  # noqa: E402
+from alignslm.dpo.trainer import DPOTrainer, Example  # noqa: E402
 
 N_PAIRS, STEPS, BETA = 6, 3, 0.2
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
-from alignslm.unitlm import UnitLM, UnitLMError, load_unitlm
+from alignslm.lm.unitlm import UnitLM, UnitLMError, load_unitlm
 
 
 def _tiny_llama(vocab: int, **extra) -> LlamaForCausalLM:
@@ -116,7 +116,7 @@ def test_encode_checked_is_the_one_mapping_of_scoring_and_sampling(twist_opt, mo
     """units -> ids with per-item errors and the context check, shared by score_sequences and sampler.validate."""
     from alignslm.kernels.sampling import SamplingError
 
-    from alignslm import sampler
+    from alignslm.lm import sampler
 
     lm = UnitLM.from_pretrained(twist_opt, n_units=20)  # context 64, bos 0, eos 2, offset 4
     assert lm.encode_checked([[0, 19], []], eos=True) == [[0, 4, 23, 2], [0, 2]]
@@ -201,7 +201,7 @@ def synthetic_units(n_utts: int, n_units: int = 30, seed: int = 0) -> list[list[
 
 
 def test_pretrain_learns_and_resumes_exactly(tmp_path):
-    from alignslm.pretrain import TrainSpec, build_model, eval_loss, train
+    from alignslm.lm.pretrain import TrainSpec, build_model, eval_loss, train
 
     seqs = synthetic_units(60)
     spec = TrainSpec(steps=12, batch_size=4, context=32, lr=3e-3, warmup=3, checkpoint_every=4, log_every=4)
@@ -229,7 +229,7 @@ def test_pretrain_learns_and_resumes_exactly(tmp_path):
 def test_doc_mask_window_equals_each_utterance_alone():
     """unitlm.doc_mask: a packed window's logits equal each utterance scored on its own (positions from its
     BOS), so nothing leaks across utterances; a partial first block keeps its true positions."""
-    from alignslm.pretrain import BOS, build_model, doc_batch, doc_positions, pack
+    from alignslm.lm.pretrain import BOS, build_model, doc_batch, doc_positions, pack
 
     torch.manual_seed(0)
     m = build_model(20, 32, 2, 2, 64).eval()
@@ -252,7 +252,7 @@ def test_doc_mask_window_equals_each_utterance_alone():
 
 
 def test_pretrain_with_doc_mask_learns_and_resumes(tmp_path):
-    from alignslm.pretrain import TrainSpec, build_model, eval_loss, train
+    from alignslm.lm.pretrain import TrainSpec, build_model, eval_loss, train
 
     seqs = synthetic_units(60)
     spec = TrainSpec(steps=12, batch_size=4, context=32, lr=3e-3, warmup=3, checkpoint_every=4, log_every=4,

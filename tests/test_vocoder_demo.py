@@ -124,7 +124,7 @@ def test_bad_units_and_save_load(vocoder, tmp_path):
 
 def _world(tmp_path, n: int = 16) -> dict:
     """corpus/manifest.jsonl + tokenize/units.jsonl + tokenizer.json for the tone corpus."""
-    from alignslm.audio import write_wav
+    from alignslm.speech.audio import write_wav
 
     (tmp_path / "corpus").mkdir()
     (tmp_path / "tokenize").mkdir()
@@ -173,7 +173,7 @@ def test_vocoder_and_vocode_stages(tmp_path):
     rejects = {r["id"]: r["reason"] for r in read_jsonl(vctx.out / "rejects.jsonl")}
     assert rejects["u1/1"].startswith("empty continuation")
     assert "unit id 99" in rejects["u1/2"] and "prompt audio" in rejects["zz/0"]
-    from alignslm.audio import read_audio
+    from alignslm.speech.audio import read_audio
 
     assert read_audio(vctx.out / rows[0]["prompt_path"]).size == 800  # 0.05 s cut from the original
     assert read_audio(vctx.out / rows[1]["path"]).size == rows[1]["seconds"] * SR

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignslm import evaluate as ev
+from alignslm.eval import scoring as ev
 
 pytestmark = pytest.mark.integration
 
@@ -180,10 +180,10 @@ def test_official_zerospeech_scorer_gives_identical_numbers(tmp_path):
 
     # the package's own loader, when it is in the tree, pairs the gold files the same way
     try:
-        from alignslm.benchdata import load_zerospeech
+        from alignslm.eval.benchdata import load_zerospeech
     except ImportError:
         return
-    from alignslm.audio import write_wav
+    from alignslm.speech.audio import write_wav
 
     tone = 0.1 * np.sin(np.linspace(0, 400 * np.pi, 3200, dtype=np.float32))
     for kind in ("lexical", "syntactic"):
@@ -192,13 +192,13 @@ def test_official_zerospeech_scorer_gives_identical_numbers(tmp_path):
         try:
             bset = load_zerospeech(root, kind, "dev")
         except Exception as e:  # noqa: BLE001 - report why, the official check above stands
-            pytest.skip(f"alignslm.benchdata rejected the stand-in wavs ({e}); pairing checked above only")
+            pytest.skip(f"alignslm.eval.benchdata rejected the stand-in wavs ({e}); pairing checked above only")
         ours = ev.SCORERS[kind](bset.pairs, ev.read_submission(sub / kind / "dev.txt"))
         assert ours["all"] == pytest.approx(official[kind]["all"], abs=1e-12)
 
 
 def test_official_scorer_reads_the_pair_losing_scores_of_rejected_files(tmp_path):
-    """A submission with rejected files (written -inf / inf, see alignslm.evaluate.LOSING_SCORE) is complete
+    """A submission with rejected files (written -inf / inf, see alignslm.eval.scoring.LOSING_SCORE) is complete
     for the official tool, which scores those pairs 0, exactly as our scorer does on the same file."""
     _ensure_venv()
     rng = np.random.default_rng(7)
@@ -225,10 +225,10 @@ def test_official_scorer_reads_the_pair_losing_scores_of_rejected_files(tmp_path
 
 def test_official_scorer_and_our_loader_agree_on_a_shuffled_lexical_gold(tmp_path):
     """A valid gold.csv need not interleave words and non-words: the official scorer joins them on (voice, id),
-    and so does alignslm.benchdata.load_zerospeech."""
+    and so does alignslm.eval.benchdata.load_zerospeech."""
     _ensure_venv()
-    from alignslm.audio import write_wav
-    from alignslm.benchdata import load_zerospeech
+    from alignslm.eval.benchdata import load_zerospeech
+    from alignslm.speech.audio import write_wav
 
     rng = np.random.default_rng(99)
     root, sub = tmp_path / "zr2021", tmp_path / "submission"
@@ -272,8 +272,8 @@ def test_official_prosaudit_scorer_gives_identical_numbers(tmp_path):
     """ProsAudit (alignslm.eval.prosaudit): our loader, numbers and submission file against the official
     ProsodicTask on the same gold.csv and english_dev.txt, with ties and one rejected file."""
     _ensure_venv()
-    from alignslm.audio import write_wav
     from alignslm.eval import prosaudit as pa
+    from alignslm.speech.audio import write_wav
 
     rng = np.random.default_rng(5)
     d = tmp_path / "prosaudit" / "english" / "dev"

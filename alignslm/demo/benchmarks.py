@@ -1,5 +1,5 @@
 """Mini benchmarks from the demo world, written in exactly the official layouts (read back through
-alignslm.benchdata, like the real ones):
+alignslm.eval.benchdata, like the real ones):
 
 * ``lexical/dev/`` (sWUGGY-like): a demo word against a pronounceable non-word whose vowels (all) and
   one or two consonants are changed, the least demo-like spelling of 12 such candidates (a letter

@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from alignslm import logger
-from alignslm.audio import SAMPLE_RATE, write_wav
 from alignslm.demo.benchmarks import _file_ids
 from alignslm.demo.stories import generate_story, rng_for
 from alignslm.demo.tts import engine, load_utterance, synthesize_many
 from alignslm.rundir import atomic_path
+from alignslm.speech.audio import SAMPLE_RATE, write_wav
 
 PAUSE_S, FADE_S = 0.25, 0.005
 _IPA_VOWELS = re.compile(r"[aeiouyæɑɒɔəɛɜɪʊʌɐᵻɚɝøœɯɤ]+")

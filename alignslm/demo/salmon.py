@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 
 from alignslm import logger
-from alignslm.audio import SAMPLE_RATE, write_wav
 from alignslm.demo.stories import generate_story, rng_for
 from alignslm.demo.tts import load_utterance, synthesize_many
 from alignslm.rundir import write_text
+from alignslm.speech.audio import SAMPLE_RATE, write_wav
 
 PARTS = ("speaker_consistency", "gender_consistency", "bg_all_consistency", "bg_level_consistency",
          "rir_consistency")

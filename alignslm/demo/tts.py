@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from alignslm import logger
-from alignslm.audio import SAMPLE_RATE, read_audio, resample
 from alignslm.rundir import atomic_path, disk_errors, hash_str, temp_name
+from alignslm.speech.audio import SAMPLE_RATE, read_audio, resample
 
 TTS_VERSION = "espeak-tts-4"  # bump when synthesis or word timing changes: invalidates the cache
 

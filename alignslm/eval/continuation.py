@@ -17,7 +17,7 @@ result records the prefix's share of the shorter story (``prefix_share``) and ho
 at all (then the whole sequences are compared), so a reader can see whether the split was found.
 
 Accuracy: share of pairs whose correct story scores strictly higher; ties are counted (as
-alignslm.evaluate.score_storycloze).
+alignslm.eval.scoring.score_storycloze).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def story_scores(lm: Any, units: Mapping[str, Sequence[int]], pairs: Sequence[Ma
     """(whole-story scores, continuation-only scores, per-pair shared prefix in units), from one pass.
 
     Targets of ``[BOS, u_1..u_n, EOS]`` are u_1..u_n, EOS; the whole story scores all of them (as
-    alignslm.evaluate.score_units), the ending of a side whose shared prefix is p units only targets p+1..n+1
+    alignslm.eval.scoring.score_units), the ending of a side whose shared prefix is p units only targets p+1..n+1
     (u_{p+1}..u_n and EOS: never empty).
     """
     from alignslm.eval.loglik import token_logprobs
@@ -99,10 +99,10 @@ def score_continuation(lm: Any, units: Mapping[str, Sequence[int]], pairs: Seque
 
 def score_storycloze_both(lm: Any, units: Mapping[str, Mapping[str, Sequence[int]]], benches: Mapping[str, Any],
                           mode: str, batch_size: int = 64) -> dict[str, dict]:
-    """``ssc``/``tsc`` (whole story, the result alignslm.evaluate.score_benchmarks gives) and
+    """``ssc``/``tsc`` (whole story, the result alignslm.eval.scoring.score_benchmarks gives) and
     ``ssc_continuation``/``tsc_continuation`` from one pass of per-token log-probs per set: continuation-only
     scoring costs only its slicing (its ``seconds``); the pass is counted in the whole-story ``seconds``."""
-    from alignslm.evaluate import score_storycloze
+    from alignslm.eval.scoring import score_storycloze
 
     out: dict[str, dict] = {}
     for k in ("ssc", "tsc"):

@@ -10,22 +10,23 @@ Protocol (written into the report's Protocol section by :func:`protocol_line`):
   metric beside it is conditional on the prompt's transcript, so the two separate "fluent English" from
   "fits the prompt".  With the pmi signals (``judge.signal`` pmi, pmi_words, pmi_asr: the demo's) the judge
   stage's path already computes exactly this number for every continuation it judges
-  (``perplexity_uncond``, alignslm.signal); it is reused, and only the others (screened ones) are scored here,
+  (``perplexity_uncond``, alignslm.judge.signal); it is reused, and only the others (screened ones) are scored here,
   so GenPPL costs one judge pass over the screened continuations instead of one over all (measured on this
   2-core VM under load: 0.34 s per transcript);
 * every continuation with a non-empty transcript is scored, screened ones included (a hallucinated "Thank
   you." has a low GenPPL: read it beside auto-BLEU and the reject share); empty transcripts are counted
   (``missing``);
 * per model: the geometric mean over prompts of each prompt's geometric-mean GenPPL (= exp of the mean
-  ln GenPPL), with a percentile bootstrap 95% CI over prompts; round vs base: the paired bootstrap of the
-  ln GenPPL difference (``log_genppl`` in the comparisons; < 0 = more fluent than the base model).
+  ln GenPPL), with a percentile bootstrap 95% CI over prompts (alignslm.eval.genmetrics.summarize_genppl, beside
+  the other per-model summaries); round vs base: the paired bootstrap of the ln GenPPL difference (``log_genppl``
+  in the comparisons; < 0 = more fluent than the base model).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 REUSABLE = ("pmi", "pmi_words", "pmi_asr")  # signal kinds whose perplexity_uncond is the GenPPL context's
@@ -54,17 +55,6 @@ def add_genppl(rows: list[dict], backend: Any, context: str = "", signal_kind: s
     scored = sum(r["genppl"] is not None for r in rows)
     return {"scored": scored, "reused": reused, "missing": len(rows) - scored,
             "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def summarize_genppl(rows: Sequence[Mapping], n_boot: int = 2000, seed: int = 0) -> dict:
-    """exp of the bootstrap CI of the per-prompt mean ln GenPPL (a geometric mean with its CI)."""
-    from alignslm.genmetrics import bootstrap_ci, per_prompt_mean
-
-    per = per_prompt_mean(rows, "log_genppl")
-    ci = bootstrap_ci(list(per.values()), n_boot, seed)
-    out = {k: (math.exp(ci[k]) if ci[k] is not None else None) for k in ("mean", "lo", "hi")}
-    out.update(n=ci["n"], missing=sum(r.get("log_genppl") is None for r in rows), log=ci)
-    return out
 
 
 def protocol_line(protocol: Mapping) -> str:

@@ -4,13 +4,13 @@ StoryCloze (only the ending's tokens).
 
 ``token_logprobs(lm, seqs)`` returns, for every sequence ``ids`` (token ids, BOS/EOS included or not as the
 caller decides), the array ``[log p(ids[t] | ids[:t]) for t in 1..L-1]`` (float64, length L-1), under the LM's
-softmax support (alignslm.unitlm.UnitLM.token_logprobs).
+softmax support (alignslm.lm.unitlm.UnitLM.token_logprobs).
 
 * Equal sequences are scored once and share the result, so two utterances with the same units get exactly
   the same score (a tie), whatever the batch they would have been padded into: the official SALMon code
   scores one file per forward pass, where equal inputs give equal outputs.
 * A sequence longer than the model's context is scored with strided windows (stride = context // 2, each
-  target predicted once with at least context // 2 tokens of left context), as alignslm.evaluate scores long
+  target predicted once with at least context // 2 tokens of left context), as alignslm.eval.scoring scores long
   utterances.
 """
 

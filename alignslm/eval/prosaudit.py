@@ -10,14 +10,14 @@ What the official code (PyPI ``zerospeech-benchmarks`` 0.9.4: ``zerospeech.tasks
   drops or renames each of them, so each must exist); ``type`` is ``protosyntax`` (a pause at a strong
   prosodic boundary vs at a weak one) or ``lexical`` (a pause between words vs inside a word).
 * Pairing as sBLIMP's: the k-th ``correct == 1`` row with the k-th ``correct == 0`` row (we also check that
-  both carry the same id and voice, which the official code assumes): alignslm.benchdata's pairing, reused.
+  both carry the same id and voice, which the official code assumes): alignslm.eval.benchdata's pairing, reused.
 * Rule: a pair scores 1 if s(correct) > s(incorrect), 0.5 on a tie, 0 otherwise; pairs are averaged over
   voices within ``(type, id)`` (``prosodic_by_pair``), then per type: n, mean and sample std
   (``prosodic_by_type``).  The leaderboard reports ``protosyntax`` and ``lexical`` separately; ``all`` here is
   the mean over every (type, id) (ours, for the seeds merge and the round comparisons).
 * Submission: ``<sub>/english_<split>.txt``, one ``<filename> <score>`` line per wav of the split, higher =
   more probable (utterance scores as for sWUGGY/sBLIMP: ``eval.score`` over ``[BOS, units, EOS]``).  A file
-  the loader rejected gets the pair-losing score, as in alignslm.evaluate (the official number is then a
+  the loader rejected gets the pair-losing score, as in alignslm.eval.scoring (the official number is then a
   lower bound).
 
 The demo builds the lexical part only (alignslm.demo.prosaudit: one eSpeak sentence, the same silence
@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from alignslm.benchdata import SYNTACTIC_COLUMNS, BenchmarkError, BenchmarkSet, check_wav, find_subdir
-from alignslm.evaluate import losing_scores, pair_score
+from alignslm.eval.benchdata import SYNTACTIC_COLUMNS, BenchmarkError, BenchmarkSet, check_wav, find_subdir
+from alignslm.eval.scoring import losing_scores, pair_score
 from alignslm.rundir import write_text
 
 NAME = "prosaudit"
@@ -59,7 +59,7 @@ def find_prosaudit_dir(root: str | Path, split: str) -> Path:
 
 def load_prosaudit(root: str | Path, split: str = "dev", check_audio: bool = True) -> BenchmarkSet:
     """ProsAudit pairs of ``split``, paired as the official scorer does (see the module docstring)."""
-    from alignslm.benchdata import _check_sides, _pairs_by_order, _read_gold  # the sBLIMP rules, shared
+    from alignslm.eval.benchdata import _check_sides, _pairs_by_order, _read_gold  # the sBLIMP rules, shared
 
     if split not in ("dev", "test"):
         raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
@@ -107,7 +107,7 @@ def write_prosaudit_submission(sub_dir: str | Path, split: str, items: Sequence[
                                scores: Mapping[str, float], dropped: Sequence[Mapping] = (),
                                rejects: Sequence[tuple[str, str]] = ()) -> Path:
     """``<sub>/english_<split>.txt``: every wav of the split once (scores written with repr, round-trip
-    exact); files of dropped pairs get the pair-losing score (alignslm.evaluate.LOSING_SCORE)."""
+    exact); files of dropped pairs get the pair-losing score (alignslm.eval.scoring.LOSING_SCORE)."""
     filled = losing_scores(dropped, scores, rejects)
     lines, seen = [], set()
     for fid in [str(f) for f, _ in items] + [str(p[f"{s}_file"]) for p in dropped for s in ("correct", "incorrect")]:
@@ -123,10 +123,10 @@ def write_prosaudit_submission(sub_dir: str | Path, split: str, items: Sequence[
 
 def score(lm: Any, units: Mapping[str, Sequence[int]], bset: BenchmarkSet, mode: str, batch_size: int,
           submission_dir: Path | None = None) -> dict:
-    """Utterance scores (alignslm.evaluate.score_units), the official numbers, and the submission file."""
+    """Utterance scores (alignslm.eval.scoring.score_units), the official numbers, and the submission file."""
     import time
 
-    from alignslm.evaluate import score_units
+    from alignslm.eval.scoring import score_units
 
     t0 = time.perf_counter()
     scores = score_units(lm, units, mode, batch_size)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from alignslm import logger
-from alignslm.benchdata import BenchmarkError, BenchmarkSet, check_wav, find_subdir
+from alignslm.eval.benchdata import BenchmarkError, BenchmarkSet, check_wav, find_subdir
 
 OFFICIAL_COMMIT = "85e2daf7e73f15bcfa30ba2ad6da17f3c8a5edcd"
 # salmon.py's "all" (the leaderboard's eight parts), in its order

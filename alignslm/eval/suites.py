@@ -92,7 +92,7 @@ def _prepare_prosaudit(b: Any, out: Path, demo: bool, seed: int, cache_dir: str,
 
 def check(b: Any) -> list[str]:
     """--dry-run: the real SALMon / ProsAudit layouts are complete (no audio read)."""
-    from alignslm.benchdata import BenchmarkError
+    from alignslm.eval.benchdata import BenchmarkError
 
     problems = []
     if b.salmon_root:
@@ -148,7 +148,7 @@ def score_model(lm: Any, units: Mapping, benches: Mapping, suite_units: Mapping,
 
 def one_pass(eval_cfg: Any) -> tuple[str, ...]:
     """The benchmarks :func:`score_model` scores itself (sSC/tSC whole story and continuation only from one
-    pass, with eval.continuation_only); the stage leaves them out of alignslm.evaluate.score_benchmarks."""
+    pass, with eval.continuation_only); the stage leaves them out of alignslm.eval.scoring.score_benchmarks."""
     return ("ssc", "tsc") if eval_cfg.continuation_only else ()
 
 

@@ -14,16 +14,16 @@ corpus/stories.jsonl       (demo) story_id, utt_id, topic, sentences, text, verb
 benchmarks/benchmarks.json {"root": <dir with lexical/ syntactic/ ssc/ tsc/ in the official layouts; the demo's
                            is "data", relative to benchmarks/: read it as benchmarks_dir / root>,
                            "split", "source": demo|real, "sets": {name: counts}}; read the sets with
-                           alignslm.benchdata (load_zerospeech / load_storycloze / load_all);
+                           alignslm.eval.benchdata (load_zerospeech / load_storycloze / load_all);
                            demo root also has texts.jsonl (benchmark, file, text, correct)
 tokenize/units.jsonl       utt_id, units [int], durations [int], n_frames, encoder, quantizer
 tokenize/quantizer.npy     centroids (K, D) float32 + quantizer.json (k, dim, source, versions)
-tokenize/tokenizer.json    what alignslm.tokenizer.load_tokenizer(dir) needs to tokenise new audio
+tokenize/tokenizer.json    what alignslm.speech.tokenizer.load_tokenizer(dir) needs to tokenise new audio
                            (encoder, encoder_path, layer, pool, frame_rate, n_units, dedup, ...)
 tokenize/feature_scale.npy (D,) float32, optional: frames are multiplied by it before the nearest-centroid
                            search (the centroids live in the scaled space); use load_tokenizer, not the .npy
 unitlm/unitlm.json         {"path": <HF model dir; the demo's "model", relative to unitlm/>, "offset", "n_units", ...};
-                           load with alignslm.unitlm
+                           load with alignslm.lm.unitlm
 vocoder/vocoder.json       {"kind", "path", ...}; load with alignslm.vocoder.load_vocoder(dir)
 round-N/sample/samples.jsonl     prompt_id, utt_id, k, seed, prompt [int], continuation [int],
                                  prompt_end_s (where the prompt was cut in the original audio)

@@ -1,7 +1,7 @@
 """Stage ``benchmarks``: the data the evaluation scores.
 
 * ``benchmarks.root`` set: the real ZeroSpeech 2021 (lexical, syntactic) and Spoken StoryCloze (sSC,
-  tSC) layouts are checked with alignslm.benchdata (every pair complete, every file present);
+  tSC) layouts are checked with alignslm.eval.benchdata (every pair complete, every file present);
   ``benchmarks.json`` = {"root": root}; the demo's root is ``data`` (relative to this directory).
 * otherwise: the demo mini benchmarks are written under ``data/`` in the same layouts
   (alignslm.demo.benchmarks) and read back through the same loaders.
@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from alignslm.benchdata import check_layout, load_all
+from alignslm.eval.benchdata import check_layout, load_all
 from alignslm.eval.suites import check as check_suites
 from alignslm.eval.suites import prepare as prepare_suites
 from alignslm.rundir import StageContext, relative_path, write_json

@@ -15,8 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from alignslm.audio import SAMPLE_RATE, AudioError, audio_info
 from alignslm.rundir import StageContext, hash_str, read_jsonl, write_json, write_jsonl
+from alignslm.speech.audio import SAMPLE_RATE, AudioError, audio_info
 
 REQUIRED = ("utt_id", "path")
 

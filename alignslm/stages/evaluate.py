@@ -22,7 +22,8 @@ from typing import Any
 
 from alignslm import logger
 from alignslm.eval import suites as ev_suites
-from alignslm.evaluate import (
+from alignslm.eval.genmetrics import GenerationSetup, compare_models, paired_win_rate, reject_share_diff
+from alignslm.eval.scoring import (
     SCORE_MODES,
     EvalInputError,
     check_benchmark,
@@ -31,7 +32,6 @@ from alignslm.evaluate import (
     score_benchmarks,
     tokenize_items,
 )
-from alignslm.genmetrics import GenerationSetup, compare_models, paired_win_rate, reject_share_diff
 from alignslm.rundir import StageContext, hash_str, read_json, read_jsonl, relative_path, write_json, write_jsonl
 
 
@@ -56,13 +56,13 @@ def check(cfg: Any) -> list[str]:
 
 
 def load_benchmarks(ctx: StageContext, root: Path, split: str) -> dict:
-    """name -> BenchmarkSet (alignslm.benchdata.load_all: all four, complete, or one error listing all).
+    """name -> BenchmarkSet (alignslm.eval.benchdata.load_all: all four, complete, or one error listing all).
 
     Files the loader rejected (not 16 kHz mono, empty) are recorded as rejects here too; their pairs were
     dropped by the loader and are counted in the results (``dropped_pairs``).  Only files of the remaining
     pairs are tokenised and scored.
     """
-    from alignslm.benchdata import load_all
+    from alignslm.eval.benchdata import load_all
 
     benches = load_all(root, split)
     for name, bset in benches.items():
@@ -138,7 +138,7 @@ def generation_models(models: dict[str, list[Path]], which: str) -> set[str]:
 
 
 def run(ctx: StageContext) -> dict:
-    from alignslm.tokenizer import load_tokenizer
+    from alignslm.speech.tokenizer import load_tokenizer
 
     cfg = ctx.cfg
     problems = check(cfg)
@@ -214,14 +214,14 @@ def _check_judge(name: str, gen: dict, max_share: float) -> None:
 
 
 def _load(ctx: StageContext, adapters: list[Path]) -> Any:
-    from alignslm.unitlm import load_unitlm
+    from alignslm.lm.unitlm import load_unitlm
 
     return load_unitlm(ctx.inputs["unitlm"], adapters=adapters, merge=True, support=ctx.cfg.unitlm.support,
                        device=_device(ctx.cfg), dtype=ctx.cfg.unitlm.dtype)
 
 
 def _device(cfg: Any) -> str:
-    from alignslm.unitlm import resolve_device
+    from alignslm.lm.unitlm import resolve_device
 
     return str(resolve_device(cfg.run.device))
 
@@ -263,8 +263,8 @@ def calibration(ctx: StageContext, gen: Any, base_rows: list[dict], rules: Any =
     words four times).  Returns (calibration_summary, rows by class).  ``rules`` overrides gen.rules."""
     import numpy as np
 
-    from alignslm.genmetrics import calibration_summary
-    from alignslm.signal import judge_rows
+    from alignslm.eval.genmetrics import calibration_summary
+    from alignslm.judge.signal import judge_rows
 
     rules = rules or gen.rules
     cap = ctx.cfg.sample.max_new_units

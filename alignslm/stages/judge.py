@@ -1,7 +1,7 @@
 """Stage judge: transcripts.jsonl -> judgments.jsonl (score 1-5 or perplexity, auto-BLEU, the raw reply).
 
 Every transcript first goes through the signal's screen and, in perplexity mode, gets the signal value
-``sense`` (alignslm.signal.judge_rows: the same function as the evaluation's).  Items the judge cannot use
+``sense`` (alignslm.judge.signal.judge_rows: the same function as the evaluation's).  Items the judge cannot use
 are recorded (rejects.jsonl) and kept with ``score``/``perplexity`` null: an ASR error upstream, an empty or
 whitespace transcript, garbage text (mostly non-letters), a screened-out transcript (``screened``: a known
 Whisper hallucination, Whisper's own doubt, too few words per second, a loop; it loses every pair), a judge
@@ -16,10 +16,10 @@ from collections import Counter
 from pathlib import Path
 
 from alignslm.judge import AutoBleuJudge, PerplexityJudge, default_judge_model, load_judge
+from alignslm.judge.signal import garbage, judge_rows, rules_from
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
-from alignslm.signal import garbage, judge_rows, rules_from
 
-transcript_problem = garbage  # the name this module exported before alignslm.signal
+transcript_problem = garbage  # the name this module exported before alignslm.judge.signal
 
 
 def run(ctx: StageContext) -> dict:
@@ -44,7 +44,7 @@ def run(ctx: StageContext) -> dict:
                         "raw": "", "prompt_text": r["prompt_text"], "text": r["text"], "reject": err,
                         "seconds": r.get("seconds"), "avg_logprob": r.get("avg_logprob"),
                         "no_speech_prob": r.get("no_speech_prob")})
-        judge_rows(out, ppl, rules, all_prompts)  # the evaluation's path too (alignslm.genmetrics)
+        judge_rows(out, ppl, rules, all_prompts)  # the evaluation's path too (alignslm.eval.genmetrics)
         todo = [i for i, o in enumerate(out) if not o["reject"]]
         if ppl is None and todo:
             for i, res in zip(todo, judge.score([out[i]["prompt_text"] for i in todo], [out[i]["text"] for i in todo])):
@@ -78,7 +78,7 @@ def _summary(done: list[dict], mode: str, http_stats: dict | None) -> dict:
            "missing_by_reason": dict(kinds), f"mean_{key}": sum(vals) / len(vals) if vals else None,
            "retried": sum(bool(r.get("retried")) for r in done), "screened": dict(screened)}
     if mode == "score":
-        from alignslm.pairs import score_histogram
+        from alignslm.dpo.pairs import score_histogram
 
         out["score_histogram"] = score_histogram(vals)
     if http_stats:
@@ -106,7 +106,7 @@ def check(cfg) -> list[str]:  # noqa: ANN001 - Config
         if not j.url:
             problems.append("judge.backend=openai needs judge.url")
         else:
-            from alignslm.judge_http import JudgeEndpointError, probe_endpoint
+            from alignslm.judge.http import JudgeEndpointError, probe_endpoint
 
             try:
                 probe_endpoint(j.url, j.api_key_env, min(j.timeout_s, 10.0))

@@ -6,7 +6,7 @@ pairs per prompt, the share of continuations filtered by auto-BLEU, and prompts 
 
 from __future__ import annotations
 
-from alignslm.pairs import Candidate, build_pairs, rules_for_round
+from alignslm.dpo.pairs import Candidate, build_pairs, rules_for_round
 from alignslm.rundir import StageContext, read_jsonl, write_json, write_jsonl
 
 

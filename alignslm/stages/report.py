@@ -1,14 +1,14 @@
 """The report stage: ``report/report.md``, ``report/headline.md`` (printed by the CLI at the end),
 ``report/results.json``, PNG plots and ``report/index.html`` (one offline page with the audio), from
 ``evaluate/results.json`` and the round directories (``round-N/judge/judgments.jsonl``,
-``round-N/train/train_log.jsonl``).  See alignslm.report and alignslm.eval.html.
+``round-N/train/train_log.jsonl``).  See alignslm.eval.report and alignslm.eval.html.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from alignslm.report import build_report
+from alignslm.eval.report import build_report
 from alignslm.rundir import StageContext, read_json
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from alignslm import logger
 from alignslm.kernels.sampling import SamplingError, check_params
-from alignslm.prompts import PromptError, make_prompt
+from alignslm.lm.prompts import PromptError, make_prompt
 from alignslm.rundir import StageContext, hash_str, read_json, read_jsonl, relative_path, run_sharded
 
 
@@ -101,8 +101,8 @@ def select_prompts(ctx: StageContext) -> list[dict]:
 
 
 def run(ctx: StageContext) -> dict:
-    from alignslm.sampler import SamplingParams, generate, validate
-    from alignslm.unitlm import load_unitlm
+    from alignslm.lm.sampler import SamplingParams, generate, validate
+    from alignslm.lm.unitlm import load_unitlm
 
     s = ctx.cfg.sample
     problems = check(ctx.cfg)

@@ -2,7 +2,7 @@
 
 Reads ``corpus/manifest.jsonl`` (utt_id, path[, split]); writes ``units.jsonl`` (utt_id, units, durations,
 n_frames, encoder, quantizer), ``quantizer.npy`` + ``.json`` and ``tokenizer.json`` (see
-alignslm.tokenizer.load_tokenizer).  With ``tokenize.quantizer`` unset it trains K-means on up to
+alignslm.speech.tokenizer.load_tokenizer).  With ``tokenize.quantizer`` unset it trains K-means on up to
 ``fit_max_frames`` frames of the train split (utterances in a seeded random order); otherwise it loads the
 given file, and a dimension that differs from the encoder's stops the stage before any audio is read.
 Unreadable, empty, silent, non-finite, too short or too long audio is listed in ``rejects.jsonl``.
@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from alignslm import logger
-from alignslm.audio import SAMPLE_RATE, AudioError, read_audio
-from alignslm.encoders import ENCODERS, Encoder, build_encoder
-from alignslm.quantizer import Quantizer, load_quantizer, train_quantizer
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
-from alignslm.tokenizer import QUANTIZER_NPY, SCALE_NPY, TOKENIZER_JSON, Tokenizer, TokenizerError, feature_scale
+from alignslm.speech.audio import SAMPLE_RATE, AudioError, read_audio
+from alignslm.speech.encoders import ENCODERS, Encoder, build_encoder
+from alignslm.speech.quantizer import Quantizer, load_quantizer, train_quantizer
+from alignslm.speech.tokenizer import QUANTIZER_NPY, SCALE_NPY, TOKENIZER_JSON, Tokenizer, TokenizerError, feature_scale
 
 UNITS_JSONL = "units.jsonl"
 CACHE_MAX_BYTES = 512 * 2**20
@@ -44,7 +44,7 @@ def check(cfg: Any) -> list[str]:
             problems.append(f"tokenize.quantizer={q}: no such file")
         elif q.suffix != ".npy" and not t.trust_pickle:
             problems.append(f"tokenize.quantizer={q} is a pickle/joblib file: set tokenize.trust_pickle=true "
-                            f"if you trust it, or convert it: python -m alignslm.quantizer convert {q} out.npy "
+                            f"if you trust it, or convert it: python -m alignslm.speech.quantizer convert {q} out.npy "
                             "--trust-pickle")
     if t.norm not in ("cepstra", "utterance", "none"):
         problems.append(f"tokenize.norm={t.norm!r}: choose one of cepstra, utterance, none")

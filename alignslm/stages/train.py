@@ -46,8 +46,8 @@ from typing import Any
 import torch
 
 from alignslm import logger
-from alignslm.dpo import DPOTrainer, NoPairs, prepare_pairs, schedule_problem
-from alignslm.losses import LOSSES
+from alignslm.dpo.losses import LOSSES
+from alignslm.dpo.trainer import DPOTrainer, NoPairs, prepare_pairs, schedule_problem
 from alignslm.rundir import StageContext, barrier, rank_world, read_json, read_jsonl, relative_path, write_json
 
 REFERENCES = ("base", "previous_round")
@@ -98,7 +98,7 @@ def _device(cfg: Any) -> torch.device:
 
 def _load_base(ctx: StageContext, device: torch.device) -> Any:
     """The unit LM without adapters, optionally 4-bit, with FlashAttention when it is there."""
-    from alignslm.unitlm import load_unitlm
+    from alignslm.lm.unitlm import load_unitlm
 
     cfg = ctx.cfg
     if cfg.train.load_in_4bit:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignslm.asr import check_model_dir, default_model_dir, load_asr
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
+from alignslm.speech.asr import check_model_dir, default_model_dir, load_asr
 
 
 def _abs(path: str, base: Path) -> str:
@@ -64,7 +64,7 @@ def _use_cuda(device: str) -> bool:
     if device == "cpu":
         return False
     try:
-        from alignslm.ct2 import ctranslate2_module
+        from alignslm.speech.ct2 import ctranslate2_module
 
         return ctranslate2_module().get_cuda_device_count() > 0
     except Exception:  # noqa: BLE001 - no CUDA build

@@ -2,7 +2,7 @@
 
 Reads ``tokenize/units.jsonl`` + ``tokenizer.json`` (K) and ``corpus/manifest.jsonl`` (split).  Writes
 ``unitlm/unitlm.json`` ({"path", "offset", "n_units", "bos_id", "eos_id", "pad_id", "support", ...}, read
-by :func:`alignslm.unitlm.load_unitlm`; "path" is relative to this directory, or an external model)
+by :func:`alignslm.lm.unitlm.load_unitlm`; "path" is relative to this directory, or an external model)
 and, for the demo, ``unitlm/model/`` (save_pretrained, with ``config.offset``) and ``unitlm/ckpt/last.pt``
 (resume).
 """
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from alignslm import logger
+from alignslm.lm.unitlm import SUPPORTS, UnitLMError, _special_ids
 from alignslm.rundir import StageContext, atomic_dir, read_json, read_jsonl, write_json
-from alignslm.unitlm import SUPPORTS, UnitLMError, _special_ids
 
 
 def check(cfg: Any) -> list[str]:
@@ -47,7 +47,7 @@ def lm_unit_problems(k: int, config: Any, n_units: int | None, offset: int | Non
     tokens fit the vocabulary (offset + n_units - 1 < vocab_size).  [] when both hold.
 
     ``config``: the LM's config (a transformers config, or config.json as a namespace); ``n_units``/``offset``:
-    the unitlm.* overrides (None = from the config, as :func:`alignslm.unitlm._special_ids` reads it).
+    the unitlm.* overrides (None = from the config, as :func:`alignslm.lm.unitlm._special_ids` reads it).
     One function for both callers: ``--dry-run`` (alignslm.run.cross_checks, config.json and the .npy
     header) and :func:`_external` (the stage).
     """
@@ -94,7 +94,7 @@ def _splits(ctx: StageContext) -> dict[str, str]:
 
 
 def _pretrain(ctx: StageContext, k: int, spec: Any, seqs: list) -> tuple[Any, dict]:
-    from alignslm.pretrain import build_model, train
+    from alignslm.lm.pretrain import build_model, train
 
     u = ctx.cfg.unitlm
     model = build_model(k, u.d_model, u.n_layers, u.n_heads, u.context, seed=spec.seed)
@@ -102,7 +102,7 @@ def _pretrain(ctx: StageContext, k: int, spec: Any, seqs: list) -> tuple[Any, di
 
 
 def run(ctx: StageContext) -> dict:
-    from alignslm.pretrain import TrainSpec, eval_loss
+    from alignslm.lm.pretrain import TrainSpec, eval_loss
 
     tok_dir = ctx.inputs["tokenize"]
     k = _quantizer_k(tok_dir)

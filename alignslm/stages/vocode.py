@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from alignslm import logger
-from alignslm.audio import SAMPLE_RATE, AudioError, read_audio, write_wav
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
+from alignslm.speech.audio import SAMPLE_RATE, AudioError, read_audio, write_wav
 
 AUDIO_JSONL = "audio.jsonl"
 
@@ -77,7 +77,7 @@ def run(ctx: StageContext) -> dict:
         out = []
         for (r, prompt_rel), w in zip(ok, wavs):
             if voc.sample_rate != SAMPLE_RATE:
-                from alignslm.audio import resample
+                from alignslm.speech.audio import resample
 
                 w = resample(w, voc.sample_rate, SAMPLE_RATE)
             rel = f"wav/{_safe(r['prompt_id'])}_{int(r['k'])}.wav"

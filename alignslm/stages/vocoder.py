@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from alignslm import logger
-from alignslm.audio import SAMPLE_RATE, AudioError, read_audio
 from alignslm.rundir import StageContext, read_jsonl, write_json
+from alignslm.speech.audio import SAMPLE_RATE, AudioError, read_audio
 
 VOCODER_JSON = "vocoder.json"
 HELD_OUT = 64  # dev utterances used to choose the duration model

@@ -110,8 +110,8 @@ def twist_tokens_per_s(rows_out: list[dict], dims: dict = TWIST_1B3, device: str
         from transformers import OPTConfig, OPTForCausalLM
 
         from alignslm.config import TrainConfig
-        from alignslm.dpo import DPOTrainer, prepare_pairs
-        from alignslm.unitlm import UnitLM
+        from alignslm.dpo.trainer import DPOTrainer, prepare_pairs
+        from alignslm.lm.unitlm import UnitLM
     except ImportError as e:
         print(f"SKIP tokens/s: {e} (transformers + peft needed)")
         return

@@ -2,9 +2,9 @@
 
     python bench/gpu/pipeline.py OUTDIR
 
-sample (alignslm.sampler on an OPT-1.3B-shaped unit LM, bf16, 64 prompts x 5 continuations x <=150 units)
+sample (alignslm.lm.sampler on an OPT-1.3B-shaped unit LM, bf16, 64 prompts x 5 continuations x <=150 units)
 -> vocode (a textlesslib-shaped unit HiFi-GAN with duration prediction, random weights, batch 64)
--> train (alignslm.dpo on one pair per prompt, LoRA r=32, bf16).  Reports continuations/s per GPU for each.
+-> train (alignslm.dpo.trainer on one pair per prompt, LoRA r=32, bf16).  Reports continuations/s per GPU for each.
 ASR (CTranslate2) and the 7B judge are not part of the device image, so they are not timed here.
 Random weights make the audio noise; what is measured is throughput, not quality.
 """
@@ -43,8 +43,8 @@ def main() -> None:
     from gpu.sampling import twist_like
 
     from alignslm.config import TrainConfig
-    from alignslm.dpo import DPOTrainer, prepare_pairs
-    from alignslm.sampler import SamplingParams, generate
+    from alignslm.dpo.trainer import DPOTrainer, prepare_pairs
+    from alignslm.lm.sampler import SamplingParams, generate
     from alignslm.vocoder.hifigan import CodeGenerator, HifiganVocoder
 
     rows: list = []

@@ -4,7 +4,7 @@
    and with the in-kernel generator (B=1024, V=501).
 2. Kernel time per decode step at B=1024, V=501 (CUDA events via triton.testing.do_bench): the Triton
    kernel vs the torch reference on the GPU.  Goal <= 10 us.
-3. Decode throughput of alignslm.sampler.generate on a TWIST-1.3B-shaped OPT (random weights, bf16;
+3. Decode throughput of alignslm.lm.sampler.generate on a TWIST-1.3B-shaped OPT (random weights, bf16;
    24 layers, d=2048, vocab 504 = offset 4 + 500 units) at 32 prompts x 5 continuations x 150 units, vs
    transformers generate(do_sample=True) on the same batch, and vs the bandwidth floor of
    docs/benchmarks.md: per step (weight bytes + rows x context x KV bytes per token) / 3 TB/s.
@@ -64,7 +64,7 @@ def kernel_checks(rows: list) -> None:
 def twist_like() -> tuple:
     from transformers import OPTConfig, OPTForCausalLM
 
-    from alignslm.unitlm import UnitLM
+    from alignslm.lm.unitlm import UnitLM
 
     cfg = OPTConfig(vocab_size=504, hidden_size=2048, ffn_dim=8192, num_hidden_layers=24, num_attention_heads=32,
                     word_embed_proj_dim=2048, max_position_embeddings=2048, bos_token_id=0, eos_token_id=2,
@@ -76,7 +76,7 @@ def twist_like() -> tuple:
 
 
 def decode_bench(rows: list) -> None:
-    from alignslm.sampler import SamplingParams, generate
+    from alignslm.lm.sampler import SamplingParams, generate
 
     lm, cfg = twist_like()
     P, N, M = 32, 5, 150

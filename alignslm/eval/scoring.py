@@ -33,8 +33,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from alignslm import logger
-from alignslm.audio import AudioError, audio_info
 from alignslm.rundir import write_text
+from alignslm.speech.audio import AudioError, audio_info
 
 BAND_EDGES = (0, 1, 5, 20, 100, math.inf)  # pandas.cut(..., right=False) in the official scorer
 BAND_LABELS = ("oov", "1-5", "6-20", "21-100", ">100")
@@ -46,7 +46,7 @@ class EvalInputError(ValueError):
 
 
 class Scorer(Protocol):
-    """What alignslm.unitlm.UnitLM provides for scoring."""
+    """What alignslm.lm.unitlm.UnitLM provides for scoring."""
 
     n_units: int
 
@@ -437,11 +437,11 @@ def headline(bench_results: Mapping[str, Mapping]) -> dict[str, float | None]:
 
 
 def tokenize_items(tokenizer: Any, items: Sequence[tuple[str, Any]], batch_size: int = 16) -> dict[str, list[int]]:
-    """file id -> units, through ``tokenizer.encode(list of 16 kHz waveforms)`` (alignslm.tokenizer).
+    """file id -> units, through ``tokenizer.encode(list of 16 kHz waveforms)`` (alignslm.speech.tokenizer).
 
     Audio that cannot be read raises :class:`EvalInputError` naming the file (before any scoring).
     """
-    from alignslm.audio import read_audio
+    from alignslm.speech.audio import read_audio
 
     out: dict[str, list[int]] = {}
     for i in range(0, len(items), batch_size):

@@ -7,7 +7,7 @@ Public API::
     Quantizer(centroids, meta).assign(X) / .save(path)          # path.npy + path.json
     load_quantizer(path, trust_pickle=False) -> Quantizer       # .npy (+ .json) or a joblib KMeans .bin
 
-    python -m alignslm.quantizer convert in.bin out.npy --trust-pickle
+    python -m alignslm.speech.quantizer convert in.bin out.npy --trust-pickle
 
 The implementation is chosen once at import: the C++ extension ``alignslm._C`` when it was built,
 else numpy. ``ALIGNSLM_IMPL=cpp|numpy`` forces one; every public function also takes ``impl=``.
@@ -31,6 +31,9 @@ from alignslm import __version__, logger
 from alignslm.impl import impl_for
 from alignslm.rundir import atomic_path, write_text
 
+# The "source" recorded in a trained quantizer's JSON. It names the fitting function as the first release
+# wrote it (the module was alignslm.quantizer then); kept as it is so that quantizer files stay byte-identical.
+FIT_SOURCE = "alignslm.quantizer.fit"
 _ROWS_PER_BLOCK = 4096  # numpy path: rows per distance block, so (block, K) stays small
 
 
@@ -263,7 +266,7 @@ class Quantizer:
     def __init__(self, centroids: np.ndarray, meta: dict | None = None):
         self.centroids = _check_matrix(centroids, "centroids")
         k, dim = self.centroids.shape
-        self.meta = {"source": "alignslm.quantizer.fit", "versions": _versions(), **(meta or {}),
+        self.meta = {"source": FIT_SOURCE, "versions": _versions(), **(meta or {}),
                      "k": k, "dim": dim}
 
     @property
@@ -296,7 +299,7 @@ class Quantizer:
 def train_quantizer(X: np.ndarray, k: int, iters: int = 20, seed: int = 0) -> Quantizer:
     """fit() wrapped in a Quantizer with metadata."""
     C = fit(X, k, iters, seed)
-    return Quantizer(C, {"source": "alignslm.quantizer.fit", "n_train": int(X.shape[0]), "iters": iters,
+    return Quantizer(C, {"source": FIT_SOURCE, "n_train": int(X.shape[0]), "iters": iters,
                          "seed": seed, "inertia": inertia(X, C)})
 
 
@@ -333,7 +336,7 @@ def _load_joblib(p: Path, trust_pickle: bool) -> Quantizer:
         raise PermissionError(
             f"{p} is a pickle/joblib file, and loading it can run arbitrary code. If you trust its source, "
             f"pass trust_pickle=True (config: tokenize.trust_pickle=true), or convert it once to plain "
-            f"centroids with: python -m alignslm.quantizer convert {p} {p.with_suffix('.npy')} "
+            f"centroids with: python -m alignslm.speech.quantizer convert {p} {p.with_suffix('.npy')} "
             "--trust-pickle")
     try:
         import joblib
@@ -391,7 +394,7 @@ def load_quantizer(path: str | os.PathLike, trust_pickle: bool = False) -> Quant
 # CLI: one-time conversion of a pickle quantizer to plain .npy + .json
 # ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m alignslm.quantizer", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m alignslm.speech.quantizer", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     cv = sub.add_parser("convert", help="Convert a joblib sklearn KMeans (.bin) to <out>.npy + <out>.json")
     cv.add_argument("src")

@@ -29,7 +29,7 @@ import torch
 
 from alignslm import logger
 from alignslm.kernels.sampling import SamplingError, check_params, sample_next
-from alignslm.unitlm import UnitLM
+from alignslm.lm.unitlm import UnitLM
 
 LAST_BATCH: dict = {}  # facts about the last decoded batch (rows, prompt_len, steps, cuda_graph): logs, tests
 

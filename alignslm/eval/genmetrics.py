@@ -99,7 +99,7 @@ def summarize_generations(rows: Sequence[Mapping], n_boot: int = 2000, seed: int
     autobleu (float|None), reject (str|None: why the continuation has no usable judgement).
     ``judge_metric`` names the judge's signal (the one the pairs were built from): ``score`` (1-5, higher is
     better), ``perplexity`` (the judge LM's perplexity of the transcript given the prompt's; compared as
-    ln(perplexity), lower is better) or ``sense`` (alignslm.signal, higher is better).  ``judge`` holds that
+    ln(perplexity), lower is better) or ``sense`` (alignslm.judge.signal, higher is better).  ``judge`` holds that
     metric's per-prompt mean with its CI.
     """
     if judge_metric not in JUDGE_FIELDS:
@@ -126,6 +126,15 @@ def summarize_generations(rows: Sequence[Mapping], n_boot: int = 2000, seed: int
         "prompt_wer": prompt_wer,
         "per_prompt": per_prompt,
     }
+    return out
+
+
+def summarize_genppl(rows: Sequence[Mapping], n_boot: int = 2000, seed: int = 0) -> dict:
+    """exp of the bootstrap CI of the per-prompt mean ln GenPPL (a geometric mean with its CI)."""
+    per = per_prompt_mean(rows, "log_genppl")
+    ci = bootstrap_ci(list(per.values()), n_boot, seed)
+    out = {k: (math.exp(ci[k]) if ci[k] is not None else None) for k in ("mean", "lo", "hi")}
+    out.update(n=ci["n"], missing=sum(r.get("log_genppl") is None for r in rows), log=ci)
     return out
 
 
@@ -273,7 +282,7 @@ def held_out_prompts(manifest: Sequence[Mapping], units: Mapping[str, Mapping], 
 
     Utterances that cannot give a prompt are recorded in ``rejects`` (when given) and skipped.
     """
-    from alignslm.prompts import PromptError, make_prompt
+    from alignslm.lm.prompts import PromptError, make_prompt
 
     rank = {"test": 0, "dev": 1}
     pool = sorted((r for r in manifest if r.get("split") in rank), key=lambda r: (rank[r["split"]], r["utt_id"]))
@@ -302,8 +311,8 @@ class GenerationSetup:
     """Held-out prompts + the model-independent components (vocoder, ASR, judge), loaded once.
 
     :meth:`evaluate` samples ``sample.n_continuations`` continuations per prompt with the given unit LM and
-    fixed seeds (the same for every model), vocodes, transcribes and judges them (alignslm.sampler,
-    alignslm.vocoder, alignslm.asr, alignslm.judge), and returns (summary, examples).
+    fixed seeds (the same for every model), vocodes, transcribes and judges them (alignslm.lm.sampler,
+    alignslm.vocoder, alignslm.speech.asr, alignslm.judge), and returns (summary, examples).
     """
 
     def __init__(self, cfg: Any, prompts: list[dict], vocoder: Any, asr: Any, backend: Any, out: Any,
@@ -311,7 +320,7 @@ class GenerationSetup:
         from alignslm.judge import LLMScoreJudge, PerplexityJudge
 
         self.cfg, self.prompts, self.vocoder, self.asr, self.out = cfg, prompts, vocoder, asr, out
-        from alignslm.signal import rules_from
+        from alignslm.judge.signal import rules_from
 
         self.seeds = seeds  # prompt-major, one per continuation
         self.rules = rules_from(cfg.judge)  # the screen and the signal, as in the judge stage
@@ -325,9 +334,9 @@ class GenerationSetup:
 
     @classmethod
     def build(cls, ctx: Any) -> GenerationSetup:
-        from alignslm.asr import load_asr
         from alignslm.judge import load_backend
         from alignslm.rundir import read_json, read_jsonl
+        from alignslm.speech.asr import load_asr
         from alignslm.vocoder import load_vocoder
 
         cfg = ctx.cfg
@@ -343,8 +352,8 @@ class GenerationSetup:
                              "eval.n_prompts=0")
         n = cfg.sample.n_continuations
         seeds = [ctx.seed("generation", p["prompt_id"], k) for p in prompts for k in range(n)]
-        from alignslm.ct2 import ctranslate2_module
-        from alignslm.unitlm import resolve_device
+        from alignslm.lm.unitlm import resolve_device
+        from alignslm.speech.ct2 import ctranslate2_module
 
         ctranslate2 = ctranslate2_module()
 
@@ -372,7 +381,7 @@ class GenerationSetup:
 
     def _prompt_side(self) -> tuple[list[str], float | None, list[str]]:
         """Transcripts of the original prompt audio (the judge's context) and the resynthesis WER."""
-        from alignslm.audio import read_audio, write_wav
+        from alignslm.speech.audio import read_audio, write_wav
         from alignslm.textmetrics import wer
 
         orig, paths = [], []
@@ -392,8 +401,8 @@ class GenerationSetup:
         return texts, pwer, paths
 
     def evaluate(self, ctx: Any, name: str, lm: Any) -> tuple[dict, list[dict]]:
-        from alignslm.eval.genppl import add_genppl, summarize_genppl
-        from alignslm.sampler import SamplingParams, generate
+        from alignslm.eval.genppl import add_genppl
+        from alignslm.lm.sampler import SamplingParams, generate
 
         s, n = self.cfg.sample, self.cfg.sample.n_continuations
         params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, max_new=s.max_new_units)
@@ -431,7 +440,7 @@ class GenerationSetup:
         return rows
 
     def _audio_and_text(self, rows: list[dict], name: str) -> None:
-        from alignslm.audio import write_wav
+        from alignslm.speech.audio import write_wav
 
         ok = [r for r in rows if r["continuation"]]
         for r in rows:
@@ -449,9 +458,9 @@ class GenerationSetup:
                 r["reject"] = f"asr: {a.error or 'empty transcript'}"
 
     def _judge(self, rows: list[dict]) -> None:
-        """The judge stage's path (alignslm.signal.judge_rows: screen, perplexities, sense), plus auto-BLEU
+        """The judge stage's path (alignslm.judge.signal.judge_rows: screen, perplexities, sense), plus auto-BLEU
         and, in score mode or with eval.also_score, the 1-5 score."""
-        from alignslm.signal import judge_rows
+        from alignslm.judge.signal import judge_rows
         from alignslm.textmetrics import auto_bleu
 
         judge_rows(rows, self.ppl, self.rules, list(self.prompt_texts))
@@ -469,7 +478,7 @@ class GenerationSetup:
 
 
 def signal_metric(judge_cfg: Any) -> str:
-    """The metric the pairs are built from: score (1-5), perplexity (ln-ppl) or sense (alignslm.signal)."""
+    """The metric the pairs are built from: score (1-5), perplexity (ln-ppl) or sense (alignslm.judge.signal)."""
     if judge_cfg.mode == "score":
         return "score"
     return "perplexity" if getattr(judge_cfg, "signal", "lnppl") == "lnppl" else "sense"

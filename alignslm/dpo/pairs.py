@@ -10,7 +10,7 @@ Per prompt, from its continuations (each with a 1-5 score and/or a perplexity, a
 - Perplexity mode: chosen = the lowest perplexity among the non-repetitive, rejected = the highest
   perplexity (or a repetitive one when nothing is higher); all combinations: the chosen one against every
   continuation with a higher perplexity and every repetitive one.  When the judge gave a ``sense`` value
-  (alignslm.signal; higher is better) it replaces the perplexity, and a continuation the signal's screen
+  (alignslm.judge.signal; higher is better) it replaces the perplexity, and a continuation the signal's screen
   threw out (``screened``: a Whisper hallucination, no speech, under-transcribed, a loop) is rejected outright
   like a repetitive one: the same rule the evaluation's calibration uses (rejects lose).
 - A prompt without a valid pair is counted with the reason.
@@ -37,7 +37,7 @@ class Candidate:
     score: float | None = None
     perplexity: float | None = None
     autobleu: float | None = None
-    sense: float | None = None  # alignslm.signal, higher is better; replaces the perplexity when given
+    sense: float | None = None  # alignslm.judge.signal, higher is better; replaces the perplexity when given
     screened: bool = False  # thrown out by the signal's screen: rejected outright
 
     def repetitive(self, delta: float) -> bool:
@@ -114,7 +114,7 @@ def build_pairs_for_prompt(cands: list[Candidate], r: PairRules) -> tuple[list[t
     chosen, rejected = (_score_sets if r.mode == "score" else _perplexity_sets)(cands, r)
     if not chosen:
         return [], ("no continuation reaches chosen_min" if r.mode == "score"
-                    else "every judged continuation is repetitive")  # or screened out (alignslm.signal)
+                    else "every judged continuation is repetitive")  # or screened out (alignslm.judge.signal)
     if not rejected:
         return [], ("no continuation at or below rejected_max" if r.mode == "score"
                     else "no continuation with a higher perplexity")

@@ -19,11 +19,11 @@ import numpy as np
 
 from alignslm import logger
 from alignslm.eval.continuation import report_table as continuation_table
+from alignslm.eval.genmetrics import score_histogram
 from alignslm.eval.html import write_index
 from alignslm.eval.prosaudit import report_table as prosaudit_table
 from alignslm.eval.salmon import report_table as salmon_table
 from alignslm.eval.suites import protocol_lines
-from alignslm.genmetrics import score_histogram
 from alignslm.rundir import atomic_path, read_json, read_jsonl, write_json, write_text
 
 BENCH_COLS = (("sWUGGY", "lexical"), ("sBLIMP", "syntactic"), ("sSC", "ssc"), ("tSC", "tsc"))
@@ -68,7 +68,7 @@ def judge_metric(results: Mapping) -> str:
 
 def judge_label(results: Mapping) -> str:
     return {"perplexity": "judge ln-perplexity (lower is better)",
-            "sense": "signal (alignslm.signal, higher is better)"}.get(judge_metric(results), "judge score")
+            "sense": "signal (alignslm.judge.signal, higher is better)"}.get(judge_metric(results), "judge score")
 
 
 def calibration_block(results: Mapping) -> str:
@@ -457,8 +457,8 @@ def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_exam
         md += [NOT_COMPARABLE, ""]
     judge_txt = {"perplexity": "the judge's ln-perplexity of the continuation transcripts given the prompt's (the "
                                "signal the pairs were built from; lower is better)",
-                 "sense": "the signal the pairs were built from (alignslm.signal: what the prompt adds to the judge "
-                          "LM's likelihood of the transcript, screened; higher is better)"}.get(
+                 "sense": "the signal the pairs were built from (alignslm.judge.signal: what the prompt adds to the "
+                          "judge LM's likelihood of the transcript, screened; higher is better)"}.get(
         judge_metric(results), "judge score 1-5")
     sections = [("Results", f"Benchmarks in %, {judge_txt} with a bootstrap 95% CI over prompts, bigram "
                  "auto-BLEU of the continuation transcripts (lower = less repetition).\n\n" + table),

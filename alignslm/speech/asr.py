@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from alignslm import logger
-from alignslm.audio import SAMPLE_RATE, AudioError, read_audio
+from alignslm.speech.audio import SAMPLE_RATE, AudioError, read_audio
 from alignslm.textmetrics import compression_ratio
 
 HOP = 160  # samples per feature frame (10 ms)
@@ -89,7 +89,7 @@ class ASR:
                  repetition_penalty: float = 1.0, cpu_threads: int = 0, device: str = "cpu"):
         import tokenizers
 
-        from alignslm.ct2 import ctranslate2_module
+        from alignslm.speech.ct2 import ctranslate2_module
 
         ctranslate2 = ctranslate2_module()
         from faster_whisper.feature_extractor import FeatureExtractor
@@ -172,7 +172,7 @@ class ASR:
         return n + (n % 2)  # the encoder's stride-2 convolution wants an even length
 
     def _generate(self, feats: list[np.ndarray]) -> list[ASRResult]:
-        from alignslm.ct2 import ctranslate2_module
+        from alignslm.speech.ct2 import ctranslate2_module
 
         ctranslate2 = ctranslate2_module()
         n = self.window_frames(max(f.shape[1] for f in feats))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignslm import logger
-from alignslm.audio import SAMPLE_RATE, AudioError, audio_info
+from alignslm.speech.audio import SAMPLE_RATE, AudioError, audio_info
 
 LEXICAL_COLUMNS = ("filename", "correct", "id", "voice", "frequency", "word", "phones", "length")
 SYNTACTIC_COLUMNS = ("filename", "correct", "id", "voice", "type", "subtype", "transcription")

@@ -113,7 +113,7 @@ class UnitLM:
         Errors name the item (``f"{what} {i}"``): a unit outside ``[0, n_units)`` is a :class:`UnitLMError`;
         fewer than ``min_tokens`` tokens, or more than the model's context less ``reserve`` (room kept for
         tokens generated after it; ``hint`` says what to change), raise ``length_error`` (the sampler's is
-        SamplingError).  Used by :meth:`score_sequences` and alignslm.sampler.validate.
+        SamplingError).  Used by :meth:`score_sequences` and alignslm.lm.sampler.validate.
         """
         for flag, tid, name in ((bos, self.bos_id, "BOS"), (eos, self.eos_id, "EOS")):
             if flag and tid is None:

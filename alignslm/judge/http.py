@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from alignslm import logger
-from alignslm.judge import DIGITS, SCORE_PREFIX
+from alignslm.judge.rubric import DIGITS, SCORE_PREFIX
 
 
 class HTTPJudgeError(RuntimeError):
@@ -173,7 +173,7 @@ class OpenAIBackend:
             return list(pool.map(fn, items))
 
     # ----------------------------------------------------------------------------------------------
-    # The backend API (see alignslm.judge.ChatBackend)
+    # The backend API (see alignslm.judge.rubric.ChatBackend)
 
     def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list[tuple[str | None, str | None]]:
         def one(conv: list[dict]) -> tuple[str | None, str | None]:

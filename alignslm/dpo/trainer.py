@@ -1,6 +1,6 @@
 """DPO on a LoRA adapter of a unit LM: one readable recipe (setup -> train -> save), not a TRL subclass.
 
-    lm = load_unitlm(unitlm_dir)                                  # alignslm.unitlm.UnitLM
+    lm = load_unitlm(unitlm_dir)                                  # alignslm.lm.unitlm.UnitLM
     examples, counts = prepare_pairs(rows, lm, max_length=512, rejects=ctx.rejects)
     summary = DPOTrainer(lm, cfg.train, out_dir, seed=1).train(examples)
 
@@ -16,7 +16,7 @@ What one optimizer step does:
   3. Reference log-probs: the same model with the adapter disabled (peft ``disable_adapter``), or
      computed once before training and cached in ``out/ref_logps.pt`` (``precompute_ref``; always used
      when the reference is the adapter we start from, see alignslm.stages.train).
-  4. Loss (alignslm.losses) averaged over pairs, backward, DDP all-reduce of the LoRA gradients when
+  4. Loss (alignslm.dpo.losses) averaged over pairs, backward, DDP all-reduce of the LoRA gradients when
      several processes run under torchrun, gradient clipping, AdamW, linear warmup + linear decay.
   5. One row of TRL-named metrics per step in ``train_log.jsonl``; a checkpoint every
      ``checkpoint_every`` steps (adapter, optimizer, scheduler, RNG states, step). The data order is a
@@ -40,8 +40,8 @@ import torch.distributed as dist
 from torch import nn
 
 from alignslm import logger
+from alignslm.dpo.losses import metrics_from_stats, pair_stats, preference_loss
 from alignslm.kernels.logprobs import fused_linear_token_logprobs
-from alignslm.losses import metrics_from_stats, pair_stats, preference_loss
 from alignslm.rundir import atomic_dir, disk_errors, hash_str, read_jsonl, write_jsonl, write_torch
 
 # --------------------------------------------------------------------------------------------------

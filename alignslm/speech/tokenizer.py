@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from alignslm.encoders import Encoder, build_encoder
-from alignslm.quantizer import Quantizer, load_quantizer
 from alignslm.rundir import atomic_path, read_json, write_json
+from alignslm.speech.encoders import Encoder, build_encoder
+from alignslm.speech.quantizer import Quantizer, load_quantizer
 
 TOKENIZER_JSON = "tokenizer.json"
 QUANTIZER_NPY = "quantizer.npy"

@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from alignslm import logger
-from alignslm.audio import SAMPLE_RATE
+from alignslm.speech.audio import SAMPLE_RATE
 
 WHISPER_MAX_SECONDS = 30.0
 
@@ -53,7 +53,7 @@ def _check_wavs(wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
         w = np.asarray(w, dtype=np.float32)
         if w.ndim != 1:
             raise EncoderError(f"waveform {i}: expected a 1-D 16 kHz mono array, got shape {w.shape} "
-                               "(read files with alignslm.audio.read_audio)")
+                               "(read files with alignslm.speech.audio.read_audio)")
         out.append(w)
     return out
 
@@ -206,7 +206,7 @@ class WhisperEncoder:
 
     def __init__(self, path: str | Path | None = None, batch_size: int = 16, pool: int = 1,
                  compute_type: str = "default", threads: int = 0):
-        from alignslm.ct2 import ctranslate2_module
+        from alignslm.speech.ct2 import ctranslate2_module
 
         ctranslate2 = ctranslate2_module()
         from faster_whisper.feature_extractor import FeatureExtractor
@@ -284,7 +284,7 @@ class LogMelEncoder:
     NORMS = ("cepstra", "utterance", "none")
 
     def __init__(self, n_mels: int = 80, pool: int = 1, norm: str = "utterance", cepstra: int = 19):
-        from alignslm.ct2 import ctranslate2_module
+        from alignslm.speech.ct2 import ctranslate2_module
 
         ctranslate2_module()  # faster_whisper imports ctranslate2: its backend is chosen first
         from faster_whisper.feature_extractor import FeatureExtractor
