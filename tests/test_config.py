@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from alignslm.config import Config, ConfigError, load_config, replace, to_dict
+from alignslm.config import Config, ConfigError, help_text, load_config, replace, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_the_paper_settings():
@@ -106,6 +110,17 @@ def test_cli_help_lists_stages_and_options():
     assert out.returncode == 0
     for word in ("tokenize", "vocode", "transcribe", "judge", "pairs", "train", "evaluate", "sample.top_k"):
         assert word in out.stdout
+
+
+def test_help_text_has_no_lab_notes_and_names_only_files_in_the_repo():
+    """--help says what an option does and why; numbers live in bench/RESULTS.md or experiments/ (named
+    there), not machine load, tracker ids or documents outside the repository."""
+    text = help_text()
+    for bad in (r"\bissue \d", r"\bload (average|~|\d)", r"\bVM\b", r"this machine", r"\bcommit [0-9a-f]{7}"):
+        assert not re.search(bad, text, re.IGNORECASE), (bad, re.search(f".*{bad}.*", text, re.IGNORECASE)[0])
+    named = set(re.findall(r"\b((?:bench|experiments|docs|configs|tests)/[\w./-]+\.(?:md|py|sh|yaml))", text))
+    assert named, "the help text points to no results file"
+    assert [f for f in sorted(named) if not (ROOT / f).is_file()] == []
 
 
 def test_cli_bad_key_fails_fast_before_models_load():

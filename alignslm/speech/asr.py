@@ -212,7 +212,7 @@ class ASR:
 
 def asr_compute_type(name: str, device: str) -> str:
     """``auto``: int8 weights on a CPU (1.5x faster than float32 on the demo clips at +0.009 WER,
-    bench/RESULTS.md), the model's own type on a GPU; any other name goes to CTranslate2 unchanged."""
+    experiments/demo_runs.md), the model's own type on a GPU; any other name goes to CTranslate2 unchanged."""
     if name == "auto":
         return "default" if str(device).startswith("cuda") else "int8"
     return name

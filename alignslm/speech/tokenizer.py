@@ -53,7 +53,7 @@ def feature_scale(X: np.ndarray) -> np.ndarray:
 
     k-means is translation invariant, so this is z-scoring.  Whisper's last encoder layer has a few
     dimensions with 5-8x the spread of the rest; unscaled they decide every unit (word ABX error 0.41 on
-    demo stories vs 0.03 scaled, K=100; see bench/RESULTS.md)."""
+    demo stories vs 0.03 scaled, K=100; see experiments/choose_encoder.md)."""
     sd = X.astype(np.float64).std(axis=0)
     return (1.0 / np.maximum(sd, 1e-3 * max(float(sd.max()), 1e-12))).astype(np.float32)
 

@@ -1,6 +1,6 @@
-"""Issue 6, tSC: does the demo unit LM use the story? And could it copy the story's words at the unit level?
+"""tSC: does the demo unit LM use the story? And could it copy the story's words at the unit level?
 
-    python bench/tsc_context.py RUN_DIR [UNITLM_DIR]
+    python experiments/tsc_context.py RUN_DIR [UNITLM_DIR]
 
 1. Context gain: for every sSC/tSC pair of the demo benchmarks, the last sentence's share of the units
    (estimated by its share of the text) is scored after the whole story (conditional) and alone after BOS
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def context_gain(run: Path, lm_dir: Path) -> None:

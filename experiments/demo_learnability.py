@@ -1,6 +1,6 @@
 """Is the signal of the demo mini benchmarks learnable from the demo corpus?  Text-level proxies.
 
-    python bench/demo_learnability.py [--seed 0] [--n-pairs 200]
+    python experiments/demo_learnability.py [--seed 0] [--n-pairs 200]
 
 Two tiny language models are trained on the texts of the 2,000-story demo corpus and score the
 benchmark pairs the way the SLM evaluation does (mean log-probability per token, correct > incorrect):

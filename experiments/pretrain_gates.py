@@ -1,12 +1,12 @@
-"""Issue 6 gates: pretrain the demo unit LM (the real ``unitlm`` stage) and score the demo mini benchmarks.
+"""The demo LM's gates: pretrain the demo unit LM (the real ``unitlm`` stage) and score the demo mini benchmarks.
 
-    python bench/pretrain_gates.py RUN_DIR [--train] [--modes mean,sum] [--tag NAME] [key=value ...]
+    python experiments/pretrain_gates.py RUN_DIR [--train] [--modes mean,sum] [--tag NAME] [key=value ...]
 
 ``RUN_DIR`` must hold ``corpus/``, ``tokenize/`` and ``benchmarks/`` (copy or link them from a demo run).
 With ``--train`` it runs ``python -m alignslm.run --stage unitlm run.run_dir=RUN_DIR key=value ...`` first
 (wall time and load average recorded).  Scoring is the evaluation code's: ``tokenize_items`` with the
 run's tokenizer, ``score_benchmarks`` (official pair scoring), every pair of the four demo benchmarks.
-Rows go to bench/results.csv (bench=pretrain_gates) and a JSON summary to RUN_DIR/gates.json.
+Rows go to experiments/results.csv (bench=pretrain_gates) and a JSON summary to RUN_DIR/gates.json.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_CSV = ROOT / "experiments" / "results.csv"  # the studies' rows (bench/harness.py schema)
+sys.path.insert(0, str(ROOT / "bench"))  # the shared harness
+sys.path.insert(0, str(ROOT))
 
 from harness import append_rows, row  # noqa: E402
 
@@ -94,7 +96,7 @@ def main() -> None:
     if "train" in out:
         rows.append(row("pretrain_gates", tag, f"load {out['train']['load_start']}", "pretrain_wall", "s",
                         out["train"]["wall_s"]))
-    append_rows(rows)
+    append_rows(rows, RESULTS_CSV)
     (run_dir / "gates.json").write_text(json.dumps(out, indent=1))
 
 

@@ -1,6 +1,6 @@
-"""Issue 10's gate: does a DPO variant move the held-out judge metric? One round, on a finished demo run.
+"""The demo's gate: does a DPO variant move the held-out judge metric? One round, on a finished demo run.
 
-    python bench/dpo_variants.py RUN_DIR --tag NAME [--rounds 1,2] [--seed S] [--min-words N] [--no-train]
+    python experiments/dpo_variants.py RUN_DIR --tag NAME [--rounds 1,2] [--seed S] [--min-words N] [--no-train]
                                  [key=value ...]
 
 Takes a finished demo run (``python -m alignslm.run``): the pairs are rebuilt from its judged
@@ -13,7 +13,7 @@ and the policy's reward accuracy on the run's round-2 pairs (prompts it never tr
 ``--rounds 1``.  ``--min-words N``: a continuation whose transcript has fewer than N words gets no
 perplexity (it can be neither chosen nor rejected).  ``--no-train``: the base model with the given
 sampling overrides (e.g. sample.temperature=0.6), to see what sampling alone does.
-Rows are appended to bench/results.csv (bench=dpo_variants) and printed as JSON.
+Rows are appended to experiments/results.csv (bench=dpo_variants) and printed as JSON.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_CSV = ROOT / "experiments" / "results.csv"  # the studies' rows (bench/harness.py schema)
+sys.path.insert(0, str(ROOT / "bench"))  # the shared harness
+sys.path.insert(0, str(ROOT))
 
 from harness import append_rows, row  # noqa: E402
 
@@ -115,7 +117,7 @@ def main() -> None:
                                                read_jsonl(work / "evaluate/policy/generations.jsonl")])), 1))
     print(json.dumps(res), flush=True)
     append_rows([row("dpo_variants", a.tag, f"rounds={a.rounds} seed={a.seed} min_words={a.min_words} "
-                     + " ".join(a.overrides), "judge_gain_ln_ppl", "nats", [res["gain"]])])
+                     + " ".join(a.overrides), "judge_gain_ln_ppl", "nats", [res["gain"]])], RESULTS_CSV)
     shutil.rmtree(work, ignore_errors=True)
 
 

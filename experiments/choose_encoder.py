@@ -1,6 +1,6 @@
 """Which demo encoder (and K) gives the best units?  Measured on eSpeak NG stories of the demo world.
 
-    python bench/choose_encoder.py [--quick] [--out /tmp/tokbench]
+    python experiments/choose_encoder.py [--quick] [--out /tmp/tokbench]
 
 For each candidate (encoder, pooling, K) it fits k-means on the train stories and tokenises held-out
 stories and a lexical (word vs non-word) set, then reports:
@@ -15,7 +15,7 @@ stories and a lexical (word vs non-word) set, then reports:
   two different voices, B another word; error when edit distance(A, X) > (B, X) on deduplicated units
   (ties count 1/2).  Speaker-invariant word identity, which is what a unit LM can learn from.
 - ``units_per_s`` (after dedup) and ``encode_xrt`` (seconds of audio per second of encoding).
-Rows are appended to bench/results.csv (bench=choose_encoder).
+Rows are appended to experiments/results.csv (bench=choose_encoder).
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_CSV = ROOT / "experiments" / "results.csv"  # the studies' rows (bench/harness.py schema)
+sys.path.insert(0, str(ROOT / "bench"))  # the shared harness
+sys.path.insert(0, str(ROOT))
 
 from harness import append_rows, row  # noqa: E402
 
@@ -303,7 +305,7 @@ def main() -> None:
             res = {m: v for m, v in lm_benchmarks(Path(rd), Path(args.bench_root), k).items() if v is not None}
             print(rd, {m: round(v, 3) for m, v in res.items()}, flush=True)
             append_rows([row("choose_encoder", Path(rd).name, "demo-benchmarks trigram", m, "acc", v)
-                         for m, v in res.items()])
+                         for m, v in res.items()], RESULTS_CSV)
         return
     n_train, n_test, n_lex = (60, 8, 40) if args.quick else (240, 24, 120)
     data = build_data(Path(args.out), n_train, n_test, n_lex)
@@ -334,7 +336,7 @@ def main() -> None:
               f"| {res['example'][:70]}", flush=True)
         for metric in ("resyn_wer", "abx_err", "lex_acc", "units_per_s", "encode_xrt"):
             rows.append(row("choose_encoder", name, "demo-stories", metric, "", res[metric]))
-    append_rows(rows)
+    append_rows(rows, RESULTS_CSV)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Judge check (issue 7, criterion 4): does the judge rank a true continuation above a wrong one?
+"""Judge check: does the judge rank a true continuation above a wrong one?
 
-    python bench/judge_check.py [--stories 60] [--generate 0] [--model PATH]
+    python experiments/judge_check.py [--stories 60] [--generate 0] [--model PATH]
 
 On held-out demo stories (alignslm.demo.stories, a seed the demo corpus does not use) the prompt is the
 story without its ending, and three continuations are judged: the true ending, an ending from another
@@ -11,7 +11,7 @@ true ending is ranked strictly above the wrong one (a tie counts as a failure). 
 - expected score: E[1-5 score] from the five digits' probabilities after a forced "Score: " (rubric);
 - score (free generation + parsing), on the first ``--generate`` stories only (slow on a CPU).
 
-Prints a table, appends rows to bench/results.csv, and says which mode passes the 85 % bar.
+Prints a table, appends rows to experiments/results.csv, and says which mode passes the 85 % bar.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_CSV = ROOT / "experiments" / "results.csv"  # the studies' rows (bench/harness.py schema)
+sys.path.insert(0, str(ROOT / "bench"))  # the shared harness
+sys.path.insert(0, str(ROOT))
 
 from harness import append_rows, print_table, row  # noqa: E402
 
@@ -106,7 +108,7 @@ def main() -> None:
                         acc["items_per_s"]))
     print_table(rows)
     if not args.no_csv:
-        append_rows(rows)
+        append_rows(rows, RESULTS_CSV)
     best = max(results, key=lambda m: results[m]["both"])
     ok = min(results[best]["vs_other_topic"], results[best]["vs_shuffled"]) >= 0.85
     print(f"best mode: {best} ({'passes' if ok else 'does not pass'} the 85% bar on both comparisons); shape {shape}")
