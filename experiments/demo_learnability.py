@@ -18,7 +18,7 @@ import math
 import re
 from collections import Counter, defaultdict
 
-from alignslm.demo.benchmarks import _cloze_texts, _lexical_rows, _syntactic_rows, word_frequencies
+from alignslm.demo.benchmarks import cloze_texts, lexical_rows, syntactic_rows, word_frequencies
 from alignslm.demo.stories import generate_stories
 
 
@@ -93,12 +93,12 @@ def main() -> None:
     ap.add_argument("--n-pairs", type=int, default=200)
     a = ap.parse_args()
     texts = [s.text for s in generate_stories(2000, a.seed)]
-    lex = _lexical_rows(a.seed, a.n_pairs, ["v"], None, word_frequencies(a.seed))
-    syn = _syntactic_rows(a.seed, a.n_pairs, ["v"], None)
+    lex = lexical_rows(a.seed, a.n_pairs, ["v"], None, word_frequencies(a.seed))
+    syn = syntactic_rows(a.seed, a.n_pairs, ["v"], None)
     sets = {"lexical": [(g["word"], b["word"]) for g, b in zip(lex[0::2], lex[1::2])],
             "syntactic": [(g["transcription"], b["transcription"]) for g, b in zip(syn[0::2], syn[1::2])],
-            "ssc": [(g, b) for _, g, b in _cloze_texts(a.seed, a.n_pairs, None, "ssc")],
-            "tsc": [(g, b) for _, g, b in _cloze_texts(a.seed, a.n_pairs, None, "tsc")]}
+            "ssc": [(g, b) for _, g, b in cloze_texts(a.seed, a.n_pairs, None, "ssc")],
+            "tsc": [(g, b) for _, g, b in cloze_texts(a.seed, a.n_pairs, None, "tsc")]}
     models = {"letter 5-gram": LetterNgram(texts), "word bigram + story cache": CachedBigram(texts)}
     print(f"{'proxy':<28}" + "".join(f"{k:>11}" for k in sets))
     for name, m in models.items():

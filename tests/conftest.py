@@ -1,4 +1,4 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules (tiny model builders: helpers.py; stand-ins in real formats: standins.py)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,10 @@ def tiny_unitlm_dir(tmp_path_factory):
     stage saves one (``unitlm.json`` + ``hf/``); load it with alignslm.lm.unitlm.load_unitlm."""
     import json
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from helpers import tiny_llama
 
-    torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny_unitlm")
-    cfg = LlamaConfig(vocab_size=22, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                      bos_token_id=1, eos_token_id=1, pad_token_id=0)
-    LlamaForCausalLM(cfg).save_pretrained(d / "hf")
+    tiny_llama(22, max_positions=64, bos_token_id=1, eos_token_id=1, pad_token_id=0).save_pretrained(d / "hf")
     (d / "unitlm.json").write_text(json.dumps({"path": str(d / "hf"), "offset": 2, "n_units": 20,
                                                "bos_id": 1, "eos_id": 1, "pad_id": 0}))
     return d
@@ -39,8 +35,9 @@ def tiny_unitlm_dir(tmp_path_factory):
 def tiny_judge_dir(tmp_path_factory):
     """A tiny random LLaMA text LM with a byte-level BPE tokenizer and a chat template, in the HF format the
     in-process judge backend (alignslm.judge.TransformersBackend) loads."""
+    from helpers import tiny_llama
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     d = tmp_path_factory.mktemp("tiny_judge")
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -54,9 +51,6 @@ def tiny_judge_dir(tmp_path_factory):
     fast.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                           "{% if add_generation_prompt %}<|assistant|>{% endif %}")
     fast.save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                      bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(d)
+    tiny_llama(len(fast), max_positions=1024, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+               pad_token_id=fast.pad_token_id).save_pretrained(d)
     return d

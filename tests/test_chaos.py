@@ -2,7 +2,7 @@
 
 * chaos: a smoke run whose training really updates (lr > 0, LoRA dropout > 0) is SIGKILLed at random
   points, resumed each time, and must equal an uninterrupted run file for file.  What may differ is one
-  documented list: timings (TIMING_KEYS inside the JSON/JSONL files that carry them), nothing else;
+  documented list: timings (helpers.TIMING_KEYS inside the JSON/JSONL files that carry them), nothing else;
 * a truncated and a deleted artifact are detected and their stage re-runs, giving the same files;
 * a moved run directory resumes (nothing to redo), evaluates and reports identically.
 """
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_same_run, manifest_stages
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--smoke", "--quiet", "sample.shard_size=2", "train.checkpoint_every=2", "train.lora_dropout=0.1",
          "train.epochs=4", "train.warmup_steps=0"]  # several steps at lr > 0: the adapter really moves
 N_KILLS = int(os.environ.get("ALIGNSLM_CHAOS_KILLS", "10"))
-
-# The one list of what may differ between a resumed and an uninterrupted run: timings.  Keys, at any
-# depth, of the JSON / JSONL artifacts (and manifest summaries) that carry wall-clock measurements.
-TIMING_KEYS = {"seconds", "time", "started", "wall_s", "build_seconds", "fit_s", "encode_s", "quantize_s",
-               "audio_s", "x_realtime", "units_per_s", "timing", "score_s", "generation_s", "elapsed_s",
-               "tokens_per_s", "steps_per_s", "train_s", "train_seconds", "duration_s", "tts_s", "salmon_s",
-               "prosaudit_s", "continuation_only_s", "genppl_s", "tokenize_suites_s"}
 
 
 def _env() -> dict:
@@ -49,43 +43,6 @@ def _cmd(run_dir: Path, *extra: str) -> list[str]:
 def _run(run_dir: Path, *extra: str, timeout: float = 2400) -> subprocess.CompletedProcess:
     return subprocess.run(_cmd(run_dir, *extra), capture_output=True, text=True, timeout=timeout, env=_env(),
                           cwd=ROOT)
-
-
-def _manifest(run_dir: Path) -> dict:
-    return json.loads((run_dir / "manifest.json").read_text())["stages"]
-
-
-def _files(run_dir: Path) -> dict[str, list]:
-    """run-dir-relative path -> [size, hash] of every file every stage recorded."""
-    return {f"{k}/{rel}": v for k, e in _manifest(run_dir).items() for rel, v in e.get("files", {}).items()}
-
-
-def _untimed(x):  # noqa: ANN001, ANN202
-    if isinstance(x, dict):
-        return {k: _untimed(v) for k, v in x.items() if k not in TIMING_KEYS}
-    if isinstance(x, list):
-        return [_untimed(v) for v in x]
-    return x
-
-
-def _content(path: Path):  # noqa: ANN202
-    if path.suffix == ".json":
-        return _untimed(json.loads(path.read_text()))
-    if path.suffix == ".jsonl":
-        return [_untimed(json.loads(x)) for x in path.read_text().splitlines() if x.strip()]
-    return path.read_bytes()
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    """Every artifact of ``b`` equals ``a``'s, bit for bit, or (JSON with timings) once timings are removed."""
-    fa, fb = _files(a), _files(b)
-    assert sorted(fa) == sorted(fb)
-    differ = [k for k in fa if fa[k] != fb[k]]
-    bad = [k for k in differ if Path(k).suffix not in (".json", ".jsonl") or _content(a / k) != _content(b / k)]
-    assert bad == [], f"differ beyond timings: {bad}"
-    ma, mb = _manifest(a), _manifest(b)
-    assert {k: (e["hash"], _untimed(e["summary"])) for k, e in ma.items()} == \
-        {k: (e["hash"], _untimed(e["summary"])) for k, e in mb.items()}
 
 
 def _assert_trained(run_dir: Path) -> None:
@@ -109,7 +66,7 @@ def clean(tmp_path_factory) -> tuple[Path, float]:
 def _progress(run_dir: Path) -> int:
     """Finished stages plus completed shards and checkpoints: grows as the run gets anywhere."""
     try:
-        done = sum(bool(e.get("finished")) for e in _manifest(run_dir).values())
+        done = sum(bool(e.get("finished")) for e in manifest_stages(run_dir).values())
     except (FileNotFoundError, json.JSONDecodeError):
         done = 0
     return done * 1000 + sum(1 for _ in run_dir.rglob("shards/*")) + sum(1 for _ in run_dir.rglob("*.pt"))
@@ -168,7 +125,7 @@ def test_moved_run_dir_resumes_evaluates_and_reports_identically(clean, tmp_path
     out = _run(moved, "--force", "--stage", "report")
     assert out.returncode == 0, out.stderr[-3000:]
     assert_same_run(clean_dir, moved)
-    st = _manifest(moved)
-    assert all(e["summary"].get("rejects", 0) == _manifest(clean_dir)[k]["summary"].get("rejects", 0)
+    st = manifest_stages(moved)
+    assert all(e["summary"].get("rejects", 0) == manifest_stages(clean_dir)[k]["summary"].get("rejects", 0)
                for k, e in st.items())
     assert str(clean_dir) not in "".join(p.read_text(errors="ignore") for p in moved.rglob("*.json*"))

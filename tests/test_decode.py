@@ -6,30 +6,21 @@ import numpy as np
 import pytest
 import torch
 from alignslm.kernels.sampling import SamplingError
+from helpers import tiny_llama
 from scipy import stats
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList, OPTConfig, OPTForCausalLM
+from transformers import LogitsProcessor, LogitsProcessorList, OPTConfig, OPTForCausalLM
 
 from alignslm.lm.sampler import SamplingParams, generate
 from alignslm.lm.unitlm import UnitLM, UnitLMError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 N_UNITS = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine run much faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=3 + N_UNITS, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=96,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    m = LlamaForCausalLM(cfg).eval()
+def _llama(seed: int = 0):
+    m = tiny_llama(3 + N_UNITS, seed=seed, hidden=48, intermediate=96, heads=4, kv_heads=2, max_positions=96,
+                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
     with torch.no_grad():  # sharper logits so greedy paths are not near-ties, and EOS is reachable
         m.lm_head.weight.mul_(8.0)
     return m

@@ -110,12 +110,12 @@ def test_inflection():
 def test_benchmark_tables_are_deterministic_per_seed():
     from collections import Counter
 
-    from alignslm.demo.benchmarks import _cloze_texts, _lexical_rows, _syntactic_rows
+    from alignslm.demo.benchmarks import cloze_texts, lexical_rows, syntactic_rows
 
     freq = Counter({"pan": 3})
-    a = _lexical_rows(0, 8, ["en-us", "en"], None, freq)
-    assert a == _lexical_rows(0, 8, ["en-us", "en"], None, freq) != _lexical_rows(1, 8, ["en-us", "en"], None, freq)
+    a = lexical_rows(0, 8, ["en-us", "en"], None, freq)
+    assert a == lexical_rows(0, 8, ["en-us", "en"], None, freq) != lexical_rows(1, 8, ["en-us", "en"], None, freq)
     assert len({r["filename"] for r in a}) == len(a) == 32 and all(re.fullmatch(r"\w{11}", r["filename"]) for r in a)
-    assert _syntactic_rows(2, 7, ["en"], None) == _syntactic_rows(2, 7, ["en"], None)
-    assert {r["type"] for r in _syntactic_rows(2, 7, ["en"], None)} == {k[0] for k in SYNTACTIC_KINDS}
-    assert _cloze_texts(0, 5, None, "tsc") == _cloze_texts(0, 5, None, "tsc")
+    assert syntactic_rows(2, 7, ["en"], None) == syntactic_rows(2, 7, ["en"], None)
+    assert {r["type"] for r in syntactic_rows(2, 7, ["en"], None)} == {k[0] for k in SYNTACTIC_KINDS}
+    assert cloze_texts(0, 5, None, "tsc") == cloze_texts(0, 5, None, "tsc")

@@ -10,44 +10,14 @@ import random
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from helpers import N_UNITS, OFFSET, synthetic_pairs, tiny_lm, train_cfg
 
-from alignslm.config import TrainConfig
 from alignslm.dpo.losses import metrics_from_stats, pair_stats, preference_loss
-from alignslm.dpo.trainer import DPOTrainer, SequenceLogps, _support_ids, collate, prepare_pairs
+from alignslm.dpo.trainer import DPOTrainer, SequenceLogps, collate, prepare_pairs, support_ids
 from alignslm.lm.unitlm import UnitLM
 from alignslm.rundir import Rejects
 
-N_UNITS, OFFSET = 20, 2  # slamkit-style ids: pad=0, bos=eos=1, unit k -> k+2
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
-
-
-def tiny_lm(seed: int = 0, extra_vocab: int = 0, support: str = "units") -> UnitLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=OFFSET + N_UNITS + extra_vocab, hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                      max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=1)
-    return UnitLM(LlamaForCausalLM(cfg).eval(), offset=OFFSET, n_units=N_UNITS, bos_id=1, eos_id=1, pad_id=0,
-                  support=support)
-
-
-def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Chosen completions use units 0-9, rejected ones 10-19: a clear, learnable preference."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        rows.append({"prompt_id": f"p{i}", "prompt": [rng.randrange(N_UNITS) for _ in range(rng.randint(2, 7))],
-                     "chosen": [rng.randrange(10) for _ in range(rng.randint(2, 7))],
-                     "rejected": [rng.randrange(10, 20) for _ in range(rng.randint(2, 7))]})
-    return rows
-
-
-def train_cfg(**kw) -> TrainConfig:
-    base = dict(lr=5e-3, warmup_steps=2, epochs=2, batch_size=4, lora_r=4, lora_alpha=8, checkpoint_every=2,
-                max_length=64)
-    return dataclasses.replace(TrainConfig(), **{**base, **kw})
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -162,9 +132,9 @@ def test_one_forward_equals_unitlm_token_logprobs(support, eos, shared):
     for e in ex:
         e.chosen.append(eos)
     ref = _ref_logps(lm, collate(ex, lm.pad_id))
-    ours = SequenceLogps(lm.model, _support_ids(lm))(*collate(ex, lm.pad_id, shared=shared).forward_args())
+    ours = SequenceLogps(lm.model, support_ids(lm))(*collate(ex, lm.pad_id, shared=shared).forward_args())
     assert torch.isfinite(ref).all() and (ours.double() - ref).abs().max().item() < 1e-4
-    alone = SequenceLogps(lm.model, _support_ids(lm))(*collate(ex[:1], lm.pad_id, shared=shared).forward_args())
+    alone = SequenceLogps(lm.model, support_ids(lm))(*collate(ex[:1], lm.pad_id, shared=shared).forward_args())
     assert alone[0].item() == pytest.approx(ours[0].item(), abs=1e-5)  # padding with other pairs changes nothing
 
 

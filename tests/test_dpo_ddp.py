@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_dpo import synthetic_pairs, tiny_lm, train_cfg
+from helpers import synthetic_pairs, tiny_lm, train_cfg
 
 from alignslm.dpo.trainer import DPOTrainer, prepare_pairs
 
@@ -24,7 +24,7 @@ import json, os, sys, dataclasses
 import torch, torch.distributed as dist
 torch.set_num_threads(1)
 sys.path.insert(0, os.environ["TESTS_DIR"])
-from test_dpo import synthetic_pairs, tiny_lm, train_cfg
+from helpers import synthetic_pairs, tiny_lm, train_cfg
 from alignslm.dpo.trainer import DPOTrainer, prepare_pairs
 dist.init_process_group("gloo")
 world = dist.get_world_size()

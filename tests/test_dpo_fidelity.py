@@ -9,10 +9,11 @@ import random
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+from helpers import tiny_llama
+from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
 
 from alignslm.config import TrainConfig
-from alignslm.dpo.trainer import DPOTrainer, dropout_off, lora_targets, prepare_pairs, schedule_problem
+from alignslm.dpo.trainer import DPOTrainer, collate, dropout_off, lora_targets, prepare_pairs, schedule_problem
 from alignslm.lm.unitlm import UnitLM
 
 N_UNITS, OFFSET = 20, 4  # TWIST-style: unit k is token k + config.offset
@@ -29,12 +30,6 @@ def tiny_opt(dropout: float = 0.1) -> UnitLM:
                     bos_token_id=0, eos_token_id=2, dropout=dropout, attention_dropout=dropout,
                     activation_dropout=dropout)
     return UnitLM(OPTForCausalLM(cfg), offset=OFFSET, n_units=N_UNITS, bos_id=0, eos_id=2, pad_id=1)
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=OFFSET + N_UNITS, hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128))
 
 
 def pairs(n: int) -> list[dict]:
@@ -65,9 +60,9 @@ def test_dropout_is_off_in_policy_and_reference_during_dpo(tmp_path, precompute)
     assert first["loss"] == pytest.approx(0.6931471805599453, abs=1e-7)  # -log sigmoid(0)
     assert not any(m.training for n, m in tr.peft.named_modules() if "lora_dropout" not in n.split("."))
     # what train mode would have done: two passes of the same network disagree
-    seqs = tr.module(*tr._collate(ex[:4]).forward_args())
+    seqs = tr.module(*collate(ex[:4], lm.pad_id, shared=tr.shared).forward_args())
     tr.peft.train()
-    noisy = tr.module(*tr._collate(ex[:4]).forward_args())
+    noisy = tr.module(*collate(ex[:4], lm.pad_id, shared=tr.shared).forward_args())
     assert not torch.allclose(seqs, noisy)
 
 
@@ -84,7 +79,8 @@ def test_lora_dropout_stays_as_configured():
 
 def test_lora_targets_per_architecture():
     assert lora_targets(tiny_opt().model, ["auto"]) == ["k_proj", "out_proj", "q_proj", "v_proj"]
-    assert lora_targets(tiny_llama(), ["auto"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    llama = tiny_llama(OFFSET + N_UNITS, max_positions=128)
+    assert lora_targets(llama, ["auto"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=30, n_embd=16, n_layer=2, n_head=2, n_positions=32))
     got = lora_targets(gpt2, ["auto"])  # c_proj names an MLP layer too: full paths, attention only
     assert got == [f"transformer.h.{i}.attn.{n}" for i in range(2) for n in ("c_attn", "c_proj")]
@@ -133,8 +129,11 @@ def test_an_empty_pairs_file_names_the_pairs_and_judge_summaries():
 def test_dpo_steps_move_every_lora_parameter_and_no_base_parameter(tmp_path, arch):
     """After a few DPO steps every LoRA tensor of every target has moved (lora_A moves from step 2, once lora_B
     is no longer zero) and every base weight is bit-identical: the adapter is all that trains."""
-    lm = tiny_opt(dropout=0.0) if arch == "opt" else UnitLM(tiny_llama(), offset=OFFSET, n_units=N_UNITS, bos_id=1,
-                                                            eos_id=2, pad_id=0)
+    if arch == "opt":
+        lm = tiny_opt(dropout=0.0)
+    else:
+        lm = UnitLM(tiny_llama(OFFSET + N_UNITS, max_positions=128), offset=OFFSET, n_units=N_UNITS, bos_id=1,
+                    eos_id=2, pad_id=0)
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     tr = DPOTrainer(lm, cfg(epochs=3), tmp_path, seed=1)
     start = {n: p.detach().clone() for n, p in tr.peft.named_parameters() if ".lora_" in n}

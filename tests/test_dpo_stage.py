@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_dpo import N_UNITS, OFFSET, synthetic_pairs, tiny_lm
+from helpers import N_UNITS, OFFSET, synthetic_pairs, tiny_lm
 
 from alignslm.config import load_config
 from alignslm.dpo.trainer import SequenceLogps, collate, prepare_pairs

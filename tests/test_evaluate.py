@@ -22,15 +22,10 @@ N_UNITS = 20
 
 @pytest.fixture(scope="module")
 def unitlm_dir(tmp_path_factory) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from helpers import tiny_llama
 
-    torch.manual_seed(0)
     d = tmp_path_factory.mktemp("unitlm")
-    cfg = LlamaConfig(vocab_size=N_UNITS + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=1, pad_token_id=0)
-    model = LlamaForCausalLM(cfg)
+    model = tiny_llama(N_UNITS + 2, max_positions=128, bos_token_id=1, eos_token_id=1, pad_token_id=0)
     model.config.offset = 2
     model.config.n_units = N_UNITS
     model.save_pretrained(d / "hf")
@@ -584,8 +579,8 @@ def test_a_submission_missing_or_carrying_an_unknown_file_is_an_error_naming_it(
 
 def test_generation_metrics_whose_judge_mostly_failed_fail_the_stage_before_the_model_is_recorded():
     from alignslm.pipeline import StageFailed
-    from alignslm.stages.evaluate import _check_judge
+    from alignslm.stages.evaluate import raise_if_judge_failed
 
-    _check_judge("base", {"judge_tried": 10, "judge_failed": 5}, 0.5)
+    raise_if_judge_failed("base", {"judge_tried": 10, "judge_failed": 5}, 0.5)
     with pytest.raises(StageFailed, match=r"evaluate \(round-1: judge\): 6 of 10 items failed"):
-        _check_judge("round-1", {"judge_tried": 10, "judge_failed": 6}, 0.5)
+        raise_if_judge_failed("round-1", {"judge_tried": 10, "judge_failed": 6}, 0.5)

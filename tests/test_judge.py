@@ -120,13 +120,12 @@ def test_load_judge_modes(tiny_dir):
 @pytest.mark.integration
 def test_demo_gguf_judge_ranks_sensibly():
     be = TransformersBackend(default_judge_model())  # Q4_1 GGUF, dequantised by transformers
-    assert be._digit_ids is not None
     p = ["Anna the cook washed the dirty pan in the kitchen."] * 2
     c = ["Now the pan is clean and she puts it on the shelf.", "the. on shelf pan is now clean puts she it the and"]
     ppl = PerplexityJudge(be).score(p, c)
     assert ppl[0].perplexity < ppl[1].perplexity
-    exp = LLMScoreJudge(be, expected=True).score(p, c)
-    assert all(1 <= r.score <= 5 for r in exp)
+    exp = LLMScoreJudge(be, expected=True).score(p, c)  # needs the five digits as single tokens
+    assert all(r.error is None and 1 <= r.score <= 5 for r in exp)
 
 
 def test_demo_judge_is_read_from_the_downloaded_wheel(tmp_path):

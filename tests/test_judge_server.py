@@ -6,16 +6,15 @@ Includes a server killed mid-run: the items after the kill are recorded as error
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
+from helpers import free_port, start_judge_server
 
-from alignslm.judge import LLMScoreJudge, PerplexityJudge, default_judge_model
+from alignslm.judge import LLMScoreJudge, PerplexityJudge
 from alignslm.judge.http import OpenAIBackend
 
 pytestmark = [pytest.mark.server, pytest.mark.integration]
@@ -24,40 +23,9 @@ P = "Anna the cook washed the dirty pan in the kitchen."
 TRUE, SHUF = "Now the pan is clean.", "Clean pan the now is."
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(tmp_path, port: int | None = None):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python[server] is not installed (pip install alignslm[server])")
-    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python was installed without [server]")
-    port = port or _free_port()
-    # one thread: llama.cpp threads spin at barriers, and on a loaded 2-core machine two spinning threads
-    # made a 48-token reply take > 300 s (one thread: ~3 s)
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_judge_model()),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
-                             "--logits_all", "true", "--model_alias", "smollm2"], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}/v1"
-    t0 = time.time()
-    while time.time() - t0 < 180:
-        if proc.poll() is not None:
-            pytest.fail(f"llama_cpp.server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2) as r:
-                if json.loads(r.read())["data"]:
-                    return proc, url
-        except OSError:
-            time.sleep(1)
-    proc.kill()
-    pytest.fail("llama_cpp.server did not answer within 180 s")
-
-
 @pytest.fixture()
 def server(tmp_path):
-    proc, url = _start(tmp_path)
+    proc, url = start_judge_server(tmp_path)
     yield proc, url
     if proc.poll() is None:
         proc.terminate()
@@ -88,13 +56,14 @@ def test_real_server_scores_logprobs_and_perplexity(server, tmp_path):
 
 def test_server_killed_mid_run(server, tmp_path):
     proc, url = server
-    be = OpenAIBackend(url, "smollm2", concurrency=1, timeout_s=60, retries=2, backoff_s=0.05)
+    cache = tmp_path / "cache.jsonl"
+    be = OpenAIBackend(url, "smollm2", concurrency=1, timeout_s=60, retries=2, backoff_s=0.05, cache_path=cache)
     conts = [TRUE, SHUF, "The farmer feeds the pig.", "Now the cup is clean.", "The ship sails.", "Anna smiles."]
     out: dict = {}
     th = threading.Thread(target=lambda: out.setdefault("res", PerplexityJudge(be).score([P] * 6, conts)))
     th.start()
     t0 = time.time()
-    while not be._cache and time.time() - t0 < 120:  # kill once the first reply has arrived
+    while not (cache.exists() and cache.stat().st_size) and time.time() - t0 < 120:  # the first reply is in
         time.sleep(0.01)
     proc.kill()
     proc.wait()
@@ -129,14 +98,14 @@ def test_judge_stage_with_the_server_down_fails_loudly_then_resumes_to_the_same_
     from alignslm.pipeline import run_step
     from alignslm.rundir import Manifest
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     run, cfg, step = _judge_run(tmp_path / "a", url)
     with pytest.raises(JudgeEndpointError, match=f"judge endpoint {url} is not reachable"):
         run_step(step, cfg, run, Manifest(run), progress=False)  # before any item is asked
     out = run / "round-1" / "judge"
     assert not Manifest(run).entry("round-1/judge")["finished"] and not (out / "judgments.jsonl").exists()
-    proc, _ = _start(tmp_path, port)  # the server is up: the same step runs and is recorded
+    proc, _ = start_judge_server(tmp_path, port)  # the server is up: the same step runs and is recorded
     try:
         ran, summary = run_step(step, cfg, run, Manifest(run), progress=False)
         assert ran and summary["judged"] == 4 and summary["items_failed"] == 0
@@ -153,13 +122,12 @@ def test_demo_run_whose_judge_server_dies_fails_loudly_and_resumes_to_the_same_j
     """The whole method (smoke demo) judged by a real llama.cpp server that dies once transcription is done:
     the run stops with one line and the judge stage unrecorded; with the server back the same command
     finishes, and its judgments equal a fresh re-judging of the same transcripts."""
-    import json
     import os
     import shutil
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    port = _free_port()
+    port = free_port()
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "alignslm.run", "--smoke", "--quiet", f"run.run_dir={run}", "curriculum.rounds=1",
            "judge.backend=openai", f"judge.url=http://127.0.0.1:{port}/v1", "judge.model_name=smollm2",
@@ -173,7 +141,7 @@ def test_demo_run_whose_judge_server_dies_fails_loudly_and_resumes_to_the_same_j
         except (OSError, ValueError):
             return False
 
-    proc, _ = _start(tmp_path, port)
+    proc, _ = start_judge_server(tmp_path, port)
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
     while job.poll() is None and not finished("round-1/transcribe"):
         time.sleep(0.2)
@@ -182,7 +150,7 @@ def test_demo_run_whose_judge_server_dies_fails_loudly_and_resumes_to_the_same_j
     _, err = job.communicate(timeout=1800)
     assert job.returncode == 1, err[-3000:]
     assert "error: stage round-1/judge" in err and "Traceback" not in err and not finished("round-1/judge")
-    proc, _ = _start(tmp_path, port)  # back up: the same command resumes and finishes
+    proc, _ = start_judge_server(tmp_path, port)  # back up: the same command resumes and finishes
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env, cwd=root)
         assert out.returncode == 0, out.stderr[-3000:]

@@ -109,3 +109,57 @@ def test_wheel_lists_every_subpackage():
     on_disk = {_module_name(p) for p in PKG.rglob("__init__.py")} | {"alignslm.kernels"}
     assert listed == on_disk
     assert '"alignslm.kernels" = "kernels"' in text
+
+
+# Private names the tests still reach, each for a reason (see each entry); anything else is an error, and an
+# entry that is no longer used must be removed.
+TEST_PRIVATES = {
+    "alignslm.lm.sampler._shared_prefix_ok",  # monkeypatched off to force the generic KV-cache decode path
+    "alignslm.lm.sampler._generate_batch",  # monkeypatched to count decode calls: a resumed stage redoes none
+    "alignslm.kernels.sampling._kept_mass",  # the kernel's top-k/top-p mass, checked against the reference
+    "alignslm.speech.quantizer._C",  # the C++ extension's own API (kernel selection, assign_dist, threads)
+}
+
+
+def _test_imports(path: Path) -> tuple[set[str], set[str]]:
+    """(test modules imported, private alignslm names reached) by one test file."""
+    tree = ast.parse(path.read_text(), str(path))
+    aliases: dict[str, str] = {}
+    tests, privates = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("test_"):
+                    tests.add(a.name)
+                if a.name.startswith("alignslm"):
+                    aliases[a.asname or a.name] = a.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith("test_"):
+                tests.add(node.module)
+            if node.module.startswith("alignslm"):
+                for a in node.names:
+                    if a.name.startswith("_"):
+                        privates.add(f"{node.module}.{a.name}")
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    for node in ast.walk(tree):
+        target = None
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            target = (node.value.id, node.attr)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("setattr", "delattr"):
+            args = node.args
+            if len(args) >= 2 and isinstance(args[0], ast.Name) and isinstance(args[1], ast.Constant):
+                target = (args[0].id, str(args[1].value))
+        if target and target[0] in aliases and target[1].startswith("_") and not target[1].startswith("__"):
+            privates.add(f"{aliases[target[0]]}.{target[1]}")
+    return tests, privates
+
+
+def test_tests_import_no_test_module_and_only_the_listed_private_names():
+    tests, privates = {}, set()
+    for f in sorted((ROOT / "tests").glob("*.py")):
+        t, p = _test_imports(f)
+        if t:
+            tests[f.name] = sorted(t)
+        privates |= p
+    assert tests == {}, "shared builders belong in tests/helpers.py or conftest.py"
+    assert privates == TEST_PRIVATES

@@ -10,22 +10,16 @@ import numpy as np
 import pytest
 import torch
 from alignslm.kernels.sampling import SamplingError
-from transformers import LlamaConfig, LlamaForCausalLM
+from helpers import tiny_llama
 
 from alignslm.config import load_config
 from alignslm.lm.prompts import PromptError, make_prompt
 from alignslm.rundir import StageContext, read_jsonl, write_json, write_jsonl
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 K = 16
 FR = 25.0  # frames per second
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_prompt_cut_at_word_boundary():
@@ -70,10 +64,7 @@ def _run_dir(tmp_path: Path) -> Path:
     write_jsonl(tmp_path / "corpus" / "manifest.jsonl", man)
     write_jsonl(tmp_path / "tokenize" / "units.jsonl", rows)
     write_json(tmp_path / "tokenize" / "tokenizer.json", {"n_units": K, "frame_rate": FR})
-    torch.manual_seed(0)
-    m = LlamaForCausalLM(LlamaConfig(vocab_size=3 + K, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=2, max_position_embeddings=256, bos_token_id=1,
-                                     eos_token_id=2, pad_token_id=0))
+    m = tiny_llama(3 + K, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     with torch.no_grad():
         m.lm_head.weight[2] += 0.05  # some EOS
     m.config.offset = 3

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
 
-from test_dpo import N_UNITS, synthetic_pairs, tiny_lm, train_cfg  # noqa: E402
+from helpers import N_UNITS, synthetic_pairs, tiny_lm, train_cfg  # noqa: E402
 
 from alignslm.dpo.trainer import DPOTrainer, Example  # noqa: E402
 

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port, start_judge_server
 from standins import build_standins
-from test_judge_server import _free_port, _start
 
 from alignslm.rundir import read_jsonl
 
@@ -46,7 +46,7 @@ def _run(cmd: list[str], timeout: float = 1800) -> subprocess.CompletedProcess:
 def test_twist_config_on_standins_from_a_down_judge_to_report_export_and_generate(tmp_path):
     standins = build_standins(tmp_path / "standins", speech=True)
     run_dir = tmp_path / "run"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     cmd = _cmd(standins, run_dir, url)
     dry = _run([*cmd, "--dry-run"])
@@ -54,7 +54,7 @@ def test_twist_config_on_standins_from_a_down_judge_to_report_export_and_generat
     down = _run(cmd)  # the judge server is down: one clear message, nothing done, nothing recorded
     assert down.returncode == 2 and "is not reachable" in down.stderr and "Traceback" not in down.stderr
     assert not (run_dir / "manifest.json").exists()
-    proc, _ = _start(tmp_path, port)
+    proc, _ = start_judge_server(tmp_path, port)
     try:
         assert _run([*cmd, "--dry-run"]).returncode == 0
         out = _run(cmd)

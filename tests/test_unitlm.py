@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+from helpers import tiny_llama
+from transformers import OPTConfig, OPTForCausalLM
 
 from alignslm.lm.unitlm import UnitLM, UnitLMError, load_unitlm
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
-def _tiny_llama(vocab: int, **extra) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, **extra)
-    return LlamaForCausalLM(cfg).eval()
+
+def _tiny_llama(vocab: int, **ids: int):
+    return tiny_llama(vocab, heads=4, kv_heads=2, max_positions=64, **ids)
 
 
 def _tiny_opt(vocab: int, **extra) -> OPTForCausalLM:
@@ -182,15 +182,6 @@ def test_load_unitlm_with_adapters(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # Demo pretraining and the unitlm stage
 # --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine run much faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def synthetic_units(n_utts: int, n_units: int = 30, seed: int = 0) -> list[list[int]]:

@@ -180,12 +180,12 @@ def test_vocoder_and_vocode_stages(tmp_path):
 
 
 def test_vocoder_stage_hifigan_checks_unit_table(tmp_path):
-    from test_vocoder_hifigan import TINY, _save, _weight_normed
+    from helpers import TINY_HIFIGAN, save_hifigan, weight_normed_generator
 
     from alignslm.stages import vocoder as vocoder_stage
 
     inputs = _world(tmp_path, n=2)
-    d = _save(tmp_path, TINY, _weight_normed(TINY))
+    d = save_hifigan(tmp_path, TINY_HIFIGAN, weight_normed_generator(TINY_HIFIGAN))
     cfg = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={d}"])
     assert vocoder_stage.check(cfg) == []
     ctx = StageContext(name="vocoder", cfg=cfg, run_dir=tmp_path, out=tmp_path / "vocoder", inputs=inputs,

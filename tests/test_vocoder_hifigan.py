@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_HIFIGAN, save_hifigan, weight_normed_generator
 
 from alignslm.vocoder import load_vocoder
 from alignslm.vocoder.hifigan import (
+    BatchConditioning,
     CheckpointError,
-    CodeGenerator,
     ConditioningError,
     HifiganVocoder,
     VocoderInputError,
-    _Cond,
     load_codegenerator,
 )
-
-TINY = {
-    "resblock": "1", "upsample_rates": [2, 2], "upsample_kernel_sizes": [4, 4], "upsample_initial_channel": 16,
-    "resblock_kernel_sizes": [3, 5], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
-    "num_embeddings": 20, "embedding_dim": 8, "model_in_dim": 8, "code_hop_size": 4, "sampling_rate": 16000,
-    "dur_predictor_params": {"encoder_embed_dim": 8, "var_pred_hidden_dim": 8, "var_pred_kernel_size": 3,
-                             "var_pred_dropout": 0.5},
-}
 
 # The names a public unit HiFi-GAN checkpoint of this shape holds (speech-resynthesis / textlesslib).
 PUBLIC_KEYS = {
@@ -41,34 +32,6 @@ PUBLIC_KEYS = {
 }
 
 
-def _weight_normed(cfg: dict, seed: int = 0, new_api: bool = False) -> CodeGenerator:
-    """A random-weight generator with weight norm applied the way the public training code does."""
-    torch.manual_seed(seed)
-    m = CodeGenerator(cfg)
-    for p in m.parameters():
-        torch.nn.init.normal_(p, 0.0, 0.3)
-    if m.dur_predictor is not None:
-        torch.nn.init.constant_(m.dur_predictor.proj.bias, 1.2)  # exp(d) - 1 around 2-3 frames per unit
-    convs = [m.conv_pre, m.conv_post, *m.ups, *(c for rb in m.resblocks for c in rb.modules()
-                                                 if isinstance(c, torch.nn.Conv1d))]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for c in convs:
-            if new_api:
-                torch.nn.utils.parametrizations.weight_norm(c)
-            else:
-                torch.nn.utils.weight_norm(c)
-    return m.eval()
-
-
-def _save(tmp_path, cfg: dict, model: torch.nn.Module, name: str = "hg") -> str:
-    d = tmp_path / name
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(cfg))
-    torch.save({"generator": model.state_dict()}, d / "generator.pt")
-    return str(d)
-
-
 def _rand_units(n: int, lo: int = 1, hi: int = 30, seed: int = 1) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 20, size=int(rng.integers(lo, hi))).tolist() for _ in range(n)]
@@ -76,10 +39,10 @@ def _rand_units(n: int, lo: int = 1, hi: int = 30, seed: int = 1) -> list[list[i
 
 @pytest.mark.parametrize("new_api", [False, True])
 def test_public_checkpoint_loads_strictly_and_matches_weight_normed_model(tmp_path, new_api):
-    ref = _weight_normed(TINY, new_api=new_api)
+    ref = weight_normed_generator(TINY_HIFIGAN, new_api=new_api)
     if not new_api:
         assert set(ref.state_dict()) == PUBLIC_KEYS
-    d = _save(tmp_path, TINY, ref)
+    d = save_hifigan(tmp_path, TINY_HIFIGAN, ref)
     model = load_codegenerator(d)
     assert not any("weight_g" in k or "parametrizations" in k for k in model.state_dict())
     code = torch.tensor([[3, 5, 5, 1, 19, 0, 7]])
@@ -91,7 +54,7 @@ def test_public_checkpoint_loads_strictly_and_matches_weight_normed_model(tmp_pa
 
 
 def test_batched_duration_prediction_identical_to_one_at_a_time(tmp_path):
-    model = load_codegenerator(_save(tmp_path, TINY, _weight_normed(TINY)))
+    model = load_codegenerator(save_hifigan(tmp_path, TINY_HIFIGAN, weight_normed_generator(TINY_HIFIGAN)))
     units = _rand_units(24, 1, 60)
     lengths = torch.tensor([len(u) for u in units])
     codes = torch.nn.utils.rnn.pad_sequence([torch.tensor(u) for u in units], batch_first=True)
@@ -106,7 +69,7 @@ def test_batched_duration_prediction_identical_to_one_at_a_time(tmp_path):
 
 def test_batch_vocode_matches_single_and_trims(tmp_path, monkeypatch):
     monkeypatch.setattr("alignslm.vocoder.hifigan.CPU_MIN_FILL", 0.0)  # one padded batch of all 7 lengths
-    voc = load_vocoder(_save(tmp_path, TINY, _weight_normed(TINY)))
+    voc = load_vocoder(save_hifigan(tmp_path, TINY_HIFIGAN, weight_normed_generator(TINY_HIFIGAN)))
     assert isinstance(voc, HifiganVocoder) and voc.sample_rate == 16000
     units = _rand_units(7, 1, 25, seed=3)
     batched = voc.vocode(units, batch_size=7)
@@ -121,20 +84,21 @@ def test_batch_vocode_matches_single_and_trims(tmp_path, monkeypatch):
 
 
 def test_multispeaker_f0_model_batches_like_single(tmp_path):
-    cfg = {**TINY, "multispkr": True, "num_speakers": 4, "f0": True, "model_in_dim": 17}
+    cfg = {**TINY_HIFIGAN, "multispkr": True, "num_speakers": 4, "f0": True, "model_in_dim": 17}
     cfg.pop("dur_predictor_params")
-    model = load_codegenerator(_save(tmp_path, cfg, _weight_normed(cfg)))
+    model = load_codegenerator(save_hifigan(tmp_path, cfg, weight_normed_generator(cfg)))
     assert "spkr.weight" in model.state_dict()
     rng = np.random.default_rng(0)
     units = [torch.tensor(u) for u in _rand_units(4, 2, 12)]
     f0s = [torch.tensor(rng.uniform(-1, 1, 2 * len(u)), dtype=torch.float32) for u in units]  # 2 F0 frames/unit
-    cond = _Cond(spkr=torch.tensor([2]))
+    cond = BatchConditioning(spkr=torch.tensor([2]))
     with torch.no_grad():
         codes = torch.nn.utils.rnn.pad_sequence(units, batch_first=True)
-        x, frames = model.features(codes, torch.tensor([len(u) for u in units]), None, _Cond(cond.spkr, None, f0s))
+        x, frames = model.features(codes, torch.tensor([len(u) for u in units]), None,
+                                   BatchConditioning(cond.spkr, None, f0s))
         batched = model.generate(x, frames)
         for i, u in enumerate(units):
-            xs, fs = model.features(u[None], torch.tensor([len(u)]), None, _Cond(cond.spkr, None, [f0s[i]]))
+            xs, fs = model.features(u[None], torch.tensor([len(u)]), None, BatchConditioning(cond.spkr, None, [f0s[i]]))
             s = model.generate(xs, fs)[0]
             assert s.shape[0] == 2 * len(u) * 4
             torch.testing.assert_close(batched[i, : s.shape[0]], s, atol=2e-5, rtol=1e-4)
@@ -149,10 +113,10 @@ def _direct(model, units, cond):
 
 def test_speaker_embedding_checkpoint_is_conditioned_through_vocode(tmp_path, monkeypatch):
     monkeypatch.setattr("alignslm.vocoder.hifigan.CPU_MIN_FILL", 0.0)
-    cfg = {**TINY, "multispkr": True, "embedder_params": {"embedder_type": "ecapa"}, "embedder_dim": 6,
+    cfg = {**TINY_HIFIGAN, "multispkr": True, "embedder_params": {"embedder_type": "ecapa"}, "embedder_dim": 6,
            "model_in_dim": 16}
     cfg.pop("dur_predictor_params")
-    voc = load_vocoder(_save(tmp_path, cfg, _weight_normed(cfg)))
+    voc = load_vocoder(save_hifigan(tmp_path, cfg, weight_normed_generator(cfg)))
     assert isinstance(voc, HifiganVocoder) and "spkr.weight" in voc.model.state_dict()
     assert voc.conditioning() == {"speaker": "embedding", "speaker_size": 6, "f0": False, "f0_bins": None}
     units = _rand_units(4, 3, 12, seed=7)
@@ -167,7 +131,7 @@ def test_speaker_embedding_checkpoint_is_conditioned_through_vocode(tmp_path, mo
     embs = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
     per_item = voc.vocode(units, speaker=embs, batch_size=4)  # one vector per utterance, one padded batch
     for i, u in enumerate(units):
-        want = _direct(voc.model, u, _Cond(spkr=torch.tensor(embs[i:i + 1])))
+        want = _direct(voc.model, u, BatchConditioning(spkr=torch.tensor(embs[i:i + 1])))
         np.testing.assert_allclose(per_item[i], want, atol=2e-5, err_msg=f"item {i}")
     shared = voc.vocode(units, speaker=embs[0])  # one vector for all
     np.testing.assert_allclose(shared[0], per_item[0], atol=2e-5)
@@ -178,9 +142,9 @@ def test_speaker_embedding_checkpoint_is_conditioned_through_vocode(tmp_path, mo
 
 def test_speaker_ids_and_f0_through_vocode(tmp_path, monkeypatch):
     monkeypatch.setattr("alignslm.vocoder.hifigan.CPU_MIN_FILL", 0.0)
-    cfg = {**TINY, "multispkr": True, "num_speakers": 4, "f0": True, "model_in_dim": 17}
+    cfg = {**TINY_HIFIGAN, "multispkr": True, "num_speakers": 4, "f0": True, "model_in_dim": 17}
     cfg.pop("dur_predictor_params")
-    voc = HifiganVocoder(load_codegenerator(_save(tmp_path, cfg, _weight_normed(cfg))), speaker=1)
+    voc = HifiganVocoder(load_codegenerator(save_hifigan(tmp_path, cfg, weight_normed_generator(cfg))), speaker=1)
     assert voc.conditioning() == {"speaker": "id", "speaker_size": 4, "f0": True, "f0_bins": None}
     rng = np.random.default_rng(0)
     units = _rand_units(3, 2, 12)
@@ -193,19 +157,20 @@ def test_speaker_ids_and_f0_through_vocode(tmp_path, monkeypatch):
         voc.vocode(units, f0=f0s, speaker=[0, 4, 1])
     out = voc.vocode(units, f0=f0s, speaker=[3, 0, 2], batch_size=3)
     for i, (u, sp) in enumerate(zip(units, [3, 0, 2])):
-        want = _direct(voc.model, u, _Cond(spkr=torch.tensor([sp]), f0=[torch.tensor(f0s[i])]))
+        want = _direct(voc.model, u, BatchConditioning(spkr=torch.tensor([sp]), f0=[torch.tensor(f0s[i])]))
         assert out[i].shape == want.shape == (2 * len(u) * 4,)
         np.testing.assert_allclose(out[i], want, atol=2e-5, err_msg=f"item {i}")
     default = voc.vocode(units[:1], f0=f0s[:1])  # the constructor's speaker 1
-    np.testing.assert_allclose(default[0], _direct(voc.model, units[0], _Cond(torch.tensor([1]), None,
-                                                                                 [torch.tensor(f0s[0])])), atol=2e-5)
+    np.testing.assert_allclose(default[0], _direct(voc.model, units[0], BatchConditioning(torch.tensor([1]), None,
+                                                                                          [torch.tensor(f0s[0])])),
+                               atol=2e-5)
     bad = [*f0s[:2], np.zeros(3 * len(units[2]) + 1, np.float32)]  # item 2 does not align with its units
     with pytest.raises(VocoderInputError, match="item 2: F0 frames and unit frames do not align"):
         voc.vocode(units, f0=bad)
 
 
 def test_conditioning_a_plain_checkpoint_does_not_take_is_an_error(tmp_path):
-    voc = load_vocoder(_save(tmp_path, TINY, _weight_normed(TINY)))
+    voc = load_vocoder(save_hifigan(tmp_path, TINY_HIFIGAN, weight_normed_generator(TINY_HIFIGAN)))
     assert voc.conditioning() == {"speaker": None, "speaker_size": None, "f0": False, "f0_bins": None}
     with pytest.raises(ConditioningError, match="no speaker conditioning"):
         voc.vocode([[1, 2, 3]], speaker=0)
@@ -222,7 +187,7 @@ def test_length_batches_group_similar_lengths():
 
 
 def test_bad_units_name_the_item(tmp_path):
-    voc = load_vocoder(_save(tmp_path, TINY, _weight_normed(TINY)))
+    voc = load_vocoder(save_hifigan(tmp_path, TINY_HIFIGAN, weight_normed_generator(TINY_HIFIGAN)))
     with pytest.raises(VocoderInputError, match=r"item 1: unit id 20 is outside the embedding table \[0, 20\)"):
         voc.vocode([[1, 2], [3, 20]])
     with pytest.raises(VocoderInputError, match="item 0: unit id -1"):
@@ -235,25 +200,26 @@ def test_bad_units_name_the_item(tmp_path):
 
 
 def test_config_weight_disagreement_names_tensor_and_shapes(tmp_path):
-    d = _save(tmp_path, {**TINY, "model_in_dim": 10}, _weight_normed(TINY))
+    d = save_hifigan(tmp_path, {**TINY_HIFIGAN, "model_in_dim": 10}, weight_normed_generator(TINY_HIFIGAN))
     with pytest.raises(CheckpointError, match=r"'conv_pre.weight' has shape \(16, 8, 7\).*implies \(16, 10, 7\)"):
         load_codegenerator(d)
-    d2 = _save(tmp_path, {**TINY, "multispkr": True, "model_in_dim": 16}, _weight_normed(TINY), "hg2")
+    d2 = save_hifigan(tmp_path, {**TINY_HIFIGAN, "multispkr": True, "model_in_dim": 16},
+                      weight_normed_generator(TINY_HIFIGAN), "hg2")
     with pytest.raises(CheckpointError, match=r"missing \['spkr.weight'\]"):
         load_codegenerator(d2)
-    d3 = _save(tmp_path, {**TINY, "num_embeddings": 30}, _weight_normed(TINY), "hg3")
+    d3 = save_hifigan(tmp_path, {**TINY_HIFIGAN, "num_embeddings": 30}, weight_normed_generator(TINY_HIFIGAN), "hg3")
     with pytest.raises(CheckpointError, match=r"'dict.weight' has shape \(20, 8\).*\(30, 8\)"):
         load_codegenerator(d3)
 
 
 def test_incomplete_or_unsafe_checkpoints_are_refused(tmp_path):
-    ref = _weight_normed(TINY)
-    d = _save(tmp_path, TINY, ref)
+    ref = weight_normed_generator(TINY_HIFIGAN)
+    d = save_hifigan(tmp_path, TINY_HIFIGAN, ref)
     sd = {k: v for k, v in ref.state_dict().items() if k != "conv_post.weight_v"}
     torch.save({"generator": sd}, f"{d}/generator.pt")
     with pytest.raises(CheckpointError, match="'conv_post' has only half of a weight-norm pair"):
         load_codegenerator(d)
-    torch.save({"generator": ref.state_dict(), "extra": object.__new__(_Cond)}, f"{d}/generator.pt")
+    torch.save({"generator": ref.state_dict(), "extra": object.__new__(BatchConditioning)}, f"{d}/generator.pt")
     with pytest.raises(CheckpointError, match="weights-only"):
         load_codegenerator(d)
     torch.save(ref.state_dict(), f"{d}/generator.pt")
@@ -267,7 +233,7 @@ def test_incomplete_or_unsafe_checkpoints_are_refused(tmp_path):
 @pytest.mark.gpu
 def test_batch_vocode_matches_single_on_gpu(tmp_path):
     torch.backends.cudnn.allow_tf32 = False
-    voc = load_vocoder(_save(tmp_path, TINY, _weight_normed(TINY)), device="cuda")
+    voc = load_vocoder(save_hifigan(tmp_path, TINY_HIFIGAN, weight_normed_generator(TINY_HIFIGAN)), device="cuda")
     units = _rand_units(9, 1, 40, seed=5)
     batched = voc.vocode(units, batch_size=9)
     for i, u in enumerate(units):
@@ -280,10 +246,10 @@ def test_speaker_embedding_from_the_config_file(tmp_path, monkeypatch):
     from alignslm.stages.vocoder import check
 
     monkeypatch.setattr("alignslm.vocoder.hifigan.CPU_MIN_FILL", 0.0)
-    cfg = {**TINY, "multispkr": True, "embedder_params": {"embedder_type": "ecapa"}, "embedder_dim": 6,
+    cfg = {**TINY_HIFIGAN, "multispkr": True, "embedder_params": {"embedder_type": "ecapa"}, "embedder_dim": 6,
            "model_in_dim": 16}
     cfg.pop("dur_predictor_params")
-    d = _save(tmp_path, cfg, _weight_normed(cfg))
+    d = save_hifigan(tmp_path, cfg, weight_normed_generator(cfg))
     emb = np.random.default_rng(3).normal(size=6).astype(np.float32)
     np.save(tmp_path / "spk.npy", emb[None])  # (1, 6) is accepted as one vector
     conf = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={d}",

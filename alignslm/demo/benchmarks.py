@@ -206,7 +206,7 @@ def word_frequencies(seed: int, n_stories: int = 2000, n_topics: int | None = No
     return c
 
 
-def _lexical_rows(seed: int, n_pairs: int, voices: list[str], n_topics: int | None,
+def lexical_rows(seed: int, n_pairs: int, voices: list[str], n_topics: int | None,
                   freq: Counter) -> list[dict]:
     rng = rng_for(seed, "lexical")
     words = lexical_words(n_topics)
@@ -230,7 +230,7 @@ def _lexical_rows(seed: int, n_pairs: int, voices: list[str], n_topics: int | No
     return rows
 
 
-def _syntactic_rows(seed: int, n_pairs: int, voices: list[str], n_topics: int | None) -> list[dict]:
+def syntactic_rows(seed: int, n_pairs: int, voices: list[str], n_topics: int | None) -> list[dict]:
     rng = rng_for(seed, "syntactic")
     ids = _file_ids(rng, 2 * n_pairs * len(voices))
     rows, seen = [], set()
@@ -262,7 +262,7 @@ def _cloze_stories(seed: int, n_pairs: int, n_topics: int | None) -> list[Story]
     return out
 
 
-def _cloze_texts(seed: int, n_pairs: int, n_topics: int | None, kind: str) -> list[tuple[str, str, str]]:
+def cloze_texts(seed: int, n_pairs: int, n_topics: int | None, kind: str) -> list[tuple[str, str, str]]:
     """[(story id, correct text, incorrect text)] for 'ssc' or 'tsc'."""
     rng = rng_for(seed, kind)
     rows = []
@@ -282,8 +282,8 @@ def write_demo_benchmarks(root: Path, *, n_pairs: int, seed: int, voices: list[s
     freq = word_frequencies(seed, n_topics=n_topics)
     jobs: list[tuple[str, str, int, Path]] = []  # (text, voice, rate, destination)
     texts: list[dict] = []
-    lex = _lexical_rows(seed, n_pairs, voices, n_topics, freq)
-    syn = _syntactic_rows(seed, n_pairs, voices, n_topics)
+    lex = lexical_rows(seed, n_pairs, voices, n_topics, freq)
+    syn = syntactic_rows(seed, n_pairs, voices, n_topics)
     for task, rows, key in (("lexical", lex, "word"), ("syntactic", syn, "transcription")):
         d = root / task / split
         d.mkdir(parents=True, exist_ok=True)
@@ -291,7 +291,7 @@ def write_demo_benchmarks(root: Path, *, n_pairs: int, seed: int, voices: list[s
             jobs.append((r[key], r["voice"], rate, d / f"{r['filename']}.wav"))
             texts.append({"benchmark": task, "file": r["filename"], "text": r[key], "correct": r["correct"]})
     for kind in ("ssc", "tsc"):
-        for k, (sid, good, bad) in enumerate(_cloze_texts(seed, n_pairs, n_topics, kind)):
+        for k, (sid, good, bad) in enumerate(cloze_texts(seed, n_pairs, n_topics, kind)):
             for text, label in ((good, "correct"), (bad, "incorrect")):
                 jobs.append((text, story_voice, rate, root / kind / f"{k}_{label}.wav"))
                 texts.append({"benchmark": kind, "file": f"{k}_{label}", "text": text, "story_id": sid,

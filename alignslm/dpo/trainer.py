@@ -256,7 +256,7 @@ class SequenceLogps(nn.Module):
         return torch.zeros(lengths.numel(), dtype=torch.float32, device=tok.device).index_add(0, row_seq, tok)
 
 
-def _support_ids(lm: Any) -> torch.Tensor | None:
+def support_ids(lm: Any) -> torch.Tensor | None:
     """The UnitLM's softmax support (None = the full vocabulary)."""
     if getattr(lm, "support", "units") == "full":
         return None
@@ -411,7 +411,7 @@ class DPOTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.peft = attach_lora(lm.model, cfg, init_adapter, seed).to(self.device)
         dropout_off(self.peft)  # from the start: the reference log-probs may be computed before train()
-        self.module = SequenceLogps(self.peft, _support_ids(lm), getattr(cfg, "autocast", "none")).to(self.device)
+        self.module = SequenceLogps(self.peft, support_ids(lm), getattr(cfg, "autocast", "none")).to(self.device)
         self.ddp = self._wrap_ddp(self.module)
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)

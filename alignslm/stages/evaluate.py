@@ -202,7 +202,7 @@ def run(ctx: StageContext) -> dict:
     return {f"base_{k}": v for k, v in base.items() if v is not None} | {"models": len(models)} | costs
 
 
-def _check_judge(name: str, gen: dict, max_share: float) -> None:
+def raise_if_judge_failed(name: str, gen: dict, max_share: float) -> None:
     """The stage-failure rule for the judge calls of one model's generation metrics (before model.json is
     written, so that a resumed run asks the judge again)."""
     from alignslm.pipeline import StageFailed, failure_problem
@@ -243,7 +243,7 @@ def _evaluate_model(ctx: StageContext, name: str, lm: Any, units: dict, benches:
     if gen is not None:
         t1 = time.perf_counter()
         out["generation"], out["examples"] = gen.evaluate(ctx, name, lm)
-        _check_judge(name, out["generation"], ctx.cfg.run.max_failed_share)
+        raise_if_judge_failed(name, out["generation"], ctx.cfg.run.max_failed_share)
         out["timing"]["generation_s"] = round(time.perf_counter() - t1, 2)
     else:
         out["generation"], out["examples"] = None, []

@@ -226,12 +226,13 @@ class CodeGenerator(nn.Module):
                 style: torch.Tensor | None = None, f0: torch.Tensor | None = None) -> torch.Tensor:
         """The public single-utterance interface. code (1, N) -> waveform (1, 1, samples)."""
         n = torch.tensor([code.shape[1]])
-        cond = _Cond(spkr=None if spkr is None else spkr.view(-1), style=None if style is None else style.view(-1),
-                     f0=[f0.view(-1)] if f0 is not None else None)
+        cond = BatchConditioning(spkr=None if spkr is None else spkr.view(-1),
+                                 style=None if style is None else style.view(-1),
+                                 f0=[f0.view(-1)] if f0 is not None else None)
         x, lengths = self.features(code, n, durations=None if not dur_prediction else "predict", cond=cond)
         return self.generate(x, lengths).unsqueeze(1)
 
-    def features(self, codes: torch.Tensor, lengths: torch.Tensor, durations: Any, cond: _Cond
+    def features(self, codes: torch.Tensor, lengths: torch.Tensor, durations: Any, cond: BatchConditioning
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded codes (B, N) -> generator input (B, C_in, T) and frame lengths (B,).
 
@@ -282,7 +283,7 @@ class CodeGenerator(nn.Module):
         return nn.utils.rnn.pad_sequence(rows, batch_first=True).transpose(1, 2), torch.tensor(new_len)
 
 
-class _Cond:
+class BatchConditioning:
     """Per-batch conditioning: speaker id / embedding, style id, per-item F0 tracks."""
 
     def __init__(self, spkr: torch.Tensor | None = None, style: torch.Tensor | None = None,
@@ -474,7 +475,7 @@ class HifiganVocoder:
             logger.warning("%s; vocode() fails without it", model.speaker_need())
         if model.f0:
             logger.warning("this HiFi-GAN is F0-conditioned: vocode() needs f0=[one track per item]")
-        self.cond = _Cond(spkr=self.speaker)
+        self.cond = BatchConditioning(spkr=self.speaker)
         if model.dur_predictor is None:
             logger.warning("this HiFi-GAN has no duration predictor: units are vocoded one frame each "
                            "unless durations are given")
@@ -577,8 +578,8 @@ class HifiganVocoder:
             else:
                 dur = "predict" if self.model.dur_predictor is not None else None
             sel = torch.tensor(idx, device=spk.device) if spk is not None and spk.shape[0] > 1 else None
-            cond = _Cond(spkr=None if spk is None else (spk[sel] if sel is not None else spk),
-                         f0=None if tracks is None else [tracks[i] for i in idx])
+            cond = BatchConditioning(spkr=None if spk is None else (spk[sel] if sel is not None else spk),
+                                     f0=None if tracks is None else [tracks[i] for i in idx])
             try:
                 x, frames = self.model.features(codes.to(dev), lengths.to(dev), dur, cond)
             except VocoderInputError as e:
