@@ -64,25 +64,23 @@ def load_benchmarks(ctx: StageContext, root: Path, split: str) -> dict:
     """
     from alignslm.eval.benchdata import load_all
 
-    benches = load_all(root, split)
-    for name, bset in benches.items():
+    return _keep_paired_files(ctx, load_all(root, split))
+
+
+def _keep_paired_files(ctx: StageContext, sets: dict) -> dict:
+    """Record each set's rejected files as rejects and keep only the files of its remaining pairs."""
+    for name, bset in sets.items():
         for fid, reason in bset.rejects:
             ctx.rejects.add(f"{name}/{fid}", f"benchmark audio: {reason}")
         used = {p[k] for p in bset.pairs for k in ("correct_file", "incorrect_file")}
         bset.items = [(f, p) for f, p in bset.items if f in used]
-    return benches
+    return sets
 
 
 def _load_suites(ctx: StageContext, info: dict) -> dict:
     """SALMon parts and ProsAudit where the benchmarks stage recorded them (alignslm.eval.suites.load); rejected
     files are recorded as rejects, and only files of the remaining pairs are tokenised."""
-    suites = ev_suites.load(ctx.inputs["benchmarks"], info, ctx.cfg.benchmarks.split)
-    for name, bset in suites.items():
-        for fid, reason in bset.rejects:
-            ctx.rejects.add(f"{name}/{fid}", f"benchmark audio: {reason}")
-        used = {p[k] for p in bset.pairs for k in ("correct_file", "incorrect_file")}
-        bset.items = [(f, p) for f, p in bset.items if f in used]
-    return suites
+    return _keep_paired_files(ctx, ev_suites.load(ctx.inputs["benchmarks"], info, ctx.cfg.benchmarks.split))
 
 
 def _voices(bset: Any) -> list[str]:
