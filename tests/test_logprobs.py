@@ -12,6 +12,7 @@ import torch
 from alignslm.kernels.logprobs import (
     HAS_TRITON,
     fused_linear_sequence_logprobs,
+    fused_linear_token_logprobs,
     pick_impl,
     reference_sequence_logprobs,
     sequence_logprobs,
@@ -173,3 +174,41 @@ def test_triton_matches_torch_on_gpu():
     h64 = hidden.detach().double().requires_grad_(True)
     _ref64(h64, weight, targets, mask, 0, 503).sum().backward()
     assert torch.allclose(hidden.grad.double(), h64.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,h,v", [(1000, 256, 503), (777, 512, 32_500)])
+def test_triton_token_logprobs_parity_at_bench_shapes(n, h, v):
+    """The DPO benchmark's shapes (a demo-sized and a TWIST/OPT-vocabulary lm_head): per-sequence sums of the
+    Triton token log-probs against fp64 in fp32 (TF32 off) with their gradient, and the bf16 rule: the kernel's
+    bf16 error at most 2x plain torch's bf16 error (+1e-3)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    pytest.importorskip("triton")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(n, h, device="cuda", generator=g)
+        w = torch.randn(v, h, device="cuda", generator=g) / h ** 0.5 * 3
+        t = torch.randint(0, v, (n,), device="cuda", generator=g)
+        seq = torch.arange(n, device="cuda") % 7  # 7 "sequences"
+
+        def sums(tok: torch.Tensor) -> torch.Tensor:  # (n,) -> (7,) in fp64, as the sequence path sums
+            return torch.zeros(7, dtype=torch.float64, device="cuda").index_add(0, seq, tok.double())
+
+        x64 = x.double().requires_grad_(True)
+        ref = sums(torch.log_softmax(x64 @ w.double().t(), -1).gather(1, t[:, None]).squeeze(1))
+        ref.sum().backward()
+        xr = x.clone().requires_grad_(True)
+        ours = sums(fused_linear_token_logprobs(xr, w, t, impl="triton"))
+        ours.sum().backward()
+        assert (ours - ref).abs().max().item() <= TOL
+        assert (xr.grad.double() - x64.grad).abs().max().item() <= 1e-5
+        xb, wb = x.bfloat16(), w.bfloat16()
+        plain = torch.log_softmax((xb @ wb.t()).float(), -1).gather(1, t[:, None]).squeeze(1)
+        err_ours = (sums(fused_linear_token_logprobs(xb, wb, t, impl="triton")) - ref).abs().max().item()
+        err_plain = (sums(plain) - ref).abs().max().item()
+        assert err_ours <= 2 * err_plain + 1e-3, (err_ours, err_plain)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32

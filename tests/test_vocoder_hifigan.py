@@ -232,6 +232,8 @@ def test_incomplete_or_unsafe_checkpoints_are_refused(tmp_path):
 
 @pytest.mark.gpu
 def test_batch_vocode_matches_single_on_gpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
     torch.backends.cudnn.allow_tf32 = False
     voc = load_vocoder(save_hifigan(tmp_path, TINY_HIFIGAN, weight_normed_generator(TINY_HIFIGAN)), device="cuda")
     units = _rand_units(9, 1, 40, seed=5)
@@ -276,3 +278,36 @@ def test_speaker_embedding_from_the_config_file(tmp_path, monkeypatch):
                                    f"vocoder.speaker_embedding={tmp_path / 'short.npy'}"])
     with pytest.raises(ConditioningError, match="6 floats"):
         load_vocoder(wrong)
+
+
+@pytest.mark.gpu
+def test_batch_vocode_matches_single_on_gpu_at_twist_size(tmp_path):
+    """The GPU benchmark's vocoder (a TWIST/textlesslib-shaped unit HiFi-GAN: 512 channels, hop 320, duration
+    predictor; random weights): a padded batch of 16 continuations of 40-150 units equals 16 one-at-a-time
+    calls (fp32, TF32 off), lengths included."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cfg = {"resblock": "1", "upsample_rates": [5, 4, 4, 2, 2], "upsample_kernel_sizes": [11, 8, 8, 4, 4],
+           "upsample_initial_channel": 512, "resblock_kernel_sizes": [3, 7, 11],
+           "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]], "num_embeddings": 500, "embedding_dim": 128,
+           "model_in_dim": 128, "code_hop_size": 320, "sampling_rate": 16000,
+           "dur_predictor_params": {"encoder_embed_dim": 128, "var_pred_hidden_dim": 128, "var_pred_kernel_size": 3,
+                                    "var_pred_dropout": 0.5}}
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        gen = weight_normed_generator(cfg)
+        with torch.no_grad():  # at 512 channels the helper's init saturates tanh everywhere: scale it down
+            for name, p in gen.named_parameters():
+                if name.endswith("weight_g"):
+                    p.mul_(0.1)
+        voc = load_vocoder(save_hifigan(tmp_path, cfg, gen), device="cuda")
+        units = _rand_units(16, 40, 150, seed=0)
+        batched = voc.vocode(units, batch_size=16)
+        assert max(float(np.abs(b).max()) for b in batched) < 0.9  # not saturated: the comparison means something
+        for i, u in enumerate(units):
+            single = voc.vocode([u], batch_size=1)[0]
+            assert batched[i].shape == single.shape, f"item {i}"
+            np.testing.assert_allclose(batched[i], single, atol=1e-4, err_msg=f"item {i}")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32

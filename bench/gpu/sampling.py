@@ -1,10 +1,10 @@
 """GPU check for sampling (run by bench/gpu_check.sh OUTDIR on one H100; installs nothing).
 
-1. The Triton sampling kernel vs its torch reference on the device: same draws given the same uniforms
-   and with the in-kernel generator (B=1024, V=501).
-2. Kernel time per decode step at B=1024, V=501 (CUDA events via triton.testing.do_bench): the Triton
+Timings only; the kernel's agreement with its torch reference on the device (same uniforms, in-kernel
+generator; B=1024 x V=501 among others) is the GPU test tests/test_sampling.py::test_gpu_triton_equals_reference.
+1. Kernel time per decode step at B=1024, V=501 (CUDA events via triton.testing.do_bench): the Triton
    kernel vs the torch reference on the GPU.  Goal <= 10 us.
-3. Decode throughput of alignslm.lm.sampler.generate on a TWIST-1.3B-shaped OPT (random weights, bf16;
+2. Decode throughput of alignslm.lm.sampler.generate on a TWIST-1.3B-shaped OPT (random weights, bf16;
    24 layers, d=2048, vocab 504 = offset 4 + 500 units) at 32 prompts x 5 continuations x 150 units, vs
    transformers generate(do_sample=True) on the same batch, and vs the bandwidth floor of
    docs/benchmarks.md: per step (weight bytes + rows x context x KV bytes per token) / 3 TB/s.
@@ -29,24 +29,18 @@ from harness import append_rows, print_table, row  # noqa: E402
 BW = 3.0e12  # bytes/s, measured H100 bandwidth (docs/benchmarks.md)
 
 
-def kernel_checks(rows: list) -> None:
+def kernel_times(rows: list) -> None:
     from alignslm.kernels import sampling as S
 
     dev = "cuda"
     B, V = 1024, 501
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(B, V, device=dev, generator=g) * 3
-    t = torch.rand(B, device=dev, generator=g) + 0.3
+    torch.rand(B, device=dev, generator=g)  # drawn as before, so k, p and seed keep their values
     k = torch.randint(1, 2 * V, (B,), device=dev, generator=g)
     p = torch.rand(B, device=dev, generator=g) * 0.95 + 0.05
     seed = torch.randint(0, 1 << 62, (B,), device=dev, generator=g)
-    u = torch.rand(B, device=dev, generator=g)
-    same_u = (S.sample_triton(x, t, k, p, seed, 0, u=u) == S.sample_torch(x, t, k, p, seed, 0, u=u)).float().mean()
     step = torch.tensor(7, device=dev)
-    same_rng = (S.sample_triton(x, t, k, p, seed, step) == S.sample_torch(x, t, k, p, seed, 7)).float().mean()
-    print(f"parity: same uniforms {same_u.item():.5f}, in-kernel generator {same_rng.item():.5f} (fraction equal)")
-    rows.append(row("sampling_gpu", "triton", f"B{B}xV{V}", "agree_same_u", "frac", same_u.item()))
-    rows.append(row("sampling_gpu", "triton", f"B{B}xV{V}", "agree_rng", "frac", same_rng.item()))
     from triton.testing import do_bench
 
     t25 = torch.full((B,), 0.8, device=dev)
@@ -130,7 +124,7 @@ def main() -> None:
         print("no CUDA device: nothing to do")
         return
     rows: list = []
-    kernel_checks(rows)
+    kernel_times(rows)
     try:
         decode_bench(rows)
     except Exception as e:  # noqa: BLE001 - report and keep the kernel rows

@@ -1,10 +1,10 @@
 """GPU check for the unit HiFi-GAN (issue 5), one H100, nothing downloaded:  python bench/gpu/vocoder.py OUTDIR
 
 A TWIST/textlesslib-shaped unit HiFi-GAN (512 channels, hop 320, duration predictor; random weights):
-1. parity: a padded batch of 16 continuations of different lengths gives the same waveforms as 16
-   one-at-a-time calls (fp32, TF32 off);
-2. speed: seconds of audio per second, batched (B=16) vs one-at-a-time (the public code's way), fp32 and
-   bf16 autocast (goal: batched >= 3x one-at-a-time).
+seconds of audio per second, batched (B=16) vs one-at-a-time (the public code's way), fp32 and bf16 autocast
+(goal: batched >= 3x one-at-a-time).  Timings only: that a padded batch gives the same waveforms as
+one-at-a-time calls at this size is the GPU test
+tests/test_vocoder_hifigan.py::test_batch_vocode_matches_single_on_gpu_at_twist_size.
 Prints a table and writes CSV rows to OUTDIR/vocoder.csv.
 """
 
@@ -49,13 +49,8 @@ def main() -> None:
     torch.nn.init.constant_(model.dur_predictor.proj.bias, 1.0)
     voc = HifiganVocoder(model.cuda())
     units = _units(16, 40, 150, 500)  # up to 150 new units, as the paper's sampler
-    batched = voc.vocode(units, batch_size=16)
-    single = [voc.vocode([u], batch_size=1)[0] for u in units]
-    worst = max(float(np.abs(b - s).max()) for b, s in zip(batched, single))
-    same_len = all(b.shape == s.shape for b, s in zip(batched, single))
-    print(f"parity: max |batched - single| = {worst:.2e}, lengths equal: {same_len}")
-    audio_s = sum(w.size for w in batched) / voc.sample_rate
-    rows = [row("gpu_vocoder_hifigan", "parity", "B16 ch512", "max_abs_diff", "abs", worst)]
+    audio_s = sum(w.size for w in voc.vocode(units, batch_size=16)) / voc.sample_rate
+    rows = []
     for dtype in ("fp32", "bf16"):
         ctx = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16")
         with ctx:
@@ -68,8 +63,6 @@ def main() -> None:
                  row("gpu_vocoder_hifigan", "one-at-a-time", shape, "audio_s_per_s", "x", [audio_s / t for t in ts])]
     print_table(rows)
     append_rows(rows, outdir / "vocoder.csv")
-    if worst > 1e-3 or not same_len:
-        raise SystemExit("parity FAILED")
 
 
 if __name__ == "__main__":
