@@ -1,4 +1,5 @@
-"""Which implementation each op runs: one table, one environment switch, one resolver.
+"""Which implementation each op runs and on which device: one table, one environment switch, one resolver
+each (:func:`impl_for`, :func:`resolve_device`).
 
 ``ALIGNSLM_IMPL`` forces an implementation for every op that has it and leaves the others on their
 automatic choice (``numpy``: the k-means quantizer's numpy path; sampling and DPO log-probs keep theirs).
@@ -93,3 +94,18 @@ def impl_for(op: str, unavailable: Mapping[str, str | None], requested: str | No
     if why:
         raise ImplError(f"{op}: {want} was asked for ({source}) but cannot run here: {why}")
     return want
+
+
+def resolve_device(spec: str | None = "auto") -> str:
+    """The one device rule (``run.device``): ``auto`` or None is ``cuda:<LOCAL_RANK>`` when torch sees a GPU
+    (each torchrun process on its own GPU; ``cuda:0`` outside torchrun), else ``cpu``; any other value is
+    returned as given.  Whisper (CTranslate2) has its own rule: alignslm.speech.asr.asr_device."""
+    if spec is not None and str(spec) != "auto":
+        return str(spec)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "cpu"
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"

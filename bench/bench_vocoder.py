@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import append_rows, print_table, row, time_alternating  # noqa: E402
 
-from alignslm.vocoder.demo import torch_threads  # noqa: E402
+from alignslm.vocoder import torch_threads  # noqa: E402
 
 # A TWIST/textlesslib-shaped unit HiFi-GAN (50 Hz units, hop 320), random weights; --quick narrows it.
 HIFIGAN = {

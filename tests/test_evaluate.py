@@ -11,6 +11,7 @@ import pytest
 
 from alignslm.eval import genmetrics as gm
 from alignslm.eval import scoring as ev
+from alignslm.judge.rubric import score_histogram
 from alignslm.speech.audio import write_wav
 
 # --------------------------------------------------------------------------------------------------
@@ -239,8 +240,7 @@ def test_summarize_generations_counts_rejects_and_averages_per_prompt():
     assert s["judge_score"]["mean"] == 2.5  # mean over prompts of per-prompt means
     assert s["reject_share"] == 0.25 and s["n_rejects"] == 1
     assert s["perplexity"]["mean"] == 10.0 and s["prompt_wer"] == 0.25
-    h = gm.score_histogram([r["score"] for r in rows])
-    assert h["counts"] == [1, 0, 1, 0, 1] and h["missing"] == 1
+    assert score_histogram([r["score"] for r in rows]) == {"1": 1, "2": 0, "3": 1, "4": 0, "5": 1}  # None: not counted
     cmp_ = gm.compare_models(s, s, n_boot=50)
     assert cmp_["score"]["diff"] == 0.0 and cmp_["score"]["n"] == 2
 

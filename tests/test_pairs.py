@@ -11,8 +11,8 @@ from alignslm.dpo.pairs import (
     build_pairs,
     build_pairs_for_prompt,
     rules_for_round,
-    score_histogram,
 )
+from alignslm.judge.rubric import score_histogram
 
 
 def C(k, score=None, ppl=None, ab=0.0, text=None):  # noqa: N802
@@ -98,7 +98,7 @@ def test_build_pairs_rows_and_summary():
 
 
 def test_score_histogram_rounds_expected_scores():
-    assert score_histogram([1.0, 1.49, 1.5, 4.6, 5.0, 0.2]) == {"1": 3, "2": 1, "3": 0, "4": 0, "5": 2}
+    assert score_histogram([1.0, 1.49, 1.5, 4.6, 5.0, 0.2, None]) == {"1": 3, "2": 1, "3": 0, "4": 0, "5": 2}
 
 
 def test_pairs_stage(tmp_path):

@@ -80,9 +80,9 @@ def test_build_report_writes_tables_plots_examples(tmp_path):
     assert "on the mat \\| ok" in md  # table cells escaped
     assert "| round 1 | 5 | 1 | mean score 2.60 (rounded) | n/a | 1.000 | n/a (round 1, or reference moves) |" in md
     full = json.loads((out / "results.json").read_text())
-    assert full["judge_histograms"]["round 1"]["counts"] == [1, 2, 1, 0, 1]
+    assert full["judge_histograms"]["round 1"]["score_histogram"] == {"1": 1, "2": 2, "3": 1, "4": 0, "5": 1}
     assert full["judge_histograms"]["round 1"]["missing"] == 1
-    assert full["judge_histograms"]["round 2"]["counts"] == [0, 0, 1, 2, 3]  # 4.6 falls in the bin of 5
+    assert list(full["judge_histograms"]["round 2"]["score_histogram"].values()) == [0, 0, 1, 2, 3]  # 4.6 -> 5
 
 
 def test_report_without_round_files_still_writes_and_says_so(tmp_path, caplog):

@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from alignslm.judge.rubric import score_histogram
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -163,10 +165,3 @@ def build_pairs(prompts: dict[Any, dict], r: PairRules) -> tuple[list[dict], dic
     }
     return rows, summary
 
-
-def score_histogram(scores: list[float]) -> dict[str, int]:
-    """Counts of scores rounded to the nearest integer 1..5 (the paper's Figures 3-4)."""
-    h = {str(i): 0 for i in range(1, 6)}
-    for s in scores:
-        h[str(min(5, max(1, int(math.floor(s + 0.5)))))] += 1
-    return h

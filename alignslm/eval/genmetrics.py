@@ -263,14 +263,6 @@ def calibration_summary(classes: Mapping[str, Sequence[Mapping]], key: str = "se
     return out
 
 
-def score_histogram(scores: Sequence[float | None], bins: Sequence[float] = (0.5, 1.5, 2.5, 3.5, 4.5, 5.5)
-                    ) -> dict[str, Any]:
-    """Counts of judge scores in unit bins around 1..5 (None counted as missing)."""
-    x = _finite(scores)
-    counts, _ = np.histogram(x, bins=np.asarray(bins))
-    return {"bins": list(bins), "counts": counts.tolist(), "missing": len(scores) - int(x.size)}
-
-
 # --------------------------------------------------------------------------------------------------
 # Generation on held-out prompts, through the pipeline's own components
 # --------------------------------------------------------------------------------------------------
@@ -318,10 +310,9 @@ class GenerationSetup:
     def __init__(self, cfg: Any, prompts: list[dict], vocoder: Any, asr: Any, backend: Any, out: Any,
                  seeds: list[int]):
         from alignslm.judge import LLMScoreJudge, PerplexityJudge
-
-        self.cfg, self.prompts, self.vocoder, self.asr, self.out = cfg, prompts, vocoder, asr, out
         from alignslm.judge.signal import rules_from
 
+        self.cfg, self.prompts, self.vocoder, self.asr, self.out = cfg, prompts, vocoder, asr, out
         self.seeds = seeds  # prompt-major, one per continuation
         self.rules = rules_from(cfg.judge)  # the screen and the signal, as in the judge stage
         self.metric = signal_metric(cfg.judge)  # the judge's signal, the one the pairs were built from
@@ -336,7 +327,7 @@ class GenerationSetup:
     def build(cls, ctx: Any) -> GenerationSetup:
         from alignslm.judge import load_backend
         from alignslm.rundir import read_json, read_jsonl
-        from alignslm.speech.asr import load_asr
+        from alignslm.speech.asr import asr_device, load_asr
         from alignslm.vocoder import load_vocoder
 
         cfg = ctx.cfg
@@ -352,14 +343,11 @@ class GenerationSetup:
                              "eval.n_prompts=0")
         n = cfg.sample.n_continuations
         seeds = [ctx.seed("generation", p["prompt_id"], k) for p in prompts for k in range(n)]
-        from alignslm.lm.unitlm import resolve_device
-        from alignslm.speech.ct2 import ctranslate2_module
+        from alignslm.impl import resolve_device
 
-        ctranslate2 = ctranslate2_module()
-
-        dev = str(resolve_device(cfg.run.device))
-        asr_dev = "cuda" if dev.startswith("cuda") and ctranslate2.get_cuda_device_count() > 0 else "cpu"
-        return cls(cfg, prompts, load_vocoder(ctx.inputs["vocoder"], device=dev), load_asr(cfg.asr, device=asr_dev),
+        dev = resolve_device(cfg.run.device)
+        return cls(cfg, prompts, load_vocoder(ctx.inputs["vocoder"], device=dev),
+                   load_asr(cfg.asr, device=asr_device(cfg.run.device)),
                    load_backend(cfg.judge, ctx.out / "judge_cache.jsonl", device=dev, cache_dir=cfg.run.cache_dir),
                    ctx.out, seeds)
 
@@ -380,28 +368,33 @@ class GenerationSetup:
                 "prompts_at_word_end": sum(bool(p.get("at_word")) for p in self.prompts)}
 
     def _prompt_side(self) -> tuple[list[str], float | None, list[str]]:
-        """Transcripts of the original prompt audio (the judge's context) and the resynthesis WER."""
-        from alignslm.speech.audio import read_audio, write_wav
+        """Transcripts of the original prompt audio (the judge's context), cut, written and transcribed as the
+        round's vocode and transcribe stages do, and the resynthesis WER."""
+        from alignslm.speech.audio import write_prompt_wav
         from alignslm.textmetrics import wer
 
-        orig, paths = [], []
+        paths = []
         for p in self.prompts:
-            x = read_audio(p["path"])[: int(round(p["prompt_end_s"] * 16000))]  # (T,)
             path = f"prompts/{p['prompt_id']}.wav"  # relative to the evaluate directory
-            write_wav(self.out / path, x)
-            orig.append(x)
+            write_prompt_wav(p["path"], p["prompt_end_s"], self.out / path)
             paths.append(path)
-        texts = self.asr.transcribe(orig)
+        texts = [r.text for r in self.asr.transcribe_paths([self.out / path for path in paths])]
         with_ref = [i for i, p in enumerate(self.prompts) if p["reference"]]
         pwer = None
         if with_ref:
-            resynth = self.vocoder.vocode([self.prompts[i]["prompt"] for i in with_ref])
-            hyps = self.asr.transcribe(list(resynth))
+            hyps = self.asr.transcribe(self._vocode([self.prompts[i]["prompt"] for i in with_ref]))
             pwer = wer([self.prompts[i]["reference"] for i in with_ref], hyps)
         return texts, pwer, paths
 
+    def _vocode(self, units_list: list[list[int]]) -> list:
+        from alignslm.vocoder import vocode_16k
+
+        return vocode_16k(self.vocoder, units_list, self.cfg.vocoder.batch_size, self.cfg.vocoder.threads)
+
     def evaluate(self, ctx: Any, name: str, lm: Any) -> tuple[dict, list[dict]]:
         from alignslm.eval.genppl import add_genppl
+        from alignslm.judge import judge_asked
+        from alignslm.judge.rubric import score_histogram
         from alignslm.lm.sampler import SamplingParams, generate
 
         s, n = self.cfg.sample, self.cfg.sample.n_continuations
@@ -421,11 +414,11 @@ class GenerationSetup:
 
         write_jsonl(self.out / name / "generations.jsonl", rows)
         summary = summarize_generations(rows, self.cfg.eval.bootstrap, 0, self.prompt_wer, self.metric)
-        summary["score_histogram"] = score_histogram([r.get("score") for r in rows])
+        summary["score_histogram"] = score_histogram([r.get("score") for r in rows])  # alignslm.judge.rubric
         if genppl is not None:
             summary["genppl"] = {**summarize_genppl(rows, self.cfg.eval.bootstrap, 0), **genppl}
             summary["per_prompt"]["log_genppl"] = per_prompt_mean(rows, "log_genppl")
-        asked = [r for r in rows if r.get("text") and not (r["reject"] or "").startswith("asr:")]
+        asked = [r for r in rows if judge_asked(r)]  # as the judge stage counts (run.max_failed_share)
         summary["judge_tried"] = len(asked)  # sent to the judge; judge_failed: it gave nothing back
         summary["judge_failed"] = sum((r["reject"] or "").startswith("judge:") for r in asked)
         examples = [r for r in rows if r["k"] == 0][: self.cfg.eval.n_examples]
@@ -433,48 +426,39 @@ class GenerationSetup:
                                                 "path", "prompt_path")} for r in examples]
 
     def judge_rows(self, rows: list[dict], name: str) -> list[dict]:
-        """Vocode, transcribe and judge rows (prompt_id, k, continuation units, prompt_text) in place, as the
-        pipeline does; audio goes to ``<out>/<name>/audio``."""
+        """Vocode, transcribe and judge rows (prompt_id, k, continuation units, prompt_text) in place, with the
+        round stages' component functions and filters; audio goes to ``<out>/<name>/audio``."""
         self._audio_and_text(rows, name)
         self._judge(rows)
         return rows
 
     def _audio_and_text(self, rows: list[dict], name: str) -> None:
+        """The vocode and transcribe stages' path: alignslm.vocoder.unit_problem / vocode_16k, a 16-bit wav,
+        Whisper on that file, alignslm.speech.asr.transcript_error."""
+        from alignslm.judge import transcription_reject
+        from alignslm.speech.asr import transcript_error
         from alignslm.speech.audio import write_wav
+        from alignslm.vocoder import unit_problem
 
-        ok = [r for r in rows if r["continuation"]]
         for r in rows:
-            if not r["continuation"]:
-                r["reject"] = "empty continuation (EOS first): nothing to vocode"
-        wavs = self.vocoder.vocode([r["continuation"] for r in ok]) if ok else []
-        for r, w in zip(ok, wavs):
+            r["reject"] = r.get("reject") or unit_problem(r["continuation"], self.vocoder.n_units)
+        ok = [r for r in rows if not r["reject"]]
+        for r, w in zip(ok, self._vocode([r["continuation"] for r in ok])):
             r["path"] = f"{name}/audio/{r['prompt_id']}_k{r['k']}.wav"  # relative to the evaluate directory
             write_wav(self.out / r["path"], w)
-        results = self.asr.transcribe_detailed(list(wavs)) if ok else []
+        results = self.asr.transcribe_paths([self.out / r["path"] for r in ok]) if ok else []
         for r, a in zip(ok, results):
             r["text"] = a.text
             r["seconds"], r["avg_logprob"], r["no_speech_prob"] = a.seconds, a.avg_logprob, a.no_speech_prob
-            if a.error or not a.text.strip():
-                r["reject"] = f"asr: {a.error or 'empty transcript'}"
+            r["reject"] = transcription_reject(transcript_error(a), a.text)
 
     def _judge(self, rows: list[dict]) -> None:
-        """The judge stage's path (alignslm.judge.signal.judge_rows: screen, perplexities, sense), plus auto-BLEU
-        and, in score mode or with eval.also_score, the 1-5 score."""
-        from alignslm.judge.signal import judge_rows
-        from alignslm.textmetrics import auto_bleu
+        """The judge stage's path (alignslm.judge.judge_transcripts: auto-BLEU, screen, perplexities, sense),
+        plus, in score mode or with eval.also_score, the 1-5 score."""
+        from alignslm.judge import judge_transcripts
 
-        judge_rows(rows, self.ppl, self.rules, list(self.prompt_texts))
-        ok = [r for r in rows if not r["reject"]]
-        for r in rows:
-            r["autobleu"] = auto_bleu(r["text"], 2) if r.get("text") else None
-        if not ok:
-            return
-        scores = self.judge.score([r["prompt_text"] for r in ok], [r["text"] for r in ok]) if self.judge else None
-        for i, r in enumerate(ok):
-            j = scores[i] if scores is not None else None
-            r["score"], r["raw"] = (j.score, j.raw) if j is not None else (None, "")
-            if self.metric == "score" and j.score is None:
-                r["reject"] = f"judge: {j.error or 'no score'}"
+        judge_transcripts(rows, self.ppl, self.judge, self.rules, list(self.prompt_texts),
+                          score_required=self.metric == "score")
 
 
 def signal_metric(judge_cfg: Any) -> str:

@@ -19,11 +19,11 @@ import numpy as np
 
 from alignslm import logger
 from alignslm.eval.continuation import report_table as continuation_table
-from alignslm.eval.genmetrics import score_histogram
 from alignslm.eval.html import write_index
 from alignslm.eval.prosaudit import report_table as prosaudit_table
 from alignslm.eval.salmon import report_table as salmon_table
 from alignslm.eval.suites import protocol_lines
+from alignslm.judge.rubric import score_histogram
 from alignslm.rundir import atomic_path, read_json, read_jsonl, write_json, write_text
 
 BENCH_COLS = (("sWUGGY", "lexical"), ("sBLIMP", "syntactic"), ("sSC", "ssc"), ("tSC", "tsc"))
@@ -248,17 +248,23 @@ def _plt():
     return plt
 
 
+def _counts(h: Mapping) -> list[int]:
+    """A round's judge-score counts for 1..5 (alignslm.judge.rubric.score_histogram), [] when it has none."""
+    return list((h.get("score_histogram") or {}).values())
+
+
 def plot_judge_histograms(hists: Mapping[str, Mapping], path: Path) -> Path:
     """Per round: judge-score counts (1..5, grouped bars), or in perplexity mode the distribution of
     ln(perplexity) of the sampled continuations (step histograms)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if any(sum(h.get("counts") or []) for h in hists.values()):
+    if any(sum(_counts(h)) for h in hists.values()):
         w = 0.8 / max(1, len(hists))
         for i, (name, h) in enumerate(hists.items()):
-            total = max(1, sum(h["counts"]))
-            ax.bar([s + (i - (len(hists) - 1) / 2) * w for s in range(1, 6)], [c / total for c in h["counts"]],
-                   width=w, label=f"{name} (n={sum(h['counts'])}, missing {h['missing']})")
+            counts = _counts(h)
+            total = max(1, sum(counts))
+            ax.bar([s + (i - (len(hists) - 1) / 2) * w for s in range(1, 6)], [c / total for c in counts],
+                   width=w, label=f"{name} (n={sum(counts)}, missing {h['missing']})")
         ax.set_xlabel("judge score (rounded)")
         ax.set_xticks(range(1, 6))
         ax.set_title("Judge scores of sampled continuations per round")
@@ -342,7 +348,8 @@ def round_inputs(run_dir: Path, rounds: int) -> tuple[dict, dict]:
         j = rd / "judge" / "judgments.jsonl"
         if j.is_file():
             rows = read_jsonl(j)
-            h = dict(score_histogram([row.get("score") for row in rows]))
+            scores = [row.get("score") for row in rows]
+            h: dict = {"score_histogram": score_histogram(scores), "missing": sum(s is None for s in scores)}
             h["perplexities"] = [float(row["perplexity"]) for row in rows
                                  if isinstance(row.get("perplexity"), (int, float)) and row["perplexity"] > 0]
             for key, f in (("pairs", rd / "pairs" / "summary.json"), ("policy", rd / "train" / "policy.json")):
@@ -408,7 +415,7 @@ def rounds_table(hists: Mapping[str, Mapping], logs: Mapping[str, Sequence[Mappi
              "|---|---|---|---|---|---|---|"]
     for n in names:
         h = hists.get(n) or {}
-        counts, ppl = h.get("counts") or [], h.get("perplexities") or []
+        counts, ppl = _counts(h), h.get("perplexities") or []
         if counts and sum(counts):
             judged = sum(counts)
             signal = f"mean score {sum((i + 1) * c for i, c in enumerate(counts)) / judged:.2f} (rounded)"

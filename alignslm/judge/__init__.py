@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from alignslm.judge.rubric import (
     parse_score,
     rubric_messages,
 )
+from alignslm.judge.signal import SignalRules, judge_rows
 from alignslm.textmetrics import auto_bleu
 
 # --------------------------------------------------------------------------------------------------
@@ -126,6 +128,49 @@ class AutoBleuJudge:
 def _check_lengths(a: list, b: list) -> None:
     if len(a) != len(b):
         raise ValueError(f"judge: {len(a)} prompts but {len(b)} continuations; pass one prompt per continuation")
+
+
+# --------------------------------------------------------------------------------------------------
+# Judging transcribed continuations: the one path of the judge stage and the evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+def transcription_reject(error: str | None, text: str) -> str | None:
+    """The reject of a continuation whose transcription failed (``error`` set, ``text`` empty); None when it
+    has a text (an error of its prompt's transcript becomes judge_rows' ``prompt: ...`` reject instead)."""
+    return f"transcription failed: {error}" if error and not text.strip() else None
+
+
+def judge_transcripts(rows: list[dict], ppl: PerplexityJudge | None, scorer: LLMScoreJudge | None,
+                      rules: SignalRules, all_prompts: list[str], score_required: bool) -> None:
+    """Judge transcribed continuations in place, as the judge stage and the held-out evaluation both do.
+
+    Each row holds ``prompt_text``, ``text``, ``reject`` (None, or an upstream reason such as
+    :func:`transcription_reject`'s) and, when known, the ASR's ``seconds``, ``avg_logprob`` and
+    ``no_speech_prob``.  It gets ``autobleu`` (bigram auto-BLEU of a non-empty text), then the signal's screen,
+    perplexities and ``sense`` (:func:`alignslm.judge.signal.judge_rows`, with ``ppl``; None screens only),
+    then, when ``scorer`` is given, the 1-5 ``score``, ``raw``, ``probs`` and ``retried`` of every row still
+    accepted.  With ``score_required`` (score mode) a missing score is a ``judge: ...`` reject.
+    """
+    for r in rows:
+        text = r.get("text") or ""
+        r["autobleu"] = auto_bleu(text, 2) if text.strip() else None
+        r.setdefault("score", None)
+        r.setdefault("raw", "")
+    judge_rows(rows, ppl, rules, all_prompts)
+    todo = [r for r in rows if not r["reject"]]
+    if scorer is None or not todo:
+        return
+    for r, res in zip(todo, scorer.score([r["prompt_text"] for r in todo], [r["text"] for r in todo])):
+        r.update(score=res.score, raw=res.raw, probs=res.probs, retried=res.retried)
+        if score_required and res.score is None:
+            r["reject"] = f"judge: {res.error or 'no score'}"
+
+
+def judge_asked(row: dict) -> bool:
+    """Whether the judge itself was asked about a judged row: upstream failures and screened-out text were
+    not.  The failure share (run.max_failed_share) counts these items only."""
+    return not row["reject"] or row["reject"].startswith("judge:")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,24 +437,68 @@ def _load_lm(p: Path, cache_dir: str | Path | None) -> tuple[Any, Any]:
     return tok, model
 
 
+def _transformers_backend(cfg: Any, reply_cache: Path | None, device: str,
+                          cache_dir: str | Path | None) -> ChatBackend:
+    path = Path(cfg.model_path).expanduser() if cfg.model_path else default_judge_model()
+    return TransformersBackend(path, device=device, batch_size=cfg.batch_size, cache_dir=cache_dir, dtype=cfg.dtype)
+
+
+def _openai_backend(cfg: Any, reply_cache: Path | None, device: str, cache_dir: str | Path | None) -> ChatBackend:
+    from alignslm.judge.http import OpenAIBackend
+
+    if not cfg.url:
+        raise ValueError("judge.backend=openai needs judge.url (e.g. http://127.0.0.1:8000/v1)")
+    backend = OpenAIBackend(cfg.url, cfg.model_name, api_key_env=cfg.api_key_env,
+                            concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries,
+                            backoff_s=cfg.backoff_s, cache_path=reply_cache)
+    backend.check_endpoint()  # a dead server fails here, before any item is asked
+    return backend
+
+
+def _transformers_problems(cfg: Any) -> list[str]:
+    try:
+        p = Path(cfg.model_path).expanduser() if cfg.model_path else default_judge_model()
+    except FileNotFoundError as e:
+        return [str(e)]
+    return [] if p.exists() else [f"judge.model_path {p} does not exist"]
+
+
+def _openai_problems(cfg: Any) -> list[str]:
+    if not cfg.url:
+        return ["judge.backend=openai needs judge.url"]
+    from alignslm.judge.http import JudgeEndpointError, probe_endpoint
+
+    try:
+        probe_endpoint(cfg.url, cfg.api_key_env, min(cfg.timeout_s, 10.0))
+    except JudgeEndpointError as e:
+        return [str(e)]
+    return []
+
+
+# judge.backend -> (builder(cfg, reply_cache, device, model_cache_dir), cheap check(cfg) -> problems); a new
+# backend is one entry here and one choice in alignslm.config.JudgeBackend
+BACKENDS: dict[str, tuple[Callable[..., ChatBackend], Callable[[Any], list[str]]]] = {
+    "transformers": (_transformers_backend, _transformers_problems),
+    "openai": (_openai_backend, _openai_problems),
+}
+
+
+def _backend_entry(cfg: Any) -> tuple[Callable[..., ChatBackend], Callable[[Any], list[str]]]:
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"judge.backend={cfg.backend!r}: expected {' or '.join(BACKENDS)}")
+    return BACKENDS[cfg.backend]
+
+
 def load_backend(cfg: Any, run_dir_cache: Path | None = None, device: str = "cpu",
                  cache_dir: str | Path | None = None) -> ChatBackend:
-    """The backend named by ``cfg`` = the ``judge`` section."""
-    if cfg.backend == "transformers":
-        path = Path(cfg.model_path).expanduser() if cfg.model_path else default_judge_model()
-        return TransformersBackend(path, device=device, batch_size=cfg.batch_size, cache_dir=cache_dir,
-                                   dtype=getattr(cfg, "dtype", "auto"))
-    if cfg.backend == "openai":
-        from alignslm.judge.http import OpenAIBackend
+    """The backend named by ``cfg`` = the ``judge`` section (:data:`BACKENDS`)."""
+    return _backend_entry(cfg)[0](cfg, run_dir_cache, device, cache_dir)
 
-        if not cfg.url:
-            raise ValueError("judge.backend=openai needs judge.url (e.g. http://127.0.0.1:8000/v1)")
-        backend = OpenAIBackend(cfg.url, cfg.model_name, api_key_env=cfg.api_key_env,
-                                concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries,
-                                backoff_s=cfg.backoff_s, cache_path=run_dir_cache)
-        backend.check_endpoint()  # a dead server fails here, before any item is asked
-        return backend
-    raise ValueError(f"judge.backend={cfg.backend!r}: expected transformers or openai")
+
+def backend_problems(cfg: Any) -> list[str]:
+    """What would stop the backend of ``cfg`` (the ``judge`` section) from loading, checked cheaply (a model
+    path, an endpoint probe); [] when nothing does."""
+    return _backend_entry(cfg)[1](cfg)
 
 
 def load_judge(cfg: Any, backend: ChatBackend | None = None, cache_path: Path | None = None,

@@ -11,7 +11,9 @@ It imports nothing of the package: the judges (:mod:`alignslm.judge`) and the HT
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,3 +103,14 @@ def expected_from_probs(probs: list[float]) -> float:
     """E[score] = sum_d d * P(d) over d = 1..5 (probs renormalised)."""
     total = sum(probs)
     return sum((i + 1) * p for i, p in enumerate(probs)) / total
+
+
+def score_histogram(scores: Iterable[float | None]) -> dict[str, int]:
+    """Counts of 1-5 scores, each rounded half up to the nearest of :data:`DIGITS` (the paper's Figures 3-4);
+    None (no score) is not counted.  The one shape of the judge summary, the pairs summary, the evaluation's
+    generation summary and the report."""
+    h = {d: 0 for d in DIGITS}
+    for s in scores:
+        if s is not None:
+            h[str(min(5, max(1, math.floor(s + 0.5))))] += 1
+    return h

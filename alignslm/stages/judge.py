@@ -1,7 +1,7 @@
 """Stage judge: transcripts.jsonl -> judgments.jsonl (score 1-5 or perplexity, auto-BLEU, the raw reply).
 
 Every transcript first goes through the signal's screen and, in perplexity mode, gets the signal value
-``sense`` (alignslm.judge.signal.judge_rows: the same function as the evaluation's).  Items the judge cannot use
+``sense`` (alignslm.judge.judge_transcripts: the same function as the evaluation's).  Items the judge cannot use
 are recorded (rejects.jsonl) and kept with ``score``/``perplexity`` null: an ASR error upstream, an empty or
 whitespace transcript, garbage text (mostly non-letters), a screened-out transcript (``screened``: a known
 Whisper hallucination, Whisper's own doubt, too few words per second, a loop; it loses every pair), a judge
@@ -13,46 +13,43 @@ server).  A missing score is never 0.  With the HTTP backend the replies are cac
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
-from alignslm.judge import AutoBleuJudge, PerplexityJudge, default_judge_model, load_judge
-from alignslm.judge.signal import garbage, judge_rows, rules_from
+from alignslm.impl import resolve_device
+from alignslm.judge import (
+    PerplexityJudge,
+    backend_problems,
+    judge_asked,
+    judge_transcripts,
+    load_judge,
+    transcription_reject,
+)
+from alignslm.judge.rubric import score_histogram
+from alignslm.judge.signal import rules_from
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
-
-transcript_problem = garbage  # the name this module exported before alignslm.judge.signal
 
 
 def run(ctx: StageContext) -> dict:
     cfg = ctx.cfg.judge
     rows = read_jsonl(ctx.inputs["transcribe"] / "transcripts.jsonl")
-    judge = load_judge(cfg, cache_path=ctx.out / "http_cache.jsonl", device=_device(ctx.cfg.run.device),
+    judge = load_judge(cfg, cache_path=ctx.out / "http_cache.jsonl", device=resolve_device(ctx.cfg.run.device),
                        cache_dir=ctx.cfg.run.cache_dir)
-    ab = AutoBleuJudge(2)
-
     rules = rules_from(cfg)
     all_prompts = [r["prompt_text"] for r in rows]  # contrast prompts from the whole stage, not the shard
     ppl = judge if isinstance(judge, PerplexityJudge) else None  # score mode: screen, then the 1-5 score
+    scorer = None if ppl is not None else judge
 
     def process(chunk: list[dict]) -> list[dict]:
-        out = []
-        for r in chunk:
-            # a failed continuation has text "" (transcribe stage); otherwise the error was the prompt's, whose
-            # empty prompt_text judge_rows rejects as "prompt: ..." (not the continuation's fault)
-            err = f"transcription failed: {r['error']}" if r.get("error") and not r["text"].strip() else None
-            out.append({"prompt_id": r["prompt_id"], "k": r["k"], "score": None, "perplexity": None,
-                        "autobleu": ab.score([""], [r["text"]])[0].score if r["text"].strip() else None,
-                        "raw": "", "prompt_text": r["prompt_text"], "text": r["text"], "reject": err,
-                        "seconds": r.get("seconds"), "avg_logprob": r.get("avg_logprob"),
-                        "no_speech_prob": r.get("no_speech_prob")})
-        judge_rows(out, ppl, rules, all_prompts)  # the evaluation's path too (alignslm.eval.genmetrics)
-        todo = [i for i, o in enumerate(out) if not o["reject"]]
-        if ppl is None and todo:
-            for i, res in zip(todo, judge.score([out[i]["prompt_text"] for i in todo], [out[i]["text"] for i in todo])):
-                out[i].update(score=res.score, raw=res.raw, probs=res.probs, retried=res.retried)
-                out[i]["reject"] = None if res.score is not None else f"judge: {res.error}"
+        out = [{"prompt_id": r["prompt_id"], "k": r["k"], "score": None, "perplexity": None, "autobleu": None,
+                "raw": "", "prompt_text": r["prompt_text"], "text": r["text"],
+                # a failed continuation has text "" (transcribe stage); otherwise the error was the prompt's, whose
+                # empty prompt_text judge_rows rejects as "prompt: ..." (not the continuation's fault)
+                "reject": transcription_reject(r.get("error"), r["text"]),
+                "seconds": r.get("seconds"), "avg_logprob": r.get("avg_logprob"),
+                "no_speech_prob": r.get("no_speech_prob")} for r in chunk]
+        judge_transcripts(out, ppl, scorer, rules, all_prompts, score_required=scorer is not None)
         for o in out:
             # asked: the judge's own items (upstream failures and screened-out text are not; run.max_failed_share)
-            o["asked"] = not o["reject"] or o["reject"].startswith("judge:")
+            o["asked"] = judge_asked(o)
             o["error"] = o.pop("reject")
             if o["error"]:
                 ctx.rejects.add(f"{o['prompt_id']}/{o['k']}", o["error"])
@@ -78,47 +75,11 @@ def _summary(done: list[dict], mode: str, http_stats: dict | None) -> dict:
            "missing_by_reason": dict(kinds), f"mean_{key}": sum(vals) / len(vals) if vals else None,
            "retried": sum(bool(r.get("retried")) for r in done), "screened": dict(screened)}
     if mode == "score":
-        from alignslm.dpo.pairs import score_histogram
-
         out["score_histogram"] = score_histogram(vals)
     if http_stats:
         out["http"] = dict(http_stats)
     return out
 
 
-def _device(device: str) -> str:
-    if device == "auto":
-        try:
-            import torch
-
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:  # pragma: no cover
-            return "cpu"
-    return device
-
-
 def check(cfg) -> list[str]:  # noqa: ANN001 - Config
-    j = cfg.judge
-    problems = []
-    if j.mode not in ("score", "perplexity"):
-        problems.append(f"judge.mode={j.mode!r}: expected score or perplexity")
-    if j.backend == "openai":
-        if not j.url:
-            problems.append("judge.backend=openai needs judge.url")
-        else:
-            from alignslm.judge.http import JudgeEndpointError, probe_endpoint
-
-            try:
-                probe_endpoint(j.url, j.api_key_env, min(j.timeout_s, 10.0))
-            except JudgeEndpointError as e:
-                problems.append(str(e))
-    elif j.backend == "transformers":
-        try:
-            p = Path(j.model_path).expanduser() if j.model_path else default_judge_model()
-            if not p.exists():
-                problems.append(f"judge.model_path {p} does not exist")
-        except FileNotFoundError as e:
-            problems.append(str(e))
-    else:
-        problems.append(f"judge.backend={j.backend!r}: expected transformers or openai")
-    return problems
+    return backend_problems(cfg.judge)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
-from alignslm.speech.asr import check_model_dir, default_model_dir, load_asr
+from alignslm.speech.asr import asr_device, check_model_dir, default_model_dir, load_asr, transcript_error
 
 
 def _abs(path: str, base: Path) -> str:
@@ -21,7 +21,7 @@ def _abs(path: str, base: Path) -> str:
 def run(ctx: StageContext) -> dict:
     vdir = ctx.inputs["vocode"]
     rows = read_jsonl(vdir / "audio.jsonl")
-    asr = load_asr(ctx.cfg.asr, device="cuda" if _use_cuda(ctx.cfg.run.device) else "cpu")
+    asr = load_asr(ctx.cfg.asr, device=asr_device(ctx.cfg.run.device))
 
     def process(chunk: list[dict]) -> list[dict]:
         prompt_paths = sorted({_abs(r["prompt_path"], vdir) for r in chunk if r.get("prompt_path")})
@@ -30,12 +30,8 @@ def run(ctx: StageContext) -> dict:
         out = []
         for r, res in zip(chunk, cont):
             pr = prompt_res.get(_abs(r["prompt_path"], vdir)) if r.get("prompt_path") else None
-            err = res.error
-            if err is None and not res.text.strip():
-                err = "empty transcript"
-            perr = None if pr is None else (pr.error or (None if pr.text.strip() else "empty prompt transcript"))
-            if pr is None:
-                perr = "no prompt_path in audio.jsonl"
+            err = transcript_error(res)
+            perr = "no prompt_path in audio.jsonl" if pr is None else transcript_error(pr, "prompt transcript")
             item = f"{r['prompt_id']}/{r['k']}"
             if err:
                 ctx.rejects.add(item, f"continuation: {err}", path=r["path"])
@@ -58,17 +54,6 @@ def run(ctx: StageContext) -> dict:
 
 
 HEARD = ("no speech", "runaway output", "repetition loop", "empty transcript", "empty prompt transcript")
-
-
-def _use_cuda(device: str) -> bool:
-    if device == "cpu":
-        return False
-    try:
-        from alignslm.speech.ct2 import ctranslate2_module
-
-        return ctranslate2_module().get_cuda_device_count() > 0
-    except Exception:  # noqa: BLE001 - no CUDA build
-        return False
 
 
 def check(cfg) -> list[str]:  # noqa: ANN001 - Config

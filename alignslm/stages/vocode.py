@@ -17,22 +17,13 @@ import numpy as np
 
 from alignslm import logger
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
-from alignslm.speech.audio import SAMPLE_RATE, AudioError, read_audio, write_wav
+from alignslm.speech.audio import SAMPLE_RATE, AudioError, write_prompt_wav, write_wav
 
 AUDIO_JSONL = "audio.jsonl"
 
 
 def _safe(name: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
-
-
-def _unit_problem(units: Any, n_units: int) -> str | None:
-    if not isinstance(units, list) or len(units) == 0:
-        return "empty continuation: nothing to vocode"
-    bad = [u for u in units if not isinstance(u, int) or u < 0 or u >= n_units]
-    if bad:
-        return f"unit id {bad[0]} is outside the vocoder's table [0, {n_units})"
-    return None
 
 
 def _prompt_wav(ctx: StageContext, row: dict, manifest: dict[str, dict]) -> str:
@@ -43,16 +34,12 @@ def _prompt_wav(ctx: StageContext, row: dict, manifest: dict[str, dict]) -> str:
     m = manifest.get(row.get("utt_id", row["prompt_id"]))
     if m is None:
         raise AudioError(str(row.get("utt_id")), "utterance not in corpus/manifest.jsonl")
-    wav = read_audio(ctx.inputs["corpus"] / m["path"], warn=False)
-    end = int(round(float(row["prompt_end_s"]) * SAMPLE_RATE))
-    if end <= 0:
-        raise AudioError(m["path"], f"prompt_end_s={row['prompt_end_s']} leaves no prompt audio")
-    write_wav(ctx.out / rel, wav[:end])
+    write_prompt_wav(ctx.inputs["corpus"] / m["path"], float(row["prompt_end_s"]), ctx.out / rel)
     return rel
 
 
 def run(ctx: StageContext) -> dict:
-    from alignslm.vocoder import load_vocoder
+    from alignslm.vocoder import load_vocoder, unit_problem, vocode_16k
 
     rows = read_jsonl(ctx.inputs["sample"] / "samples.jsonl")
     manifest = {r["utt_id"]: r for r in read_jsonl(ctx.inputs["corpus"] / "manifest.jsonl")}
@@ -65,7 +52,7 @@ def run(ctx: StageContext) -> dict:
         ok: list[tuple[dict, str]] = []
         for r in chunk:
             item = f"{r['prompt_id']}/{r['k']}"
-            problem = _unit_problem(r.get("continuation"), voc.n_units)
+            problem = unit_problem(r.get("continuation"), voc.n_units)
             if problem:
                 ctx.rejects.add(item, problem)
                 continue
@@ -73,23 +60,16 @@ def run(ctx: StageContext) -> dict:
                 ok.append((r, _prompt_wav(ctx, r, manifest)))
             except AudioError as e:
                 ctx.rejects.add(item, f"prompt audio: {e}")
-        wavs = voc.vocode([r["continuation"] for r, _ in ok], batch_size=bs) if ok else []
+        wavs = vocode_16k(voc, [r["continuation"] for r, _ in ok], bs, ctx.cfg.vocoder.threads)
         out = []
         for (r, prompt_rel), w in zip(ok, wavs):
-            if voc.sample_rate != SAMPLE_RATE:
-                from alignslm.speech.audio import resample
-
-                w = resample(w, voc.sample_rate, SAMPLE_RATE)
             rel = f"wav/{_safe(r['prompt_id'])}_{int(r['k'])}.wav"
             write_wav(ctx.out / rel, w)
             out.append({"prompt_id": r["prompt_id"], "k": r["k"], "path": rel,
                         "seconds": round(w.size / SAMPLE_RATE, 3), "prompt_path": prompt_rel})
         return out
 
-    from alignslm.vocoder.demo import torch_threads
-
-    with torch_threads(ctx.cfg.vocoder.threads):
-        merged = run_sharded(ctx, rows, max(bs * 4, 1), process, AUDIO_JSONL)
+    merged = run_sharded(ctx, rows, max(bs * 4, 1), process, AUDIO_JSONL)
     secs = [r["seconds"] for r in merged]
     empty = sum(not r.get("continuation") for r in rows)  # the LM ended at once: a result, not a failure
     return {"continuations": len(merged), "empty_continuations": empty, "items_tried": len(rows),

@@ -16,11 +16,9 @@ Trained from scratch on the demo corpus in minutes on a CPU, with no pretrained 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from torch import nn
 
 from alignslm import logger
 from alignslm.rundir import atomic_path, write_json, write_torch
+from alignslm.vocoder import torch_threads
 from alignslm.vocoder.hifigan import CPU_MIN_FILL, CheckpointError, check_durations, check_units, length_batches
 
 
@@ -587,18 +586,6 @@ def train(utts: list[Utterance], held_out: list[Utterance], spec: DemoSpec, step
         raise ValueError("the demo vocoder needs training utterances (units + audio); none were found")
     with torch_threads(threads):
         return _train(utts, held_out, spec, steps, lr, batch_size, crop, seed, duration, bank_utterances, bank_voice)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's CPU threads (the small ops here run ~10x faster on 1 thread of a loaded CPU)."""
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _train(utts: list[Utterance], held_out: list[Utterance], spec: DemoSpec, steps: int, lr: float,
