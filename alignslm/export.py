@@ -26,9 +26,8 @@ import sys
 from pathlib import Path
 
 from alignslm import logger
-from alignslm.rundir import Manifest, read_json, write_json
+from alignslm.rundir import Manifest, policy_adapters, read_json, write_json
 from alignslm.speech.tokenizer import QUANTIZER_NPY, SCALE_NPY, TOKENIZER_JSON
-from alignslm.stages.train import policy_adapters
 
 TOKENIZER_FILES = (TOKENIZER_JSON, QUANTIZER_NPY, "quantizer.json", SCALE_NPY)
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from alignslm import logger
-from alignslm.rundir import hash_str, write_jsonl
+from alignslm.rundir import hash_str, policy_adapters, write_jsonl
 
 
 def generate_continuations(run_dir: str | Path, prompts: list[str | Path], out: str | Path, rnd: int | None = None,
@@ -34,7 +34,6 @@ def generate_continuations(run_dir: str | Path, prompts: list[str | Path], out: 
     from alignslm.speech.asr import load_asr
     from alignslm.speech.audio import SAMPLE_RATE, read_audio, resample, write_wav
     from alignslm.speech.tokenizer import load_tokenizer
-    from alignslm.stages.train import policy_adapters
     from alignslm.vocoder import load_vocoder
 
     run_dir, out = Path(run_dir).expanduser(), Path(out).expanduser()

@@ -88,19 +88,19 @@ def _about_missing(message: str, missing: dict[str, str]) -> bool:
 def cross_checks(cfg: Config) -> list[str]:
     """Formats that must agree across components, read cheaply (config.json files, the .npy header).
 
-    The checks themselves are the stages' (tokenize.quantizer_dim_problem, unitlm.lm_unit_problems), so
-    --dry-run and the run fail on the same condition with the same message.
+    The checks are the components' (speech.tokenizer.quantizer_dim_problem, lm.unitlm.lm_unit_problems,
+    lm.prompts.context_problem), which the stages call too, so --dry-run and the run fail on the same
+    condition with the same message.
     """
     import json
     from types import SimpleNamespace
 
     import numpy as np
 
-    from alignslm.lm.unitlm import context_of
+    from alignslm.lm.prompts import context_problem
+    from alignslm.lm.unitlm import context_of, lm_unit_problems
     from alignslm.speech.encoders import hubert_frame_rate, hubert_layer_problem
-    from alignslm.stages.sample import context_problem
-    from alignslm.stages.tokenize import quantizer_dim_problem
-    from alignslm.stages.unitlm import lm_unit_problems
+    from alignslm.speech.tokenizer import quantizer_dim_problem
 
     problems: list[str] = []
     t, u = cfg.tokenize, cfg.unitlm

@@ -594,3 +594,10 @@ class Manifest:
         """Record that a stage (with this hash) is running: not finished until mark_done."""
         self.data["stages"][key] = {"hash": h, "finished": False, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(self.path, self.data)
+
+
+def policy_adapters(run_dir: str | Path, round_n: int) -> list[Path]:
+    """Adapters to load on the base unit LM for the policy after round ``round_n`` (0 = the base)."""
+    if round_n <= 0:
+        return []
+    return [Path(run_dir) / f"round-{round_n}" / "train"]

@@ -132,3 +132,38 @@ def test_cli_bad_key_fails_fast_before_models_load():
     out = subprocess.run([sys.executable, "-m", "alignslm.run", "unitlm.path=/does/not/exist"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "/does/not/exist" in out.stderr and "unitlm.path" in out.stderr
+
+
+def test_choices_are_literal_fields_validated_once_and_listed_by_help():
+    """Every option with a fixed set of values is a Literal field: a value outside it fails at load time naming
+    the key and the choices, --help lists them, each default is one of them, and the components that keep their
+    own tuple (or {kind: builder} dict) of the same choices agree with the config."""
+    import typing
+
+    from alignslm import config as C
+    from alignslm.dpo.losses import LOSSES
+    from alignslm.eval.salmon import SCORE_MODES as SALMON_SCORES
+    from alignslm.eval.scoring import SCORE_MODES
+    from alignslm.judge import BACKENDS, JUDGE_DTYPES
+    from alignslm.judge.signal import KINDS
+    from alignslm.lm.unitlm import SUPPORTS
+    from alignslm.speech.encoders import ENCODERS
+    from alignslm.vocoder import KINDS as VOCODERS
+
+    for alias, tup in ((C.JudgeBackend, BACKENDS), (C.VocoderKind, VOCODERS),
+                       (C.Loss, LOSSES), (C.SalmonScore, SALMON_SCORES), (C.ScoreMode, SCORE_MODES),
+                       (C.JudgeDtype, JUDGE_DTYPES), (C.Signal, KINDS), (C.Support, SUPPORTS), (C.Encoder, ENCODERS)):
+        assert set(typing.get_args(alias)) == set(tup), (alias, tup)
+    n = 0
+    for sec in dataclasses.fields(Config):
+        hints = typing.get_type_hints(sec.default_factory)
+        for f in dataclasses.fields(sec.default_factory()):
+            ch = C.choices(hints[f.name])
+            if ch:
+                n += 1
+                assert f.default in ch, f"{sec.name}.{f.name}"
+                assert f"{sec.name}.{f.name} = " in help_text() and f"[choices: {' | '.join(ch)}]" in help_text()
+    assert n >= 20
+    with pytest.raises(ConfigError, match=r"'judge.mode': 'vibes' is not a choice; choose one of score \| perplexity"):
+        load_config(overrides=["judge.mode=vibes"])
+

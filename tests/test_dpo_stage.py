@@ -11,7 +11,7 @@ from helpers import N_UNITS, OFFSET, synthetic_pairs, tiny_lm
 from alignslm.config import load_config
 from alignslm.dpo.trainer import SequenceLogps, collate, prepare_pairs
 from alignslm.lm.unitlm import load_unitlm
-from alignslm.rundir import StageContext, write_json, write_jsonl
+from alignslm.rundir import StageContext, policy_adapters, write_json, write_jsonl
 from alignslm.stages import train as train_stage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -39,7 +39,7 @@ def stage_ctx(run, cfg, r):
 
 
 def policy_logps(run, r, rows):
-    lm = load_unitlm(run / "unitlm", adapters=train_stage.policy_adapters(run, r))
+    lm = load_unitlm(run / "unitlm", adapters=policy_adapters(run, r))
     ex, _ = prepare_pairs(rows, lm, 64)
     with torch.no_grad():
         return SequenceLogps(lm.model, lm.support_ids)(*collate(ex, lm.pad_id).forward_args())
@@ -127,8 +127,12 @@ def test_drops_and_truncation_are_counted_in_the_summary(tmp_path):
 
 
 def test_check_reports_bad_settings():
-    cfg = load_config(overrides=["train.loss=dpo", "curriculum.reference=latest", "train.beta=0"])
-    problems = " ".join(train_stage.check(cfg))
-    assert "train.loss" in problems and "curriculum.reference" in problems and "train.beta" in problems
+    from alignslm.config import ConfigError
+
+    for bad in ("train.loss=dpo", "curriculum.reference=latest"):  # choices: the config's Literal fields
+        with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
+            load_config(overrides=[bad])
+    problems = " ".join(train_stage.check(load_config(overrides=["train.beta=0"])))
+    assert "train.beta" in problems
     assert train_stage.check(load_config()) == []
-    assert train_stage.policy_adapters("/r", 0) == [] and OFFSET == 2
+    assert policy_adapters("/r", 0) == [] and OFFSET == 2

@@ -143,8 +143,13 @@ def test_twin_checks_are_one_function_called_by_stage_and_dry_run(tmp_path, monk
         st_lm.run(ctx)
     # both callers go through the one function: change it and both change
     seen = []
-    monkeypatch.setattr(st_tok, "quantizer_dim_problem", lambda *a, **k: seen.append(("dim", a[:2])) or "DIM!")
-    monkeypatch.setattr(st_lm, "lm_unit_problems", lambda *a, **k: seen.append(("lm", a[0])) or ["LM!"])
+    import alignslm.lm.unitlm
+    import alignslm.speech.tokenizer
+
+    for mod in (alignslm.speech.tokenizer, st_tok):  # the component's function, where each caller looks it up
+        monkeypatch.setattr(mod, "quantizer_dim_problem", lambda *a, **k: seen.append(("dim", a[:2])) or "DIM!")
+    for mod in (alignslm.lm.unitlm, st_lm):
+        monkeypatch.setattr(mod, "lm_unit_problems", lambda *a, **k: seen.append(("lm", a[0])) or ["LM!"])
     assert run.cross_checks(cfg) == ["DIM!", "LM!"]
     with pytest.raises(UnitLMError, match="^LM!$"):
         st_lm.run(ctx)

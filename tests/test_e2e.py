@@ -196,8 +196,8 @@ def test_export_is_a_plain_transformers_checkpoint_with_the_policy_logprobs(smok
 
     from alignslm.export import main as export_main
     from alignslm.lm.unitlm import load_unitlm
+    from alignslm.rundir import policy_adapters
     from alignslm.speech.tokenizer import load_tokenizer
-    from alignslm.stages.train import policy_adapters
     from alignslm.vocoder import load_vocoder
 
     out = tmp_path / "export"

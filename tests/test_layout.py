@@ -96,6 +96,13 @@ def test_stages_import_components_never_another_stage():
     assert {m: d for m, d in bad.items() if d} == {}
 
 
+def test_commands_import_components_never_a_stage():
+    """The CLIs (run's dry-run checks, export, generate) call the components' functions, as the stages do; the
+    driver reaches stages only through pipeline.STAGES' target strings."""
+    bad = {m: sorted(d for d in GRAPH[m] if d.startswith("alignslm.stages")) for m in DRIVER}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
 def test_components_never_import_a_stage_or_the_driver():
     comps = [m for m in GRAPH if m.split(".")[1:2] and m.split(".")[1] in COMPONENT_PACKAGES]
     assert len(comps) > 20

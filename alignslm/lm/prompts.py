@@ -8,6 +8,7 @@ time (half a frame of tolerance).  The cut time is the end of the last word that
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -50,3 +51,15 @@ def make_prompt(units: Sequence[int], durations: Sequence[int] | None, frame_rat
         raise PromptError(f"no unit ends before {cut:.2f} s")
     return Prompt(units=[int(u) for u in units[:n]], end_s=round(cut if at_word else float(ends[n - 1]), 4),
                   at_word_boundary=at_word)
+
+
+def context_problem(prompt_seconds: float, frame_rate: float, max_new: int, context: int | None,
+                    bos: bool = True) -> str | None:
+    """A prompt of ``prompt_seconds`` (at most one unit per frame, before deduplication) + BOS + max_new_units
+    must fit the LM's context (the sampler refuses the longer prompts at run time)."""
+    longest = math.ceil(prompt_seconds * frame_rate) + int(bos)
+    if context is None or longest + max_new <= context:
+        return None
+    return (f"a {prompt_seconds:g} s prompt is up to {longest} tokens ({frame_rate:g} units/s + BOS) and "
+            f"sample.max_new_units={max_new} more make {longest + max_new} > the LM's context of {context}; "
+            f"lower sample.prompt_seconds or sample.max_new_units")

@@ -42,10 +42,10 @@ class UnitLMError(ValueError):
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> cuda if available else cpu."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """:func:`alignslm.impl.resolve_device` as a torch.device (``auto``/None: the GPU when there is one)."""
+    from alignslm.impl import resolve_device as device_rule
+
+    return torch.device(device_rule(None if device is None else str(device)))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -257,7 +257,7 @@ class UnitLM:
             raise UnitLMError(f"{path}: not a Hugging Face model directory (no config.json); "
                               f"set unitlm.path to a directory saved with save_pretrained")
         config = AutoConfig.from_pretrained(path)
-        ids = _special_ids(config, offset)
+        ids = special_ids(config, offset)
         offset = ids.pop("offset")
         for k, v in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
             if v is not None:
@@ -287,7 +287,7 @@ class UnitLM:
                 "pad_id": self.pad_id, "support": self.support, "vocab_size": self.vocab_size}
 
 
-def _special_ids(config: Any, offset: int | None) -> dict:
+def special_ids(config: Any, offset: int | None) -> dict:
     """offset/bos/eos/pad from the config (TWIST) or the slamkit convention when it has no offset."""
     cfg_offset = getattr(config, "offset", None)
     if offset is None and cfg_offset is None:
@@ -332,3 +332,26 @@ def _apply_adapter(model: Any, path: Path, merge: bool) -> Any:
     model = PeftModel.from_pretrained(model, adir)
     logger.info("applied LoRA adapter %s (%s)", adir, "merged" if merge else "kept separate")
     return model.merge_and_unload() if merge else model
+
+
+def lm_unit_problems(k: int, config: Any, n_units: int | None, offset: int | None, lm: Any, quantizer: Any
+                     ) -> list[str]:
+    """The checks that an external LM models the quantizer's K units: unitlm.n_units == K, and the unit
+    tokens fit the vocabulary (offset + n_units - 1 < vocab_size).  [] when both hold.
+
+    ``config``: the LM's config (a transformers config, or config.json as a namespace); ``n_units``/``offset``:
+    the unitlm.* overrides (None = from the config, as :func:`special_ids` reads it).
+    One function for both callers: ``--dry-run`` (alignslm.run.cross_checks, config.json and the .npy
+    header) and the unitlm stage (an external LM).
+    """
+    n = n_units if n_units is not None else k
+    off = special_ids(config, offset)["offset"]
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    problems = []
+    if n != k:
+        problems.append(f"unitlm.n_units={n} but the quantizer ({quantizer}) has K={k} units; "
+                        "use the LM's own k-means (tokenize.quantizer)")
+    if off + n - 1 >= vocab:
+        problems.append(f"unitlm.path={lm}: offset {off} + n_units {n} - 1 >= vocab_size {vocab}: "
+                        f"this LM was trained on fewer units than the quantizer produces")
+    return problems

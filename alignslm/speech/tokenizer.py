@@ -132,3 +132,17 @@ def load_tokenizer(stage_dir: str | Path, device: str = "cpu", batch_size: int =
         raise TokenizerError(f"{js}: frame rate {meta['frame_rate']} recorded, but encoder gives {enc.frame_rate}")
     scale = np.load(d / meta["feature_scale"], allow_pickle=False) if meta.get("feature_scale") else None
     return Tokenizer(enc, load_quantizer(q_path), dedup=bool(meta.get("dedup", True)), scale=scale)
+
+
+def quantizer_dim_problem(q_dim: int, enc_dim: int, quantizer: Any, encoder: str, layer: int | None = None
+                          ) -> str | None:
+    """The check that the quantizer's centroids have the encoder's feature dimension, or None when they do.
+
+    One function for both callers: ``--dry-run`` (alignslm.run.cross_checks: the .npy header against the
+    HuBERT config.json hidden_size, no model loaded) and the tokenize stage (the loaded quantizer and encoder).
+    """
+    if int(q_dim) == int(enc_dim):
+        return None
+    at = f" layer {layer}" if layer is not None else ""
+    return (f"tokenize.quantizer={quantizer}: dimension {q_dim} does not match encoder {encoder}: "
+            f"use the k-means trained on this encoder's{at} features")

@@ -24,7 +24,6 @@ from alignslm import logger
 from alignslm.eval import suites as ev_suites
 from alignslm.eval.genmetrics import GenerationSetup, compare_models, paired_win_rate, reject_share_diff
 from alignslm.eval.scoring import (
-    SCORE_MODES,
     EvalInputError,
     check_benchmark,
     check_unit_counts,
@@ -32,21 +31,16 @@ from alignslm.eval.scoring import (
     score_benchmarks,
     tokenize_items,
 )
+from alignslm.impl import resolve_device
 from alignslm.rundir import StageContext, hash_str, read_json, read_jsonl, relative_path, write_json, write_jsonl
 
 
 def check(cfg: Any) -> list[str]:
     problems = []
-    if cfg.eval.score not in SCORE_MODES:
-        problems.append(f"eval.score must be one of {SCORE_MODES}, got {cfg.eval.score!r}")
     if cfg.eval.batch_size < 1:
         problems.append("eval.batch_size must be >= 1")
     if cfg.eval.n_prompts < 0 or cfg.eval.bootstrap < 0:
         problems.append("eval.n_prompts and eval.bootstrap must be >= 0")
-    if cfg.eval.generation_models not in ("final", "all"):
-        problems.append(f"eval.generation_models={cfg.eval.generation_models!r}: choose final or all")
-    if cfg.eval.salmon_score not in ("official", "eval"):
-        problems.append(f"eval.salmon_score={cfg.eval.salmon_score!r}: choose official or eval")
     return problems
 
 
@@ -219,9 +213,7 @@ def _load(ctx: StageContext, adapters: list[Path]) -> Any:
 
 
 def _device(cfg: Any) -> str:
-    from alignslm.lm.unitlm import resolve_device
-
-    return str(resolve_device(cfg.run.device))
+    return resolve_device(cfg.run.device)
 
 
 def _evaluate_model(ctx: StageContext, name: str, lm: Any, units: dict, benches: dict, gen: Any,

@@ -14,7 +14,6 @@ all prompts are checked before the first model call.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -39,18 +38,6 @@ def check(cfg: Any) -> list[str]:
         if getattr(s, key) < 1:
             problems.append(f"sample.{key} must be >= 1, got {getattr(s, key)}")
     return problems
-
-
-def context_problem(prompt_seconds: float, frame_rate: float, max_new: int, context: int | None,
-                    bos: bool = True) -> str | None:
-    """A prompt of ``prompt_seconds`` (at most one unit per frame, before deduplication) + BOS + max_new_units
-    must fit the LM's context (the sampler refuses the longer prompts at run time)."""
-    longest = math.ceil(prompt_seconds * frame_rate) + int(bos)
-    if context is None or longest + max_new <= context:
-        return None
-    return (f"a {prompt_seconds:g} s prompt is up to {longest} tokens ({frame_rate:g} units/s + BOS) and "
-            f"sample.max_new_units={max_new} more make {longest + max_new} > the LM's context of {context}; "
-            f"lower sample.prompt_seconds or sample.max_new_units")
 
 
 def select_prompts(ctx: StageContext) -> list[dict]:

@@ -18,11 +18,20 @@ from typing import Any
 import numpy as np
 
 from alignslm import logger
+from alignslm.impl import resolve_device
 from alignslm.rundir import StageContext, read_jsonl, run_sharded
 from alignslm.speech.audio import SAMPLE_RATE, AudioError, read_audio
-from alignslm.speech.encoders import ENCODERS, Encoder, build_encoder
+from alignslm.speech.encoders import Encoder, build_encoder
 from alignslm.speech.quantizer import Quantizer, load_quantizer, train_quantizer
-from alignslm.speech.tokenizer import QUANTIZER_NPY, SCALE_NPY, TOKENIZER_JSON, Tokenizer, TokenizerError, feature_scale
+from alignslm.speech.tokenizer import (
+    QUANTIZER_NPY,
+    SCALE_NPY,
+    TOKENIZER_JSON,
+    Tokenizer,
+    TokenizerError,
+    feature_scale,
+    quantizer_dim_problem,
+)
 
 UNITS_JSONL = "units.jsonl"
 CACHE_MAX_BYTES = 512 * 2**20
@@ -32,8 +41,6 @@ def check(cfg: Any) -> list[str]:
     """Cheap --dry-run checks: encoder kind and paths, quantizer file and pickle policy."""
     t = cfg.tokenize
     problems = []
-    if t.encoder not in ENCODERS:
-        problems.append(f"tokenize.encoder={t.encoder!r}: choose one of {', '.join(ENCODERS)}")
     if t.encoder == "hubert" and not t.encoder_path:
         problems.append("tokenize.encoder=hubert needs tokenize.encoder_path (a HubertModel directory)")
     if t.encoder_path and not Path(t.encoder_path).expanduser().exists():
@@ -46,33 +53,13 @@ def check(cfg: Any) -> list[str]:
             problems.append(f"tokenize.quantizer={q} is a pickle/joblib file: set tokenize.trust_pickle=true "
                             f"if you trust it, or convert it: python -m alignslm.speech.quantizer convert {q} out.npy "
                             "--trust-pickle")
-    if t.norm not in ("cepstra", "utterance", "none"):
-        problems.append(f"tokenize.norm={t.norm!r}: choose one of cepstra, utterance, none")
     if t.pool < 1 or t.n_units < 2 or t.batch_size < 1 or t.shard_size < 1:
         problems.append("tokenize.pool, batch_size and shard_size must be >= 1 and n_units >= 2")
     return problems
 
 
-def quantizer_dim_problem(q_dim: int, enc_dim: int, quantizer: Any, encoder: str, layer: int | None = None
-                          ) -> str | None:
-    """The check that the quantizer's centroids have the encoder's feature dimension, or None when they do.
-
-    One function for both callers: ``--dry-run`` (alignslm.run.cross_checks: the .npy header against the
-    HuBERT config.json hidden_size, no model loaded) and :func:`run` (the loaded quantizer and encoder).
-    """
-    if int(q_dim) == int(enc_dim):
-        return None
-    at = f" layer {layer}" if layer is not None else ""
-    return (f"tokenize.quantizer={quantizer}: dimension {q_dim} does not match encoder {encoder}: "
-            f"use the k-means trained on this encoder's{at} features")
-
-
 def _device(cfg: Any) -> str:
-    if cfg.run.device != "auto":
-        return cfg.run.device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(cfg.run.device)
 
 
 def _read(row: dict, enc: Encoder) -> np.ndarray:

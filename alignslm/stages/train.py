@@ -39,33 +39,30 @@ setting is recorded in policy.json and in the summary.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from alignslm import logger
-from alignslm.dpo.losses import LOSSES
 from alignslm.dpo.trainer import DPOTrainer, NoPairs, prepare_pairs, schedule_problem
-from alignslm.rundir import StageContext, barrier, rank_world, read_json, read_jsonl, relative_path, write_json
+from alignslm.impl import resolve_device
+from alignslm.rundir import (
+    StageContext,
+    barrier,
+    policy_adapters,
+    rank_world,
+    read_json,
+    read_jsonl,
+    relative_path,
+    write_json,
+)
 
 REFERENCES = ("base", "previous_round")
 
 
-def policy_adapters(run_dir: str | Path, round_n: int) -> list[Path]:
-    """Adapters to load on the base unit LM for the policy after round ``round_n`` (0 = the base)."""
-    if round_n <= 0:
-        return []
-    return [Path(run_dir) / f"round-{round_n}" / "train"]
-
-
 def check(cfg: Any) -> list[str]:
     t, problems = cfg.train, []
-    if t.loss not in LOSSES:
-        problems.append(f"train.loss must be one of {LOSSES}, got {t.loss!r}")
-    if cfg.curriculum.reference not in REFERENCES:
-        problems.append(f"curriculum.reference must be one of {REFERENCES}, got {cfg.curriculum.reference!r}")
     if t.beta <= 0:
         problems.append(f"train.beta must be > 0, got {t.beta}")
     if t.loss == "robust" and not 0 <= t.label_smoothing < 0.5:
@@ -73,8 +70,6 @@ def check(cfg: Any) -> list[str]:
     for key in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs", "checkpoint_every"):
         if getattr(t, key) < 1:
             problems.append(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    if t.on_no_pairs not in ("error", "keep_policy"):
-        problems.append(f"train.on_no_pairs must be error or keep_policy, got {t.on_no_pairs!r}")
     if t.max_length < 3:
         problems.append(f"train.max_length must be >= 3, got {t.max_length}")
     if not problems:
@@ -89,11 +84,7 @@ def check(cfg: Any) -> list[str]:
 
 
 def _device(cfg: Any) -> torch.device:
-    if cfg.run.device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(cfg.run.device)
+    return torch.device(resolve_device(cfg.run.device))
 
 
 def _load_base(ctx: StageContext, device: torch.device) -> Any:

@@ -16,15 +16,13 @@ from typing import Any
 import torch
 
 from alignslm import logger
-from alignslm.lm.unitlm import SUPPORTS, UnitLMError, _special_ids
+from alignslm.lm.unitlm import UnitLMError, lm_unit_problems, special_ids
 from alignslm.rundir import StageContext, atomic_dir, read_json, read_jsonl, write_json
 
 
 def check(cfg: Any) -> list[str]:
     u = cfg.unitlm
     problems = []
-    if u.support not in SUPPORTS:
-        problems.append(f"unitlm.support={u.support!r}: choose one of {', '.join(SUPPORTS)}")
     if u.path:
         if not (Path(u.path).expanduser() / "config.json").is_file():
             problems.append(f"unitlm.path={u.path}: no config.json there (a Hugging Face model directory is needed)")
@@ -41,29 +39,6 @@ def _quantizer_k(tok_dir: Path) -> int:
     return int(meta["n_units"])
 
 
-def lm_unit_problems(k: int, config: Any, n_units: int | None, offset: int | None, lm: Any, quantizer: Any
-                     ) -> list[str]:
-    """The checks that an external LM models the quantizer's K units: unitlm.n_units == K, and the unit
-    tokens fit the vocabulary (offset + n_units - 1 < vocab_size).  [] when both hold.
-
-    ``config``: the LM's config (a transformers config, or config.json as a namespace); ``n_units``/``offset``:
-    the unitlm.* overrides (None = from the config, as :func:`alignslm.lm.unitlm._special_ids` reads it).
-    One function for both callers: ``--dry-run`` (alignslm.run.cross_checks, config.json and the .npy
-    header) and :func:`_external` (the stage).
-    """
-    n = n_units if n_units is not None else k
-    off = _special_ids(config, offset)["offset"]
-    vocab = int(getattr(config, "vocab_size", 0) or 0)
-    problems = []
-    if n != k:
-        problems.append(f"unitlm.n_units={n} but the quantizer ({quantizer}) has K={k} units; "
-                        "use the LM's own k-means (tokenize.quantizer)")
-    if off + n - 1 >= vocab:
-        problems.append(f"unitlm.path={lm}: offset {off} + n_units {n} - 1 >= vocab_size {vocab}: "
-                        f"this LM was trained on fewer units than the quantizer produces")
-    return problems
-
-
 def _external(ctx: StageContext, k: int) -> dict:
     """Validate a user-supplied HF model against the quantizer and point unitlm.json at it."""
     from alignslm.deps import require
@@ -74,7 +49,7 @@ def _external(ctx: StageContext, k: int) -> dict:
     u = ctx.cfg.unitlm
     path = Path(u.path).expanduser().resolve()
     config = AutoConfig.from_pretrained(path)
-    ids = _special_ids(config, u.offset)
+    ids = special_ids(config, u.offset)
     n_units = u.n_units if u.n_units is not None else k
     vocab = int(config.vocab_size)
     problems = lm_unit_problems(k, config, u.n_units, u.offset, path, ctx.inputs["tokenize"] / "tokenizer.json")

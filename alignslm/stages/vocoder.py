@@ -29,8 +29,6 @@ HELD_OUT = 64  # dev utterances used to choose the duration model
 def check(cfg: Any) -> list[str]:
     v = cfg.vocoder
     problems = []
-    if v.kind not in ("demo", "hifigan"):
-        problems.append(f"vocoder.kind={v.kind!r}: choose demo or hifigan")
     if v.kind == "hifigan":
         if not v.path:
             problems.append("vocoder.kind=hifigan needs vocoder.path (a directory with generator.pt + config.json)")
@@ -43,14 +41,8 @@ def check(cfg: Any) -> list[str]:
             problems.append(f"vocoder.speaker_embedding={v.speaker_embedding}: no such file (a .npy with one vector)")
         if v.speaker_embedding and v.speaker is not None:
             problems.append("vocoder.speaker and vocoder.speaker_embedding are both set: set one")
-    if v.duration not in ("auto", "mean", "conv", "exemplar"):
-        problems.append(f"vocoder.duration={v.duration!r}: choose auto, mean, conv or exemplar")
     if v.duration == "exemplar" and v.method != "exemplar":
         problems.append("vocoder.duration=exemplar needs vocoder.method=exemplar")
-    if v.method not in ("exemplar", "net"):
-        problems.append(f"vocoder.method={v.method!r}: choose exemplar or net")
-    if v.bank_voice not in ("inference", "all"):
-        problems.append(f"vocoder.bank_voice={v.bank_voice!r}: choose inference or all")
     if v.bank_utterances < 1 or v.max_match < 1:
         problems.append("vocoder.bank_utterances and vocoder.max_match must be >= 1")
     if v.batch_size < 1 or v.train_batch < 1 or v.steps < 0:
