@@ -304,5 +304,7 @@ def test_unitlm_stage_demo_and_external(tmp_path):
     _fake_run(tmp_path, n_units=40)
     with pytest.raises(UnitLMError, match="vocab_size"):
         stage.run(ctx2)
-    bad = load_config(overrides=[f"unitlm.path={tmp_path / 'nope'}", "unitlm.support=all"])
-    assert len(stage.check(bad)) == 2
+    bad = load_config(overrides=[f"unitlm.path={tmp_path / 'nope'}"])
+    assert len(stage.check(bad)) == 1
+    with pytest.raises(ValueError, match="'unitlm.support': 'all' is not a choice"):  # a Literal config field
+        load_config(overrides=["unitlm.support=all"])
