@@ -151,8 +151,9 @@ def test_cpu_caches_agree_and_grow(make, offset, monkeypatch):
     g = SamplingParams(greedy=True, max_new=70, min_new=70)
     ref = _hf_generate(lm, PROMPTS, 1, do_sample=False, max_new_tokens=70, min_new_tokens=70)
     s = SamplingParams(max_new=40, min_new=40, temperature=1.0, top_k=8, top_p=0.9)
-    shared = generate(lm, PROMPTS, n=2, params=g), generate(lm, PROMPTS, n=3, params=s)
-    assert sampler.LAST_BATCH["steps"] == 40
+    decoded: list = []
+    shared = generate(lm, PROMPTS, n=2, params=g), generate(lm, PROMPTS, n=3, params=s, stats=decoded)
+    assert [(x.rows, x.steps, x.cuda_graph) for x in decoded] == [(3 * len(PROMPTS), 40, False)]
     monkeypatch.setattr(sampler, "_shared_prefix_ok", lambda model: False)
     prefix = generate(lm, PROMPTS, n=2, params=g), generate(lm, PROMPTS, n=3, params=s)
     assert shared[0] == prefix[0] == [[r[0], r[0]] for r in ref]
@@ -183,15 +184,43 @@ def test_bad_input_before_generation(kw, err, match, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_greedy_identical_to_generate_with_cuda_graph():
-    from alignslm.lm import sampler
 
     model = _llama().cuda()
     lm = UnitLM(model, offset=3, n_units=N_UNITS, bos_id=1, eos_id=2, pad_id=0)
-    ours = generate(lm, PROMPTS, n=2, params=SamplingParams(greedy=True, max_new=30))
-    assert sampler.LAST_BATCH["cuda_graph"], "the decode step was not captured in a CUDA graph"
+    decoded: list = []
+    ours = generate(lm, PROMPTS, n=2, params=SamplingParams(greedy=True, max_new=30), stats=decoded)
+    assert decoded[0].cuda_graph, "the decode step was not captured in a CUDA graph"
     ref = _hf_generate(lm, PROMPTS, 1, do_sample=False, max_new_tokens=30)
     assert ours == [[r[0], r[0]] for r in ref]
     # sampled, twice: reproducible on the device (Triton kernel + graph replays)
     p = SamplingParams(max_new=20, temperature=1.0, top_k=10, top_p=0.9)
     a = generate(lm, PROMPTS, n=3, params=p, seeds=list(range(9)))
     assert a == generate(lm, PROMPTS, n=3, params=p, seeds=list(range(9)))
+
+
+def test_transformers_internals_the_decode_loop_uses_are_in_place():
+    """Fails, naming the attribute and the installed transformers version, when an upgrade moves an internal
+    the decode loop relies on (cache layers, the attention implementation switch, the SDPA function)."""
+    from alignslm.lm import sampler
+
+    assert sampler.transformers_internals_problems() == []
+
+
+def test_a_moved_transformers_internal_is_a_clear_error(monkeypatch):
+    import transformers
+
+    from alignslm.lm import sampler
+
+    class StaticLayer:  # a transformers release whose cache layer lost lazy_initialization
+        def __init__(self, max_cache_len: int):
+            self.max_cache_len = max_cache_len
+
+    monkeypatch.setattr(sampler, "StaticLayer", StaticLayer)
+    problems = sampler.transformers_internals_problems()
+    assert len(problems) == 1 and f"transformers {transformers.__version__}" in problems[0]
+    assert "StaticLayer.lazy_initialization is gone" in problems[0]
+    monkeypatch.setattr(sampler, "_PrefixLayer", StaticLayer)
+    monkeypatch.setattr(sampler, "_shared_prefix_ok", lambda model: False)  # the prefix cache
+    lm = UnitLM(_llama(), offset=3, n_units=N_UNITS, bos_id=1, eos_id=2, pad_id=0)
+    with pytest.raises(sampler.TransformersAPIError, match="lazy_initialization is gone"):
+        generate(lm, PROMPTS, n=2, params=SamplingParams(greedy=True, max_new=5))

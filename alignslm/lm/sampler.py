@@ -18,20 +18,90 @@ How (one batch of P prompts):
 
 Every continuation has its own seed; the draw at step t depends only on (seed, t, logits), so batching,
 sharding and resuming do not change the result.  Parameters are checked before any model call.
+
+transformers internals: the caches and the CPU attention build on transformers' cache layers
+(``StaticLayer.lazy_initialization``, ``cumulative_length``, ``Cache(layers=...)``) and set
+``config._attn_implementation``; each access goes through :func:`internal`, which raises
+:class:`TransformersAPIError` naming the installed version when one moves, and
+:func:`transformers_internals_problems` lists what is missing (tests/test_decode.py runs it, so an upgrade that
+moves one fails there first).  The floor in pyproject.toml is the oldest release the CI job in .ci/run proves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from transformers.cache_utils import StaticLayer
 
 from alignslm import logger
 from alignslm.kernels.sampling import SamplingError, check_params, sample_next
 from alignslm.lm.unitlm import UnitLM
 
-LAST_BATCH: dict = {}  # facts about the last decoded batch (rows, prompt_len, steps, cuda_graph): logs, tests
+
+class TransformersAPIError(RuntimeError):
+    """A transformers internal the decode loop uses is gone or changed; the message names it and the version."""
+
+
+def internal(obj: object, name: str) -> Any:
+    """``obj.name`` for a transformers attribute that is not public API, or :class:`TransformersAPIError`."""
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        import transformers
+
+        owner = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+        raise TransformersAPIError(
+            f"transformers {transformers.__version__}: {owner}.{name} is gone, and alignslm.lm.sampler's decode "
+            "loop relies on it; install the transformers release pyproject.toml and .ci/run test (or update "
+            "the sampler)") from None
+
+
+def init_layer(layer: StaticLayer, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Allocate a StaticLayer's buffers for (B, H, L, D) keys/values (``lazy_initialization``: its signature
+    changed in transformers 5.0; the cache's ``cumulative_length`` came in 5.4)."""
+    try:
+        internal(layer, "lazy_initialization")(keys, values)
+    except TypeError as e:
+        import transformers
+
+        raise TransformersAPIError(f"transformers {transformers.__version__}: StaticLayer.lazy_initialization"
+                                   f"(keys, values) failed ({e}); the decode loop needs transformers >= 5.4") from e
+
+
+def transformers_internals_problems() -> list[str]:
+    """Every transformers internal the decode loop touches, probed on tiny tensors; [] when all are in place."""
+    import transformers
+    from transformers.cache_utils import Cache
+
+    problems = []
+    k = torch.zeros(1, 1, 2, 4)
+    try:
+        layer = StaticLayer(max_cache_len=4)
+        init_layer(layer, k, k)
+        for name in ("keys", "values", "cumulative_length"):
+            internal(layer, name)
+        Cache(layers=[layer])
+        internal(transformers.PretrainedConfig(), "_attn_implementation")
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: F401
+    except TransformersAPIError as e:
+        problems.append(str(e))
+    except (TypeError, ImportError) as e:  # a signature or a module path changed
+        problems.append(f"transformers {transformers.__version__}: {e}")
+    return problems
+
+
+@dataclass(frozen=True)
+class DecodeStats:
+    """Facts about one decoded batch (for logs and tests): rows (P*N), the padded prompt length, the decode
+    steps taken, and whether the step ran as a captured CUDA graph."""
+
+    rows: int
+    prompt_len: int
+    steps: int
+    cuda_graph: bool
 
 
 @dataclass(frozen=True)
@@ -67,9 +137,11 @@ def validate(lm: UnitLM, prompts: Sequence[Sequence[int]], params: SamplingParam
 
 @torch.no_grad()
 def generate(lm: UnitLM, prompts: Sequence[Sequence[int]], *, n: int = 1, params: SamplingParams = SamplingParams(),
-             seeds: Sequence[int] | None = None, batch_size: int = 32) -> list[list[list[int]]]:
+             seeds: Sequence[int] | None = None, batch_size: int = 32,
+             stats: list[DecodeStats] | None = None) -> list[list[list[int]]]:
     """``n`` continuations (unit lists) for every prompt; ``seeds`` has one int per continuation
-    (prompt-major: prompt i, continuation j -> ``seeds[i * n + j]``); None -> ``i * n + j``."""
+    (prompt-major: prompt i, continuation j -> ``seeds[i * n + j]``); None -> ``i * n + j``.  ``stats``: a
+    list that gets one :class:`DecodeStats` per decoded batch."""
     ids = validate(lm, prompts, params, n, seeds)
     if seeds is None:
         seeds = list(range(len(prompts) * n))
@@ -79,14 +151,14 @@ def generate(lm: UnitLM, prompts: Sequence[Sequence[int]], *, n: int = 1, params
     try:
         for s in range(0, len(ids), batch_size):
             chunk = ids[s:s + batch_size]
-            out.extend(_generate_batch(lm, chunk, n, params, list(seeds[s * n:(s + len(chunk)) * n])))
+            out.extend(_generate_batch(lm, chunk, n, params, list(seeds[s * n:(s + len(chunk)) * n]), stats))
     finally:
         lm.model.train(was_training)
     return out
 
 
 def _generate_batch(lm: UnitLM, prompts: list[list[int]], n: int, params: SamplingParams,
-                    seeds: list[int]) -> list[list[list[int]]]:
+                    seeds: list[int], stats: list[DecodeStats] | None = None) -> list[list[list[int]]]:
     model, dev = lm.model, lm.device
     P, Lp = len(prompts), max(len(p) for p in prompts)
     L = Lp + params.max_new
@@ -123,7 +195,7 @@ def _generate_batch(lm: UnitLM, prompts: list[list[int]], n: int, params: Sampli
             torch.full((B,), params.top_k, dtype=torch.long, device=dev),  # built once, not per step
             torch.full((B,), params.top_p, dtype=torch.float32, device=dev), seed_t)
     stepper = _Stepper(model, static, step_mask, B, dev)
-    with _SharedAttention(model, on=isinstance(static.layers[0], _shared_layer_cls())):  # the cache built above
+    with _SharedAttention(model, on=isinstance(static.layers[0], _SharedLayer)):  # the cache built above
         for t in range(params.max_new):
             x = logits[:, sup]  # (B, S)
             if t < params.min_new:
@@ -137,7 +209,8 @@ def _generate_batch(lm: UnitLM, prompts: list[list[int]], n: int, params: Sampli
                 break
             step_mask[:, :, :, Lp + t] = 0.0  # open this token's own key column
             logits = stepper(tok.view(B, 1), pos_b + t)  # (B, V)
-    LAST_BATCH.update(rows=B, prompt_len=Lp, steps=t + 1, cuda_graph=stepper.graph is not None)
+    if stats is not None:
+        stats.append(DecodeStats(rows=B, prompt_len=Lp, steps=t + 1, cuda_graph=stepper.graph is not None))
     return _to_units(lm, out.cpu(), P, n)
 
 
@@ -199,49 +272,39 @@ def _expand_cache(model: torch.nn.Module, cache: object, n: int, max_len: int) -
 
     dev = cache.layers[0].keys.device
     if dev.type != "cuda" and _shared_prefix_ok(model):
-        return Cache(layers=[_shared_layer_cls()(dyn.keys, dyn.values, n, max_len) for dyn in cache.layers])
+        return Cache(layers=[_SharedLayer(dyn.keys, dyn.values, n, max_len) for dyn in cache.layers])
     if dev.type == "cuda":
         static = StaticCache(config=model.config, max_cache_len=max_len)
     else:
-        static = Cache(layers=[_prefix_layer_cls()(max_cache_len=max_len) for _ in cache.layers])
+        static = Cache(layers=[_PrefixLayer(max_cache_len=max_len) for _ in cache.layers])
     if len(static.layers) != len(cache.layers):
         raise RuntimeError(f"{type(model).__name__}: cache layout not supported by the decode loop "
                            f"({len(cache.layers)} dynamic vs {len(static.layers)} static layers)")
     for dyn, st in zip(cache.layers, static.layers):
         k = dyn.keys.repeat_interleave(n, 0)  # (P*N, H, Lp, D)
         v = dyn.values.repeat_interleave(n, 0)
-        st.lazy_initialization(k, v)
+        init_layer(st, k, v)
         Lp = k.shape[2]
         st.keys[:, :, :Lp].copy_(k)
         st.values[:, :, :Lp].copy_(v)
-        st.cumulative_length.fill_(Lp)
+        internal(st, "cumulative_length").fill_(Lp)
         st.filled = Lp
     return static
 
 
-_PREFIX_CLS: list = []
-
-
-def _prefix_layer_cls() -> type:
+class _PrefixLayer(StaticLayer):
     """A StaticLayer whose update returns only the filled prefix of its buffers (CPU decode)."""
-    if not _PREFIX_CLS:
-        from transformers.cache_utils import StaticLayer
 
-        class _PrefixLayer(StaticLayer):
-            filled = 0
+    filled = 0
 
-            def update(self, key_states, value_states, *args, **kwargs):  # (B, H, 1, D)
-                keys, values = super().update(key_states, value_states, *args, **kwargs)
-                self.filled += key_states.shape[-2]
-                return keys[:, :, :self.filled], values[:, :, :self.filled]  # (B, H, filled, D)
-
-        _PREFIX_CLS.append(_PrefixLayer)
-    return _PREFIX_CLS[0]
+    def update(self, key_states, value_states, *args, **kwargs):  # (B, H, 1, D)
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        self.filled += key_states.shape[-2]
+        return keys[:, :, :self.filled], values[:, :, :self.filled]  # (B, H, filled, D)
 
 
 SHARED_ATTN = "alignslm_shared_prefix"  # the attention implementation name registered for the CPU decode steps
 _SHARED_MODEL_TYPES = ("llama", "opt")  # attention = softmax(q k^T * scaling + mask) v, nothing else
-_SHARED_CLS: list = []
 
 
 def _shared_prefix_ok(model: torch.nn.Module) -> bool:
@@ -251,67 +314,59 @@ def _shared_prefix_ok(model: torch.nn.Module) -> bool:
     return getattr(cfg, "model_type", None) in _SHARED_MODEL_TYPES and not getattr(cfg, "sliding_window", None)
 
 
-def _shared_layer_cls() -> type:
-    """A cache layer holding the prompt's keys/values once per prompt and the generated ones per row (CPU)."""
-    if not _SHARED_CLS:
-        from transformers.cache_utils import StaticLayer
+class _SharedLayer(StaticLayer):
+    """Prompt part (P, Hkv, Lp, D), shared by the ``n`` rows of its prompt; generated part
+    (P*n, Hkv, cap, D), grown ``GROW`` steps at a time.  ``update`` appends one token per row and
+    returns the whole generated buffer (contiguous: a strided prefix view makes the CPU matmuls
+    copy it, 3x slower), tagged so that :func:`_shared_attention` finds the prompt part; the unfilled
+    slots hold zeros and are masked."""
 
-        class _SharedLayer(StaticLayer):
-            """Prompt part (P, Hkv, Lp, D), shared by the ``n`` rows of its prompt; generated part
-            (P*n, Hkv, cap, D), grown ``GROW`` steps at a time.  ``update`` appends one token per row and
-            returns the whole generated buffer (contiguous: a strided prefix view makes the CPU matmuls
-            copy it, 3x slower), tagged so that :func:`_shared_attention` finds the prompt part; the unfilled
-            slots hold zeros and are masked."""
+    GROW = 32
 
-            GROW = 32
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, n: int, max_len: int):
+        super().__init__(max_cache_len=max_len)
+        P, H, Lp, D = keys.shape
+        self.n, self.prompt_len, self.max_new = n, Lp, max_len - Lp
+        self.pk, self.pv = keys.contiguous(), values.contiguous()  # (P, Hkv, Lp, D)
+        self.device, self.batch_size, self.num_heads = keys.device, P * n, H
+        self.k_head_dim, self.v_head_dim = D, values.shape[-1]
+        # two flat buffers per tensor, used in turn as the capacity grows: each growth copies into the
+        # other one, so fresh pages are touched once (page faults cost more than the copies here)
+        self._flat = {"keys": [keys.new_empty(P * n * H * self.max_new * D) for _ in range(2)],
+                      "values": [values.new_empty(P * n * H * self.max_new * self.v_head_dim)
+                                 for _ in range(2)]}
+        self._turn = 0
+        self.keys = self._flat["keys"][0][:0].view(P * n, H, 0, D)
+        self.values = self._flat["values"][0][:0].view(P * n, H, 0, self.v_head_dim)
+        self.cumulative_length = torch.tensor(Lp, dtype=torch.long, device=keys.device)
+        self.t = 0
+        self.is_initialized = True
 
-            def __init__(self, keys: torch.Tensor, values: torch.Tensor, n: int, max_len: int):
-                super().__init__(max_cache_len=max_len)
-                P, H, Lp, D = keys.shape
-                self.n, self.prompt_len, self.max_new = n, Lp, max_len - Lp
-                self.pk, self.pv = keys.contiguous(), values.contiguous()  # (P, Hkv, Lp, D)
-                self.device, self.batch_size, self.num_heads = keys.device, P * n, H
-                self.k_head_dim, self.v_head_dim = D, values.shape[-1]
-                # two flat buffers per tensor, used in turn as the capacity grows: each growth copies into the
-                # other one, so fresh pages are touched once (page faults cost more than the copies here)
-                self._flat = {"keys": [keys.new_empty(P * n * H * self.max_new * D) for _ in range(2)],
-                              "values": [values.new_empty(P * n * H * self.max_new * self.v_head_dim)
-                                         for _ in range(2)]}
-                self._turn = 0
-                self.keys = self._flat["keys"][0][:0].view(P * n, H, 0, D)
-                self.values = self._flat["values"][0][:0].view(P * n, H, 0, self.v_head_dim)
-                self.cumulative_length = torch.tensor(Lp, dtype=torch.long, device=keys.device)
-                self.t = 0
-                self.is_initialized = True
+    def _grow(self) -> None:
+        have = self.keys.shape[2]
+        cap = min(have + self.GROW, self.max_new)
+        self._turn ^= 1
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            B, H, _, D = old.shape
+            new = self._flat[name][self._turn][:B * H * cap * D].view(B, H, cap, D)
+            new[:, :, :have].copy_(old)
+            new[:, :, have:].zero_()  # finite (masked) values in the unfilled slots
+            setattr(self, name, new)
 
-            def _grow(self) -> None:
-                have = self.keys.shape[2]
-                cap = min(have + self.GROW, self.max_new)
-                self._turn ^= 1
-                for name in ("keys", "values"):
-                    old = getattr(self, name)
-                    B, H, _, D = old.shape
-                    new = self._flat[name][self._turn][:B * H * cap * D].view(B, H, cap, D)
-                    new[:, :, :have].copy_(old)
-                    new[:, :, have:].zero_()  # finite (masked) values in the unfilled slots
-                    setattr(self, name, new)
-
-            def update(self, key_states, value_states, *args, **kwargs):  # (B, Hkv, 1, D)
-                if key_states.shape[-2] != 1:
-                    raise RuntimeError("the shared-prefix decode cache takes one token per step")
-                t = self.t
-                if t == self.keys.shape[2]:
-                    self._grow()
-                self.keys[:, :, t].copy_(key_states[:, :, 0])
-                self.values[:, :, t].copy_(value_states[:, :, 0])
-                self.t = t + 1
-                self.cumulative_length.add_(1)
-                keys = self.keys.view(self.keys.shape)  # a fresh view to carry the tag  (B, Hkv, cap, D)
-                keys._alignslm_shared = self
-                return keys, self.values
-
-        _SHARED_CLS.append(_SharedLayer)
-    return _SHARED_CLS[0]
+    def update(self, key_states, value_states, *args, **kwargs):  # (B, Hkv, 1, D)
+        if key_states.shape[-2] != 1:
+            raise RuntimeError("the shared-prefix decode cache takes one token per step")
+        t = self.t
+        if t == self.keys.shape[2]:
+            self._grow()
+        self.keys[:, :, t].copy_(key_states[:, :, 0])
+        self.values[:, :, t].copy_(value_states[:, :, 0])
+        self.t = t + 1
+        self.cumulative_length.add_(1)
+        keys = self.keys.view(self.keys.shape)  # a fresh view to carry the tag  (B, Hkv, cap, D)
+        keys._alignslm_shared = self
+        return keys, self.values
 
 
 def _shared_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -359,9 +414,8 @@ class _SharedAttention:
         if self.on:
             from transformers import AttentionInterface
 
-            if SHARED_ATTN not in AttentionInterface._global_mapping:
-                AttentionInterface.register(SHARED_ATTN, _shared_attention)
-            self.before = self.cfg._attn_implementation
+            AttentionInterface.register(SHARED_ATTN, _shared_attention)  # public API; registering again is a no-op
+            self.before = internal(self.cfg, "_attn_implementation")
             self.cfg._attn_implementation = SHARED_ATTN
         return self
 
@@ -408,7 +462,7 @@ class _Stepper:
     def _capture(self) -> None:
         """Capture the next step; the cache's write index advances inside the graph, so replays continue."""
         try:
-            st = self.cache.layers[0].cumulative_length
+            st = internal(self.cache.layers[0], "cumulative_length")
             before = st.clone()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
