@@ -16,6 +16,8 @@ from pathlib import Path
 
 from alignslm import logger
 from alignslm.config import Config, ConfigError, help_text, load_config, to_dict
+from alignslm.impl import ImplError
+from alignslm.impl import from_env as impl_from_env
 from alignslm.pipeline import STAGES, Step, dep_keys, plan, resolve, run_step, will_run
 from alignslm.rundir import DiskFullError, Manifest, barrier, disk_errors, rank_world, remove_stale_temps, write_text
 
@@ -212,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         steps = select(plan(cfg), args.stage, args.round)
-    except ConfigError as e:
+        impl_from_env()  # ALIGNSLM_IMPL: a value no op has fails here, before any stage
+    except (ConfigError, ImplError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -132,6 +133,9 @@ def test_cli_bad_key_fails_fast_before_models_load():
     out = subprocess.run([sys.executable, "-m", "alignslm.run", "unitlm.path=/does/not/exist"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "/does/not/exist" in out.stderr and "unitlm.path" in out.stderr
+    env = {**os.environ, "ALIGNSLM_IMPL": "cuda"}  # no op has it: an error before any stage, naming the choices
+    out = subprocess.run([sys.executable, "-m", "alignslm.run", "--dry-run"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "ALIGNSLM_IMPL='cuda' is not valid" in out.stderr and "triton" in out.stderr
 
 
 def test_choices_are_literal_fields_validated_once_and_listed_by_help():
