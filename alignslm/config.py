@@ -105,6 +105,14 @@ class BenchmarksConfig:
                                            "a mini ProsAudit; a real run notes that it was not measured.")
     prosaudit_pairs: int = opt(200, "Demo ProsAudit: lexical pairs (a pause between words vs inside a word; "
                                     "alignslm.demo.prosaudit); 0 = none.")
+    multispeaker_root: str | None = opt(
+        None, "A multi-speaker Spoken StoryCloze, scored beside sSC/tSC: a directory holding ssc/ and/or tsc/ in "
+              "benchmarks.root's StoryCloze layout (<story>_correct.wav and <story>_incorrect.wav per story, 16 kHz "
+              "mono; folder names also sSC/, sStoryCloze/, tStoryCloze/ ..., any case). None: the demo builds one; "
+              "a real run notes that it was not measured.")
+    multispeaker_pairs: int = opt(200, "Demo multi-speaker sSC/tSC: the first N stories of the demo sSC/tSC (at most "
+                                       "benchmarks.n_pairs), the context in one voice of benchmarks.voices and both "
+                                       "endings in another (alignslm.demo.multispeaker); 0 = none.")
 
 
 @dataclass(frozen=True)
@@ -380,6 +388,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "benchmarks.n_pairs": 20,
     "benchmarks.salmon_pairs": 20,
     "benchmarks.prosaudit_pairs": 20,
+    "benchmarks.multispeaker_pairs": 20,
     "tokenize.fit_iters": 8,
     "unitlm.d_model": 64,
     "unitlm.n_layers": 2,

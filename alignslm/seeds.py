@@ -30,7 +30,8 @@ import yaml
 from alignslm.rundir import read_json, write_json, write_text
 
 SEED_KEYS = ("run.seed", "run.run_dir", "run.cache_dir")
-BENCH_LABELS = {"lexical": "sWUGGY", "syntactic": "sBLIMP", "ssc": "sSC", "tsc": "tSC"}
+BENCH_LABELS = {"lexical": "sWUGGY", "syntactic": "sBLIMP", "ssc": "sSC", "tsc": "tSC",
+                "ssc_multispeaker": "sSC multi-speaker", "tsc_multispeaker": "tSC multi-speaker"}
 GEN_LABELS = {"autobleu": "auto-BLEU", "reject_share": "reject share",
               "log_perplexity": "judge ln-perplexity", "perplexity": "judge perplexity",
               "perplexity_median": "judge perplexity median", "prompt_wer": "prompt WER",

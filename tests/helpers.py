@@ -158,7 +158,7 @@ def start_judge_server(tmp_path: Path, port: int | None = None):
 TIMING_KEYS = {"seconds", "time", "started", "wall_s", "build_seconds", "fit_s", "encode_s", "quantize_s",
                "audio_s", "x_realtime", "units_per_s", "timing", "score_s", "generation_s", "elapsed_s",
                "tokens_per_s", "steps_per_s", "train_s", "train_seconds", "duration_s", "tts_s", "salmon_s",
-               "prosaudit_s", "continuation_only_s", "genppl_s", "tokenize_suites_s"}
+               "prosaudit_s", "continuation_only_s", "genppl_s", "tokenize_suites_s", "multispeaker_s"}
 
 
 def manifest_stages(run_dir: Path) -> dict:

@@ -92,7 +92,7 @@ def test_real_manifest_is_validated_with_rejects(tmp_path):
 
 def test_demo_benchmarks_stage_reads_back_through_the_loaders(tmp_path):
     ctx = _ctx(tmp_path, "benchmarks", "benchmarks.n_pairs=6", "benchmarks.voices=[en-us, en+m3]",
-               "benchmarks.salmon_pairs=3", "benchmarks.prosaudit_pairs=3")
+               "benchmarks.salmon_pairs=3", "benchmarks.prosaudit_pairs=3", "benchmarks.multispeaker_pairs=3")
     summary = bench_stage.run(ctx)
     assert summary["lexical_pairs"] == 12 and summary["ssc_pairs"] == 6 and summary["source"] == "demo"
     assert not (ctx.out / "rejects.jsonl").exists()
@@ -105,6 +105,10 @@ def test_demo_benchmarks_stage_reads_back_through_the_loaders(tmp_path):
     assert summary["salmon_parts"] == 4 and summary["salmon_s"] > 0
     assert info["prosaudit"]["root"] == "data/prosaudit" and info["prosaudit"]["pairs"] == 3
     assert "lexical part only" in info["prosaudit"]["note"] and summary["prosaudit_pairs"] == 3
+    multi = info["multispeaker"]
+    assert multi["root"] == "data/multispeaker" and multi["source"] == "demo"
+    assert multi["pairs"] == {"ssc_multispeaker": 3, "tsc_multispeaker": 3} and "first 3 stories" in multi["note"]
+    assert summary["multispeaker_pairs"] == 6 and summary["multispeaker_s"] > 0
     root = ctx.out / "data"
     sets = load_all(root)
     assert {k: len(v.pairs) for k, v in sets.items()} == {"lexical": 12, "syntactic": 12, "ssc": 6, "tsc": 6}
@@ -127,6 +131,8 @@ def test_demo_benchmarks_stage_reads_back_through_the_loaders(tmp_path):
     real = load_config(overrides=[f"benchmarks.root={tmp_path / 'nowhere'}"])
     problems = bench_stage.check(real)  # the four missing sets, then the fix
     assert len(problems) == 5 and problems[-1].startswith("benchmarks.root: fix: lexical: Download the ZeroSpeech")
+    multi = load_config(overrides=[f"benchmarks.multispeaker_root={tmp_path / 'nowhere'}"])
+    assert bench_stage.check(multi)[0].startswith("benchmarks.multispeaker_root: no ssc or tsc directory")
 
 
 def test_a_story_espeak_fails_on_is_a_reject(tmp_path):

@@ -367,8 +367,8 @@ def test_evaluate_and_report_stages(tmp_path, unitlm_dir):
 
 
 def test_evaluate_stage_scores_salmon_prosaudit_and_continuations(tmp_path, unitlm_dir):
-    """SALMon (a released-layout folder) and ProsAudit recorded by the benchmarks stage are scored for every model,
-    with continuation-only sSC/tSC; the costs are in the summary; the report shows them."""
+    """SALMon (a released-layout folder), ProsAudit and a multi-speaker sSC recorded by the benchmarks stage are
+    scored for every model, with continuation-only sSC/tSC; the costs are in the summary; the report shows them."""
     import csv
 
     from alignslm.stages import evaluate as st_eval
@@ -387,12 +387,17 @@ def test_evaluate_stage_scores_salmon_prosaudit_and_continuations(tmp_path, unit
         csv.writer(f).writerows([["filename", "id", "voice", "type", "subtype", "correct", "transcription"], *rows])
     for r in rows:
         write_wav(d / f"{r[0]}.wav", _tone(250 + 30 * r[1] + 100 * r[5]))
+    for sid in range(2):  # stories 0 and 1 of the one-voice sSC, "in other voices"
+        for label, f0 in (("correct", 330), ("incorrect", 520)):
+            write_wav(tmp_path / "multi" / "sSC" / f"{sid}_{label}.wav", _tone(f0 + 20 * sid + 45, 0.8))
     info = {"root": str(tmp_path / "bench"), "salmon": {"root": str(tmp_path / "salmon"), "source": "real"},
-            "prosaudit": {"root": str(tmp_path / "prosaudit")}}
+            "prosaudit": {"root": str(tmp_path / "prosaudit")},
+            "multispeaker": {"root": str(tmp_path / "multi"), "source": "real"}}
     (tmp_path / "benchmarks" / "benchmarks.json").write_text(json.dumps(info))
     summary = st_eval.run(_ctx(tmp_path, inputs, "evaluate", "eval.score=mean"))
-    for key in ("salmon_s", "prosaudit_s", "continuation_only_s", "genppl_s", "tokenize_suites_s"):
+    for key in ("salmon_s", "prosaudit_s", "multispeaker_s", "continuation_only_s", "genppl_s", "tokenize_suites_s"):
         assert key in summary
+    assert summary["multispeaker_s"] > 0  # continuation only: slicing the sSC/tSC pass, can round to 0
     res = json.loads((tmp_path / "evaluate" / "results.json").read_text())
     for name in ("base", "round-1"):
         b = res["models"][name]["benchmarks"]
@@ -401,6 +406,11 @@ def test_evaluate_stage_scores_salmon_prosaudit_and_continuations(tmp_path, unit
         assert 0.0 <= b["salmon/rir_consistency"]["all"] <= 1.0
         assert b["prosaudit"]["n_pairs"] == 4 and set(b["prosaudit"]["by_type"]) == {"lexical", "protosyntax"}
         assert b["ssc_continuation"]["n_pairs"] == 3 and "prefix_share" in b["tsc_continuation"]
+        m = b["ssc_multispeaker"]
+        assert m["n_pairs"] == 2 and "tsc_multispeaker" not in b and "ssc_multispeaker_continuation" in b
+        same = m["same_stories"]
+        assert same["n"] == 2 and same["diff"] == pytest.approx(same["two_voices"] - same["one_voice"])
+        assert (tmp_path / "evaluate" / name / "scores_ssc_multispeaker.json").is_file()
         sub = tmp_path / "evaluate" / "submissions" / name / "prosaudit" / "english_dev.txt"
         assert len(ev.read_submission(sub, [r[0] for r in rows])) == 8
         assert (tmp_path / "evaluate" / name / "scores_salmon-speaker_consistency.json").is_file()
@@ -408,12 +418,17 @@ def test_evaluate_stage_scores_salmon_prosaudit_and_continuations(tmp_path, unit
     assert diff == pytest.approx(res["models"]["round-1"]["benchmarks"]["salmon/rir_consistency"]["all"]
                                  - res["models"]["base"]["benchmarks"]["salmon/rir_consistency"]["all"])
     assert res["protocol"]["salmon"]["score"] == "official" and res["protocol"]["continuation_only"] is True
+    assert res["protocol"]["multispeaker"]["pairs"] == {"ssc_multispeaker": 2}
+    assert "ssc_multispeaker" in res["comparisons"]["round-1"]["benchmarks"]
     st_report.run(_ctx(tmp_path, {"evaluate": tmp_path / "evaluate", "train_1": inputs["train_1"]}, "report"))
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## SALMon (acoustic consistency)" in md
     assert "| model | room consistency | speaker consistency | mean |" in md
     assert "| model | protosyntax | lexical |" in md and "sSC continuation only" in md
     assert "- SALMon: pair = 1 if the positive" in md and "- GenPPL: not measured" in md
+    assert "## Spoken StoryCloze: one voice vs multi-speaker" in md and "| sSC multi-speaker whole |" in md
+    assert "| model | sSC one voice | sSC multi-speaker | same stories: diff [95% CI] |" in md
+    assert "- Multi-speaker sSC / tSC (ssc_multispeaker: 2 pairs; source real)" in md
 
 
 def test_generation_metrics_for_the_base_and_the_last_round_by_default():

@@ -262,14 +262,21 @@ def _cloze_stories(seed: int, n_pairs: int, n_topics: int | None) -> list[Story]
     return out
 
 
-def cloze_texts(seed: int, n_pairs: int, n_topics: int | None, kind: str) -> list[tuple[str, str, str]]:
-    """[(story id, correct text, incorrect text)] for 'ssc' or 'tsc'."""
+def cloze_endings(seed: int, n_pairs: int, n_topics: int | None, kind: str) -> list[tuple[str, list[str], str, str]]:
+    """[(story id, context sentences, correct ending, incorrect ending)] for 'ssc' or 'tsc'; the first ``m`` of
+    ``n_pairs`` > m are the same as with ``n_pairs`` = m."""
     rng = rng_for(seed, kind)
     rows = []
     for s in _cloze_stories(seed, n_pairs, n_topics):
         wrong = incoherent_ending(s, rng) if kind == "ssc" else other_topic_ending(s, rng, n_topics)
-        rows.append((s.story_id, s.text, " ".join(s.context + [wrong])))
+        rows.append((s.story_id, s.context, s.sentences[-1], wrong))
     return rows
+
+
+def cloze_texts(seed: int, n_pairs: int, n_topics: int | None, kind: str) -> list[tuple[str, str, str]]:
+    """[(story id, correct text, incorrect text)] for 'ssc' or 'tsc'."""
+    return [(sid, " ".join([*ctx, good]), " ".join([*ctx, bad]))
+            for sid, ctx, good, bad in cloze_endings(seed, n_pairs, n_topics, kind)]
 
 
 def write_demo_benchmarks(root: Path, *, n_pairs: int, seed: int, voices: list[str], rate: int,

@@ -31,6 +31,8 @@ import numpy as np
 from alignslm import logger
 
 SUFFIX = "_continuation"  # results key: "ssc_continuation", "tsc_continuation"
+STORY_SETS = {"ssc": "sSC", "tsc": "tSC", "ssc_multispeaker": "sSC multi-speaker",
+              "tsc_multispeaker": "tSC multi-speaker"}  # the report's order and labels
 
 
 def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -99,15 +101,14 @@ def score_continuation(lm: Any, units: Mapping[str, Sequence[int]], pairs: Seque
 
 def score_storycloze_both(lm: Any, units: Mapping[str, Mapping[str, Sequence[int]]], benches: Mapping[str, Any],
                           mode: str, batch_size: int = 64) -> dict[str, dict]:
-    """``ssc``/``tsc`` (whole story, the result alignslm.eval.scoring.score_benchmarks gives) and
-    ``ssc_continuation``/``tsc_continuation`` from one pass of per-token log-probs per set: continuation-only
-    scoring costs only its slicing (its ``seconds``); the pass is counted in the whole-story ``seconds``."""
+    """Every StoryCloze set of ``benches`` (``ssc``, ``tsc``, ``ssc_multispeaker`` ...): its whole-story result
+    (the one alignslm.eval.scoring.score_benchmarks gives) and ``<set>_continuation``, from one pass of per-token
+    log-probs per set: continuation-only scoring costs only its slicing (its ``seconds``); the pass is counted
+    in the whole-story ``seconds``."""
     from alignslm.eval.scoring import score_storycloze
 
     out: dict[str, dict] = {}
-    for k in ("ssc", "tsc"):
-        if k not in benches:
-            continue
+    for k in benches:
         t0 = time.perf_counter()
         pairs = benches[k].pairs
         whole, ending, prefix = story_scores(lm, units[k], pairs, mode, batch_size)
@@ -125,12 +126,12 @@ def score_storycloze_both(lm: Any, units: Mapping[str, Mapping[str, Sequence[int
 
 
 def report_table(results: Mapping, label: Any = str) -> str:
-    """Markdown: whole-story vs continuation-only sSC/tSC per model."""
+    """Markdown: whole-story vs continuation-only sSC/tSC (and their multi-speaker sets) per model."""
     models = results.get("models", {})
-    keys = [k for k in ("ssc", "tsc") if any(f"{k}{SUFFIX}" in (m.get("benchmarks") or {}) for m in models.values())]
+    keys = [k for k in STORY_SETS if any(f"{k}{SUFFIX}" in (m.get("benchmarks") or {}) for m in models.values())]
     if not keys:
         return "Not measured (eval.continuation_only=false).\n"
-    head = " | ".join(f"{k[0]}SC whole | {k[0]}SC continuation only" for k in keys)
+    head = " | ".join(f"{STORY_SETS[k]} whole | {STORY_SETS[k]} continuation only" for k in keys)
     lines = [f"| model | {head} |", "|---|" + "---|---|" * len(keys)]
     for name, m in models.items():
         b = m.get("benchmarks") or {}
@@ -142,8 +143,9 @@ def report_table(results: Mapping, label: Any = str) -> str:
     shares = []
     for k in keys:
         r = base.get(f"{k}{SUFFIX}") or {}
-        shares.append(f"{k[0]}SC: the shared context is {_pct((r.get('prefix_share') or {}).get('mean'))}% of the "
-                      f"shorter story's units on average, {r.get('no_shared_prefix', 'n/a')} pair(s) share none")
+        share = _pct((r.get("prefix_share") or {}).get("mean"))
+        shares.append(f"{STORY_SETS[k]}: the shared context is {share}% of the shorter story's units on average, "
+                      f"{r.get('no_shared_prefix', 'n/a')} pair(s) share none")
     shares = "; ".join(shares)
     lines += ["", f"Accuracy in % (ties count as wrong). {shares}."]
     return "\n".join(lines) + "\n"

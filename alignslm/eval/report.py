@@ -20,6 +20,7 @@ import numpy as np
 from alignslm import logger
 from alignslm.eval.continuation import report_table as continuation_table
 from alignslm.eval.html import write_index
+from alignslm.eval.multispeaker import report_table as multispeaker_table
 from alignslm.eval.prosaudit import report_table as prosaudit_table
 from alignslm.eval.salmon import report_table as salmon_table
 from alignslm.eval.suites import protocol_lines
@@ -472,6 +473,7 @@ def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_exam
                 ("Each round against the base model", comparison_table(results) or "No rounds to compare.\n"),
                 ("SALMon (acoustic consistency)", salmon_table(results, model_label)),
                 ("ProsAudit (prosody)", prosaudit_table(results, model_label)),
+                ("Spoken StoryCloze: one voice vs multi-speaker", multispeaker_table(results, model_label)),
                 ("Spoken StoryCloze: whole story vs continuation only", continuation_table(results, model_label)),
                 ("Signal calibration", calibration_block(results)),
                 ("Training rounds", rounds_table(hists, logs)),

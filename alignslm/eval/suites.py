@@ -1,6 +1,7 @@
 """The evaluation suites beside ZeroSpeech 2021 and StoryCloze: SALMon (alignslm.eval.salmon), ProsAudit
-(alignslm.eval.prosaudit) and continuation-only StoryCloze (alignslm.eval.continuation), wired into the
-benchmarks and evaluate stages through the few calls below.
+(alignslm.eval.prosaudit), multi-speaker StoryCloze (alignslm.eval.multispeaker) and continuation-only
+StoryCloze (alignslm.eval.continuation), wired into the benchmarks and evaluate stages through the few calls
+below.
 
 Where the data comes from (the benchmarks stage, recorded in ``benchmarks.json`` under ``salmon`` and
 ``prosaudit``):
@@ -11,10 +12,15 @@ Where the data comes from (the benchmarks stage, recorded in ``benchmarks.json``
 * ProsAudit: ``benchmarks.prosaudit_root`` when set; otherwise the demo builds the lexical part of a mini
   ProsAudit under ``data/prosaudit`` (alignslm.demo.prosaudit; ``benchmarks.prosaudit_pairs``, 0 = none; no
   protosyntax part, alignslm.eval.prosaudit says why), and a real run notes that it was not measured.
+* Multi-speaker sSC/tSC: ``benchmarks.multispeaker_root`` (ssc/ and/or tsc/ in the single-speaker layout) when
+  set; otherwise the demo builds its own under ``data/multispeaker`` (alignslm.demo.multispeaker; the first
+  ``benchmarks.multispeaker_pairs`` stories of the demo sSC/tSC, 0 = none), and a real run notes that it was
+  not measured.  Recorded under ``multispeaker``.
 
-Results (the evaluate stage, per model): ``benchmarks["salmon/<part>"]``, ``benchmarks["prosaudit"]`` and
-``benchmarks["ssc_continuation"]``/``["tsc_continuation"]``, each with ``all`` (so the round comparisons
-and the seeds merge pick them up) and ``seconds``.
+Results (the evaluate stage, per model): ``benchmarks["salmon/<part>"]``, ``benchmarks["prosaudit"]``,
+``benchmarks["ssc_multispeaker"]``/``["tsc_multispeaker"]`` and ``benchmarks["ssc_continuation"]``/
+``["tsc_continuation"]`` (and ``["ssc_multispeaker_continuation"]`` ...), each with ``all`` (so the round
+comparisons and the seeds merge pick them up) and ``seconds``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from alignslm import logger
-from alignslm.eval import continuation, prosaudit, salmon
+from alignslm.eval import continuation, multispeaker, prosaudit, salmon
 from alignslm.rundir import relative_path
 
 DEMO_PROSAUDIT = ("demo mini ProsAudit: the lexical part only (the same pause between two words vs inside a word); "
@@ -39,10 +45,12 @@ DEMO_PROSAUDIT = ("demo mini ProsAudit: the lexical part only (the same pause be
 
 
 def prepare(b: Any, out: Path, demo: bool, seed: int, cache_dir: str, workers: int = 1) -> dict:
-    """Build (demo) or check (real) SALMon and ProsAudit; returns the ``benchmarks.json`` entries
-    {"salmon": {...}, "prosaudit": {...}}, each with ``root`` (relative to ``out``, or None) and ``note``."""
+    """Build (demo) or check (real) SALMon, ProsAudit and the multi-speaker StoryCloze; returns the
+    ``benchmarks.json`` entries {"salmon": {...}, "prosaudit": {...}, "multispeaker": {...}}, each with ``root``
+    (relative to ``out``, or None) and ``note``."""
     return {"salmon": _prepare_salmon(b, out, demo, seed, cache_dir, workers),
-            "prosaudit": _prepare_prosaudit(b, out, demo, seed, cache_dir, workers)}
+            "prosaudit": _prepare_prosaudit(b, out, demo, seed, cache_dir, workers),
+            "multispeaker": _prepare_multispeaker(b, out, demo, seed, cache_dir, workers)}
 
 
 def _prepare_salmon(b: Any, out: Path, demo: bool, seed: int, cache_dir: str, workers: int) -> dict:
@@ -90,8 +98,33 @@ def _prepare_prosaudit(b: Any, out: Path, demo: bool, seed: int, cache_dir: str,
             "pairs": built["pairs"], "note": DEMO_PROSAUDIT, "seconds": built["seconds"]}
 
 
+def _prepare_multispeaker(b: Any, out: Path, demo: bool, seed: int, cache_dir: str, workers: int) -> dict:
+    t0 = time.perf_counter()
+    if b.multispeaker_root:
+        root = Path(b.multispeaker_root).expanduser().resolve()
+        sets = multispeaker.load_multispeaker(root, check_audio=False)
+        return {"root": str(root), "source": "real", "pairs": {k: len(v.pairs) for k, v in sets.items()},
+                "note": None, "seconds": round(time.perf_counter() - t0, 2)}
+    n = min(b.multispeaker_pairs, b.n_pairs)
+    voices = sorted(set(b.voices))
+    why = ("a real run needs benchmarks.multispeaker_root" if not demo else "benchmarks.multispeaker_pairs=0"
+           if n <= 0 else f"needs two different voices in benchmarks.voices ({list(b.voices)})"
+           if len(voices) < 2 else None)
+    if why:
+        return {"root": None, "source": None, "note": f"multi-speaker sSC/tSC not measured ({why})"}
+    from alignslm.demo.multispeaker import write_demo_multispeaker
+
+    built = write_demo_multispeaker(out / "data" / "multispeaker", n_pairs=n, seed=seed, voices=voices,
+                                    rate=b.rate, n_topics=b.n_topics, cache_dir=cache_dir, workers=workers)
+    return {"root": relative_path(out / "data" / "multispeaker", out), "source": "demo",
+            "pairs": {f"{k}{multispeaker.SUFFIX}": v for k, v in built["pairs"].items()},
+            "note": (f"demo: the first {n} stories of the demo sSC/tSC, the context in one of {', '.join(voices)} "
+                     "and both endings in another, drawn per story (alignslm.demo.multispeaker)"),
+            "seconds": built["seconds"], "tts_s": built["tts_s"]}
+
+
 def check(b: Any) -> list[str]:
-    """--dry-run: the real SALMon / ProsAudit layouts are complete (no audio read)."""
+    """--dry-run: the real SALMon / ProsAudit / multi-speaker StoryCloze layouts are complete (no audio read)."""
     from alignslm.eval.benchdata import BenchmarkError
 
     problems = []
@@ -105,8 +138,14 @@ def check(b: Any) -> list[str]:
             prosaudit.load_prosaudit(b.prosaudit_root, b.split, check_audio=False)
         except BenchmarkError as e:
             problems += [f"benchmarks.prosaudit_root: {p}" for p in e.lines()]
-    if b.salmon_pairs < 0 or b.prosaudit_pairs < 0:
-        problems.append("benchmarks.salmon_pairs and benchmarks.prosaudit_pairs must be >= 0")
+    if b.multispeaker_root:
+        try:
+            multispeaker.load_multispeaker(b.multispeaker_root, check_audio=False)
+        except BenchmarkError as e:
+            problems += [f"benchmarks.multispeaker_root: {p}" for p in e.lines()]
+    if min(b.salmon_pairs, b.prosaudit_pairs, b.multispeaker_pairs) < 0:
+        problems.append("benchmarks.salmon_pairs, benchmarks.prosaudit_pairs and benchmarks.multispeaker_pairs "
+                        "must be >= 0")
     return problems
 
 
@@ -116,7 +155,8 @@ def check(b: Any) -> list[str]:
 
 
 def load(bench_dir: Path, info: Mapping, split: str) -> dict:
-    """name -> BenchmarkSet of every suite the benchmarks stage recorded (``salmon/<part>``, ``prosaudit``)."""
+    """name -> BenchmarkSet of every suite the benchmarks stage recorded (``salmon/<part>``, ``prosaudit``,
+    ``ssc_multispeaker``, ``tsc_multispeaker``)."""
     out: dict = {}
     s = info.get("salmon") or {}
     if s.get("root"):
@@ -124,13 +164,17 @@ def load(bench_dir: Path, info: Mapping, split: str) -> dict:
     p = info.get("prosaudit") or {}
     if p.get("root"):
         out[prosaudit.NAME] = prosaudit.load_prosaudit(bench_dir / p["root"], split)
+    m = info.get("multispeaker") or {}
+    if m.get("root"):
+        out.update(multispeaker.load_multispeaker(bench_dir / m["root"]))
     return out
 
 
 def score_model(lm: Any, units: Mapping, benches: Mapping, suite_units: Mapping, suites: Mapping, eval_cfg: Any,
                 submission_dir: Path | None = None) -> dict[str, dict]:
     """Every suite's result for one model (see the module docstring); with eval.continuation_only also sSC and
-    tSC, whole story and continuation only, from one pass (:func:`one_pass`)."""
+    tSC, whole story and continuation only, from one pass (:func:`one_pass`), and the multi-speaker sets'
+    ``same_stories`` comparison with them."""
     out: dict[str, dict] = {}
     parts = {k: v for k, v in suites.items() if k.startswith(salmon.PREFIX)}
     if parts:
@@ -143,6 +187,10 @@ def score_model(lm: Any, units: Mapping, benches: Mapping, suite_units: Mapping,
     story = {k: v for k, v in benches.items() if k in one_pass(eval_cfg)}
     if story:
         out.update(continuation.score_storycloze_both(lm, units, story, eval_cfg.score, eval_cfg.batch_size))
+    multi = {k: v for k, v in suites.items() if k.endswith(multispeaker.SUFFIX)}
+    if multi:
+        out.update(multispeaker.score(lm, suite_units, multi, eval_cfg.score, eval_cfg.batch_size,
+                                      eval_cfg.continuation_only))
     return out
 
 
@@ -154,11 +202,12 @@ def one_pass(eval_cfg: Any) -> tuple[str, ...]:
 
 def seconds(models: Mapping) -> dict[str, float]:
     """Total seconds per new metric over every model (for the stage summary)."""
-    tot = {"salmon_s": 0.0, "prosaudit_s": 0.0, "continuation_only_s": 0.0, "genppl_s": 0.0}
+    tot = {"salmon_s": 0.0, "prosaudit_s": 0.0, "multispeaker_s": 0.0, "continuation_only_s": 0.0, "genppl_s": 0.0}
     for m in models.values():
         for k, r in (m.get("benchmarks") or {}).items():
             key = ("salmon_s" if k.startswith(salmon.PREFIX) else "prosaudit_s" if k == prosaudit.NAME
-                   else "continuation_only_s" if k.endswith(continuation.SUFFIX) else None)
+                   else "continuation_only_s" if k.endswith(continuation.SUFFIX)
+                   else "multispeaker_s" if k.endswith(multispeaker.SUFFIX) else None)
             if key:
                 tot[key] += float(r.get("seconds") or 0.0)
         tot["genppl_s"] += float(((m.get("generation") or {}).get("genppl") or {}).get("seconds") or 0.0)
@@ -173,6 +222,10 @@ def protocol(eval_cfg: Any, suites: Mapping, info: Mapping) -> dict:
                        "source": s.get("source"), "note": s.get("note")},
             "prosaudit": {"pairs": len(suites[prosaudit.NAME].pairs) if prosaudit.NAME in suites else 0,
                           "note": (info.get("prosaudit") or {}).get("note")},
+            "multispeaker": {"pairs": {k: len(v.pairs) for k, v in suites.items() if k.endswith(multispeaker.SUFFIX)},
+                             "source": (info.get("multispeaker") or {}).get("source"),
+                             "note": (info.get("multispeaker") or {}).get("note"),
+                             "continuation_only": bool(eval_cfg.continuation_only)},
             "continuation_only": bool(eval_cfg.continuation_only)}
 
 
@@ -197,5 +250,6 @@ def protocol_lines(results: Mapping) -> list[str]:
         lines.append("- sSC / tSC continuation only: the ending's units and EOS scored given the whole shared story "
                      "(context = the longest common unit prefix of the two versions), same eval.score reduction "
                      "(arXiv 2601.06329); reported beside the whole-story numbers, which stay the headline.")
+    lines.append(multispeaker.protocol_line(results))
     lines.append(protocol_line(p))
     return lines

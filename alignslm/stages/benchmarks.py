@@ -8,11 +8,13 @@
 
 Files rejected by the loaders (not 16 kHz mono, empty) are listed in ``rejects.jsonl``.
 
-SALMon and ProsAudit (alignslm.eval.suites): ``benchmarks.salmon_root`` / ``benchmarks.prosaudit_root`` when
-set; otherwise the demo writes a mini SALMon under ``data/salmon`` (alignslm.demo.salmon) and the lexical part
-of a mini ProsAudit under ``data/prosaudit`` (alignslm.demo.prosaudit); ``benchmarks.json`` records where each
-is (``salmon``, ``prosaudit``: root, source, note) and the summary what they cost (``salmon_s``,
-``prosaudit_s``).
+SALMon, ProsAudit and the multi-speaker StoryCloze (alignslm.eval.suites): ``benchmarks.salmon_root`` /
+``benchmarks.prosaudit_root`` / ``benchmarks.multispeaker_root`` when set; otherwise the demo writes a mini
+SALMon under ``data/salmon`` (alignslm.demo.salmon), the lexical part of a mini ProsAudit under
+``data/prosaudit`` (alignslm.demo.prosaudit) and a multi-speaker sSC/tSC under ``data/multispeaker``
+(alignslm.demo.multispeaker); ``benchmarks.json`` records where each is (``salmon``, ``prosaudit``,
+``multispeaker``: root, source, note) and the summary what they cost (``salmon_s``, ``prosaudit_s``,
+``multispeaker_s``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def run(ctx: StageContext) -> dict:
     summary["salmon_s"] = suites["salmon"].get("seconds", 0.0)  # the demo SALMon: synthesis + mixing + writing
     summary["prosaudit_pairs"] = suites["prosaudit"].get("pairs", 0)
     summary["prosaudit_s"] = suites["prosaudit"].get("seconds", 0.0)
+    summary["multispeaker_pairs"] = sum((suites["multispeaker"].get("pairs") or {}).values())
+    summary["multispeaker_s"] = suites["multispeaker"].get("seconds", 0.0)  # the demo set: synthesis + joining
     for name, bs in sets.items():
         for fid, reason in bs.rejects:
             ctx.rejects.add(f"{name}/{fid}", f"bad audio: {reason}")

@@ -6,9 +6,9 @@ round-N policy).  Writes ``evaluate/results.json`` plus, per model, ``<model>/sc
 (utterance scores), ``<model>/generations.jsonl`` (per continuation) and ``submissions/<model>/`` (a
 ZeroSpeech 2021 submission).  Every check runs before any scoring; a finished model is not redone.
 
-SALMon per part, ProsAudit and continuation-only sSC/tSC (alignslm.eval.suites) are scored for every model
-beside the four; GenPPL (alignslm.eval.genppl) beside the judge metric of every generation model.  The
-summary gives each new metric's cost in seconds, summed over the models.
+SALMon per part, ProsAudit, multi-speaker sSC/tSC and continuation-only sSC/tSC (alignslm.eval.suites) are
+scored for every model beside the four; GenPPL (alignslm.eval.genppl) beside the judge metric of every
+generation model.  The summary gives each new metric's cost in seconds, summed over the models.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from alignslm import logger
 from alignslm.eval import suites as ev_suites
 from alignslm.eval.genmetrics import GenerationSetup, compare_models, paired_win_rate, reject_share_diff
+from alignslm.eval.multispeaker import add_same_stories
 from alignslm.eval.scoring import (
     EvalInputError,
     check_benchmark,
@@ -162,7 +163,8 @@ def run(ctx: StageContext) -> dict:
                                "dropped_pairs": {k: len(b.dropped) for k, b in benches.items()},
                                "timing": {"tokenize_benchmarks_s": round(tok_s, 2),
                                           "tokenize_suites_s": round(suite_tok_s, 2)},
-                               "salmon": info.get("salmon"), "prosaudit": info.get("prosaudit")}
+                               "salmon": info.get("salmon"), "prosaudit": info.get("prosaudit"),
+                               "multispeaker": info.get("multispeaker")}
     with_gen = generation_models(models, cfg.eval.generation_models)
     for name, adapters in models.items():
         done, rejected_file = ctx.out / name / "model.json", ctx.out / name / "rejects.jsonl"
@@ -224,6 +226,7 @@ def _evaluate_model(ctx: StageContext, name: str, lm: Any, units: dict, benches:
     bench = score_benchmarks(lm, units, zr, cfg.eval.score, cfg.eval.batch_size,
                              submission_dir=ctx.out / "submissions" / name, split=cfg.benchmarks.split)
     bench.update(ev_suites.score_model(lm, units, benches, *suites, cfg.eval, ctx.out / "submissions" / name))
+    add_same_stories(bench, benches, suites[1], cfg.eval.bootstrap)  # multi-speaker vs one voice, same stories
     score_s = time.perf_counter() - t0
     for bname, r in bench.items():
         write_json(ctx.out / name / f"scores_{bname.replace('/', '-')}.json", {"scores": r.pop("scores"),
