@@ -348,7 +348,11 @@ class EvalConfig:
         "for: final (the base and the last round: what the gate compares) | "
         "all (every round too; slower). Benchmarks: every model.")
     bootstrap: int = opt(2000, "Bootstrap resamples for confidence intervals.")
-    n_examples: int = opt(3, "Example continuations per round in the report.")
+    n_examples: int = opt(3, "Example continuations per round in the report (and held-out prompts to listen to in "
+                             "report/index.html).")
+    listen_k: int = opt(3, "report/index.html: per listened prompt, its first listen_k continuation indices k that "
+                           "exist (each model's continuation with the same k side by side); 0 = every k. Each clip "
+                           "adds ~43 KB per second of audio to the page.")
     calibration: bool = opt(True, "Calibrate the signal on the held-out prompts (the report's calibration block): "
                                   "true continuation vs base samples vs random units vs text probes, through the "
                                   "same vocoder, Whisper, screen and judge (~40% more generation time).")

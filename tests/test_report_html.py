@@ -20,7 +20,7 @@ from browser import SKIP_REASON, Browser, chromium_path
 
 from alignslm.eval import report as rp
 from alignslm.eval.html import markdown_to_html
-from alignslm.rundir import read_json, write_jsonl
+from alignslm.rundir import read_json, read_jsonl, write_jsonl
 from alignslm.speech.audio import write_wav
 
 needs_chromium = pytest.mark.skipif(chromium_path() is None, reason=SKIP_REASON)
@@ -93,10 +93,11 @@ def _run_dir(root: Path) -> dict:
             "frames": frames}
 
 
-def _build(tmp_path: Path, n_examples: int = 2) -> tuple[Path, dict, dict]:
+def _build(tmp_path: Path, n_examples: int = 2, listen_k: int = 3) -> tuple[Path, dict, dict]:
     res = _run_dir(tmp_path)
     frames = res.pop("frames")
-    summary = rp.build_report(res, tmp_path, tmp_path / "report", rounds=0, n_examples=n_examples, demo=True)
+    summary = rp.build_report(res, tmp_path, tmp_path / "report", rounds=0, n_examples=n_examples, demo=True,
+                              listen_k=listen_k)
     return tmp_path / "report" / "index.html", summary, frames
 
 
@@ -112,7 +113,8 @@ def test_index_html_is_self_contained_with_every_clip_inline(tmp_path):
     page, summary, frames = _build(tmp_path)
     html = page.read_text()
     s = summary["index_html"]
-    assert (s["prompts"], s["clips"], s["clips_missing"]) == (2, 2 + 2 * 2, 0)  # round-1 has no generations
+    # 2 prompts, each with k = 0 and 1 (all there are, under eval.listen_k=3) x 2 models; round-1 has no generations
+    assert (s["prompts"], s["k_rows"], s["clips"], s["clips_missing"]) == (2, 4, 2 + 2 * 2 * 2, 0)
     assert s["bytes"] == page.stat().st_size
     # the verdict first, escaped; tables, calibration, plots after it
     assert html.index('class="verdict"') < html.index("<table>")
@@ -121,18 +123,21 @@ def test_index_html_is_self_contained_with_every_clip_inline(tmp_path):
         assert text in html
     # nothing outside the page: every src is a data: URI, no link, no script
     srcs = re.findall(r'\bsrc="([^"]*)"', html)
-    assert len(srcs) == 6 + 1 and all(x.startswith("data:") for x in srcs)  # 6 clips + the one plot (no rounds)
+    assert len(srcs) == 10 + 1 and all(x.startswith("data:") for x in srcs)  # 10 clips + the one plot (no rounds)
     assert "<script" not in html and "<link" not in html and "http://" not in html and "https://" not in html
     # each audio element carries exactly its wav's bytes
     clips = re.findall(r'<audio[^>]*title="([^"]*)"[^>]*src="data:audio/wav;base64,([^"]*)"', html)
-    assert [t for t, _ in clips] == ["prompt", "base continuation", "round 2 continuation"] * 2
-    wavs = [tmp_path / "evaluate" / p for p in ("prompts/p0.wav", "base/audio/p0_k0.wav", "round-2/audio/p0_k0.wav",
-                                                "prompts/p1.wav", "base/audio/p1_k0.wav", "round-2/audio/p1_k0.wav")]
+    assert [t for t, _ in clips] == ["prompt", "base continuation k=0", "round 2 continuation k=0",
+                                     "base continuation k=1", "round 2 continuation k=1"] * 2
+    clip_files = [(f"prompts/p{i}.wav", *(f"{m}/audio/p{i}_k{k}.wav" for k in range(2) for m in ("base", "round-2")))
+                  for i in range(2)]
+    wavs = [tmp_path / "evaluate" / p for files in clip_files for p in files]
     assert [base64.b64decode(b) for _, b in clips] == [w.read_bytes() for w in wavs]
     # transcripts escaped, the reject shown with its reason, the same seed for both models
     assert HOSTILE not in html and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;quotes&quot;" in html
     assert "rejected: asr: no speech (no_speech_prob 0.67)" in html
-    assert "(k = 0, seed 1000)" in html and "(k = 0, seed 1010)" in html
+    for k, seed in ((0, 1000), (1, 1001), (0, 1010), (1, 1011)):  # each k with the seed both models used
+        assert f'k = {k} <span class="note">(seed {seed})</span>' in html
     assert "signal -1.500; judge perplexity 300" in html
 
 
@@ -141,8 +146,21 @@ def test_missing_audio_is_said_on_the_page(tmp_path):
     res.pop("frames")
     (tmp_path / "evaluate" / "round-2" / "audio" / "p0_k0.wav").unlink()
     s = rp.build_report(res, tmp_path, tmp_path / "report", rounds=0, n_examples=1)["index_html"]
-    assert (s["clips"], s["clips_missing"]) == (2, 1)
+    assert (s["clips"], s["clips_missing"]) == (4, 1)
     assert "continuation audio not found" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_listen_k_caps_the_continuations_per_prompt_and_a_missing_k_is_said(tmp_path):
+    page, summary, _ = _build(tmp_path, n_examples=3, listen_k=1)
+    assert (summary["index_html"]["k_rows"], summary["index_html"]["clips"]) == (3, 3 + 3 * 2)
+    assert "continuation k=1" not in page.read_text()
+    rows = [r for r in read_jsonl(tmp_path / "evaluate" / "round-2" / "generations.jsonl")
+            if (r["prompt_id"], r["k"]) != ("p2", 1)]  # round 2 lacks one k that the base model has
+    write_jsonl(tmp_path / "evaluate" / "round-2" / "generations.jsonl", rows)
+    res = read_json(tmp_path / "report" / "results.json")
+    s = rp.build_report(res, tmp_path, tmp_path / "report2", rounds=0, n_examples=3, listen_k=0)["index_html"]
+    assert (s["k_rows"], s["clips"], s["clips_missing"]) == (6, 3 + 6 * 2 - 1, 1)
+    assert "no continuation with this k" in (tmp_path / "report2" / "index.html").read_text()
 
 
 def _check_in_browser(page: Path, shots: Path, frames: dict[str, int] | None = None) -> list[dict]:
@@ -174,7 +192,7 @@ def _check_in_browser(page: Path, shots: Path, frames: dict[str, int] | None = N
 def test_index_html_in_headless_chromium(tmp_path):
     page, _, frames = _build(tmp_path)
     audio = _check_in_browser(page, tmp_path)
-    want = [frames[f"{m}/audio/p{i}_k0.wav"] for i in range(2) for m in ("base", "round-2")]
+    want = [frames[f"{m}/audio/p{i}_k{k}.wav"] for i in range(2) for k in range(2) for m in ("base", "round-2")]
     got = [a["frames"] for a in audio if a["title"] != "prompt"]
     assert got == want  # decoded at the file's own rate (16 kHz): every sample is there
     assert [round(a["duration"], 3) for a in audio if a["title"] == "prompt"] == [1.0, 1.25]

@@ -1,9 +1,9 @@
 """``report/index.html``: one page to read and listen to, self-contained and offline.
 
 The page holds the verdict, the report's markdown blocks (headline and comparison tables, calibration, ...)
-rendered as HTML, the plots, and for the first ``n_examples`` held-out prompts the prompt audio and every
-model's continuation of it with the same k (so the same sampling seed) side by side, with the transcript and
-the judge's value.
+rendered as HTML, the plots, and for the first ``n_examples`` held-out prompts the prompt audio and, for each
+of its first ``listen_k`` continuation indices k (``eval.listen_k``; those that exist), every model's
+continuation with that k (so the same sampling seed) side by side, with the transcript and the judge's value.
 
 Everything is inside the one file: plots and audio are base64 ``data:`` URIs, the CSS is inline and there
 is no script.  The page works when it alone is mailed or copied, with no network and no file next to it;
@@ -41,6 +41,7 @@ img{max-width:100%;height:auto;border:1px solid #eee;margin:.4em 0}
 .models{display:grid;grid-template-columns:repeat(auto-fit,minmax(240px,1fr));gap:.8em;margin-top:.6em}
 .model{background:#fafafa;border:1px solid #e2e2e2;border-radius:5px;padding:.5em .7em}
 .model h4{margin:0 0 .3em}.model.rejected{background:#fff6f4;border-color:#f0c8bf}
+.k{margin-top:.7em}.khead{font-weight:600;font-size:.95em}
 audio{width:100%;height:2.2em;margin:.2em 0}
 .text{font-style:italic}.value{font-size:.9em;color:#333}.missing{color:#a33}
 """
@@ -140,11 +141,13 @@ def _audio(path: Path | None, what: str, missing: str | None) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def listening_sample(models: Sequence[str], eval_dir: Path, run_dir: Path, n_prompts: int) -> list[dict]:
+def listening_sample(models: Sequence[str], eval_dir: Path, run_dir: Path, n_prompts: int,
+                     max_k: int = 3) -> list[dict]:
     """The first ``n_prompts`` held-out prompts in the first model's (the base's) ``generations.jsonl`` (the
-    evaluate stage's order: the same prompts as the markdown report's examples), each with the continuation
-    of the same k (0) by every model that has generations (a model evaluated on the benchmarks only has
-    none); a row absent from a model's file is None."""
+    evaluate stage's order: the same prompts as the markdown report's examples), each with its first ``max_k``
+    continuation indices k that any model has (0 = every one), and for each k the continuation with that k by
+    every model that has generations (a model evaluated on the benchmarks only has none); a row absent from
+    a model's file is None.  Each entry: prompt_id, prompt_text, prompt_wav, ks = [{k, models}]."""
     gens = {}
     for m in models:
         f = eval_dir / m / "generations.jsonl"
@@ -153,16 +156,21 @@ def listening_sample(models: Sequence[str], eval_dir: Path, run_dir: Path, n_pro
     if not gens or n_prompts <= 0:
         return []
     first = next(iter(gens.values()))
-    ids = list(dict.fromkeys(pid for pid, k in first if k == 0))[:n_prompts]
+    ids = list(dict.fromkeys(pid for pid, _ in first))[:n_prompts]
     roots = (eval_dir, run_dir)
     out = []
     for pid in ids:
-        rows = {m: g.get((pid, 0)) for m, g in gens.items()}
-        any_row = next(r for r in rows.values() if r is not None)
-        out.append({"prompt_id": pid, "k": 0, "prompt_text": any_row.get("prompt_text"),
-                    "prompt_wav": _wav_file(any_row.get("prompt_path"), roots),
-                    "models": {m: (None if r is None else {**r, "wav": _wav_file(r.get("path"), roots)})
-                               for m, r in rows.items()}})
+        ks = sorted({k for g in gens.values() for p, k in g if p == pid and isinstance(k, int)})
+        ks = ks[:max_k] if max_k > 0 else ks
+        entry: dict = {"prompt_id": pid, "ks": []}
+        for k in ks:
+            rows = {m: g.get((pid, k)) for m, g in gens.items()}
+            entry["ks"].append({"k": k, "models": {m: (None if r is None else {**r, "wav": _wav_file(r.get("path"),
+                                                                                                   roots)})
+                                                   for m, r in rows.items()}})
+        any_row = next(r for g in gens.values() for (p, _), r in g.items() if p == pid)
+        entry.update(prompt_text=any_row.get("prompt_text"), prompt_wav=_wav_file(any_row.get("prompt_path"), roots))
+        out.append(entry)
     return out
 
 
@@ -177,20 +185,29 @@ def _value(row: Mapping, metric: str) -> str:
 
 
 def _prompt_html(p: Mapping, metric: str, label: Callable[[str], str]) -> str:
-    seeds = {r.get("seed") for r in p["models"].values() if r is not None}
-    seed_txt = f"seed {seeds.pop()}" if len(seeds) == 1 else "seeds differ between models"
-    out = [f'<div class="prompt"><h3>Prompt <code>{html.escape(p["prompt_id"])}</code> '
-           f'<span class="note">(k = {p["k"]}, {html.escape(seed_txt)})</span></h3>',
+    out = [f'<div class="prompt"><h3>Prompt <code>{html.escape(p["prompt_id"])}</code></h3>',
            _audio(p["prompt_wav"], "prompt", "prompt audio not found"),
-           f'<div class="text">{html.escape(p.get("prompt_text") or "")}</div>', '<div class="models">']
-    for m, r in p["models"].items():
+           f'<div class="text">{html.escape(p.get("prompt_text") or "")}</div>']
+    for kk in p["ks"]:
+        out.append(_k_html(kk, metric, label))
+    out.append("</div>")
+    return "\n".join(out)
+
+
+def _k_html(kk: Mapping, metric: str, label: Callable[[str], str]) -> str:
+    """One continuation index of a prompt: every model's continuation with that k, side by side."""
+    seeds = {r.get("seed") for r in kk["models"].values() if r is not None}
+    seed_txt = f"seed {seeds.pop()}" if len(seeds) == 1 else "seeds differ between models"
+    out = [f'<div class="k"><div class="khead">k = {kk["k"]} <span class="note">({html.escape(seed_txt)})</span>'
+           '</div><div class="models">']
+    for m, r in kk["models"].items():
         if r is None:
             out.append(f'<div class="model"><h4>{html.escape(label(m))}</h4>'
-                       '<div class="missing">no continuation for this prompt</div></div>')
+                       '<div class="missing">no continuation with this k</div></div>')
             continue
         rej = r.get("reject")
         out += [f'<div class="model{" rejected" if rej else ""}"><h4>{html.escape(label(m))}</h4>',
-                _audio(r["wav"], f"{label(m)} continuation", "continuation audio not found"),
+                _audio(r["wav"], f"{label(m)} continuation k={kk['k']}", "continuation audio not found"),
                 f'<div class="text">{html.escape(r.get("text") or "(no transcript)")}</div>',
                 f'<div class="value">{html.escape(_value(r, metric))}'
                 + (f'<br>rejected: {html.escape(str(rej))}' if rej else "") + "</div></div>"]
@@ -212,10 +229,12 @@ def build_page(verdict: str, sections: Sequence[tuple[str, str]], plots: Mapping
             f'<div class="verdict"><strong>Verdict:</strong> {_inline(verdict)}</div>']
     if note:
         body.append(f'<p class="note">{_inline(note)}</p>')
+    n_k = max((len(p["ks"]) for p in listen), default=0)
     listen_html = ["<h2>Listen: the same held-out prompts, every model</h2>",
                    f'<p class="note">The first {len(listen)} held-out prompts of the evaluation '
-                   "(eval.n_examples): the prompt, then each model's continuation with the same k and sampling "
-                   "seed, its Whisper transcript and the judge's values (a rejected continuation says why).</p>"]
+                   f"(eval.n_examples), each with up to {n_k} continuation indices k (eval.listen_k): the prompt, "
+                   "then for each k every model's continuation with that k and sampling seed side by side, its "
+                   "Whisper transcript and the judge's values (a rejected continuation says why).</p>"]
     listen_html += [_prompt_html(p, metric, label) for p in listen]
     if not listen:
         listen_html.append("<p>No held-out generations found.</p>")
@@ -239,17 +258,17 @@ def build_page(verdict: str, sections: Sequence[tuple[str, str]], plots: Mapping
 
 def write_index(path: Path, results: Mapping, run_dir: Path, sections: Sequence[tuple[str, str]],
                 plots: Mapping[str, Path], n_examples: int, metric: str, label: Callable[[str], str],
-                verdict: str, note: str | None = None) -> dict[str, Any]:
+                verdict: str, note: str | None = None, listen_k: int = 3) -> dict[str, Any]:
     """Write ``index.html``; returns its size and the clips it holds (for the stage's summary)."""
-    listen = listening_sample(list(results["models"]), run_dir / "evaluate", run_dir, n_examples)
+    listen = listening_sample(list(results["models"]), run_dir / "evaluate", run_dir, n_examples, listen_k)
     page = build_page(verdict, sections, plots, listen, metric, label, note)
     write_text(path, page)
-    clips = sum(p["prompt_wav"] is not None for p in listen) + sum(
-        r is not None and r["wav"] is not None for p in listen for r in p["models"].values())
-    missing = sum(p["prompt_wav"] is None for p in listen) + sum(
-        r is None or r["wav"] is None for p in listen for r in p["models"].values())
+    rows = [r for p in listen for kk in p["ks"] for r in kk["models"].values()]
+    clips = sum(p["prompt_wav"] is not None for p in listen) + sum(r is not None and r["wav"] is not None
+                                                                  for r in rows)
+    missing = sum(p["prompt_wav"] is None for p in listen) + sum(r is None or r["wav"] is None for r in rows)
     if missing:
         logger.warning("report: %d clip(s) of the listening sample were not found (index.html says which)",
                        missing)
-    return {"bytes": len(page.encode("utf-8")), "prompts": len(listen), "clips": clips,
-            "clips_missing": missing}
+    return {"bytes": len(page.encode("utf-8")), "prompts": len(listen),
+            "k_rows": sum(len(p["ks"]) for p in listen), "clips": clips, "clips_missing": missing}

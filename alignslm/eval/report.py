@@ -444,8 +444,9 @@ def rounds_table(hists: Mapping[str, Mapping], logs: Mapping[str, Sequence[Mappi
 
 
 def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_examples: int = 3,
-                 demo: bool = True) -> dict:
-    """Write every report file into ``out``; return a summary dict."""
+                 demo: bool = True, listen_k: int = 3) -> dict:
+    """Write every report file into ``out``; return a summary dict.  ``listen_k``: continuation indices per
+    prompt in index.html's listening section (alignslm.eval.html.listening_sample)."""
     out.mkdir(parents=True, exist_ok=True)
     hists, logs = round_inputs(run_dir, rounds)
     plots = {"metrics_per_round": plot_metrics_per_round(results, out / "metrics_per_round.png")}
@@ -490,6 +491,6 @@ def build_report(results: Mapping, run_dir: Path, out: Path, rounds: int, n_exam
     write_json(out / "results.json", full)
     t0 = time.perf_counter()
     page = write_index(out / "index.html", results, run_dir, sections, plots, n_examples, judge_metric(results),
-                       model_label, line, NOT_COMPARABLE if demo else None)
+                       model_label, line, NOT_COMPARABLE if demo else None, listen_k)
     page["seconds"] = round(time.perf_counter() - t0, 3)
     return {"models": len(results["models"]), "plots": len(plots), "examples": len(examples), "index_html": page}

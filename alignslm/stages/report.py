@@ -13,7 +13,7 @@ from alignslm.rundir import StageContext, read_json
 
 
 def check(cfg: Any) -> list[str]:
-    return [] if cfg.eval.n_examples >= 0 else ["eval.n_examples must be >= 0"]
+    return [f"eval.{k} must be >= 0" for k in ("n_examples", "listen_k") if getattr(cfg.eval, k) < 0]
 
 
 def run(ctx: StageContext) -> dict:
@@ -24,4 +24,5 @@ def run(ctx: StageContext) -> dict:
     results = read_json(src)
     rounds = sum(1 for k in ctx.inputs if k.startswith("train_"))
     demo = bool(results.get("demo", ctx.cfg.benchmarks.root is None))
-    return build_report(results, ctx.run_dir, ctx.out, rounds, ctx.cfg.eval.n_examples, demo=demo)
+    return build_report(results, ctx.run_dir, ctx.out, rounds, ctx.cfg.eval.n_examples, demo=demo,
+                        listen_k=ctx.cfg.eval.listen_k)
