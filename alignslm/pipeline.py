@@ -262,7 +262,7 @@ def run_step(step: Step, cfg: Config, run_dir: Path, manifest: Manifest, *, forc
     if rank == 0:
         manifest.mark_done(step.key, h, summary, time.time() - t0)
     barrier()
-    logger.info("%s done in %.1fs: %s", step.key, time.time() - t0, _short(summary))
+    logger.info("%s done in %.1fs: %s", step.key, time.time() - t0, summary_line(summary))
     return True, summary
 
 
@@ -330,6 +330,7 @@ def _clear(path: Path) -> None:
             child.unlink()
 
 
-def _short(summary: dict) -> str:
-    items = [f"{k}={v}" for k, v in summary.items() if isinstance(v, (int, float, str)) and len(str(v)) < 40]
-    return ", ".join(items[:8])
+def summary_line(summary: dict) -> str:
+    """The stage's one-line summary: its first 8 short items, then every cost in seconds (``*_s``) after them."""
+    items = [(k, f"{k}={v}") for k, v in summary.items() if isinstance(v, (int, float, str)) and len(str(v)) < 40]
+    return ", ".join([x for _, x in items[:8]] + [x for k, x in items[8:] if k.endswith("_s")])

@@ -379,3 +379,10 @@ def test_rerun_on_a_still_full_disk_is_one_clear_line(tmp_path):
             assert "Free some space and run the same command again" in out.stderr or "free" in lines[0]
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_the_summary_line_keeps_every_cost_after_the_first_items():
+    from alignslm.pipeline import summary_line
+
+    summary = {**{f"m{i}": i for i in range(8)}, "salmon_s": 1.5, "note": "x", "genppl_s": 0.25, "nested": {"a": 1}}
+    assert summary_line(summary) == ", ".join(f"m{i}={i}" for i in range(8)) + ", salmon_s=1.5, genppl_s=0.25"

@@ -134,8 +134,8 @@ def protocol_line(results: Mapping) -> str:
         return f"- Multi-speaker sSC / tSC: {p.get('note') or 'not measured'}."
     pairs = ", ".join(f"{k}: {n}" for k, n in p["pairs"].items())
     return (f"- Multi-speaker sSC / tSC ({pairs} pairs; source {p.get('source') or 'n/a'}): scored as sSC / tSC"
-            + (" (whole story and continuation only)" if p.get("continuation_only") else "") + "."
-            + (f" {p['note']}." if p.get("note") else ""))
+            + (" (whole story and continuation only)" if p.get("continuation_only") else "")
+            + (f"; {p['note']}" if p.get("note") else "") + ".")
 
 
 def _pct(x: Any) -> str:
