@@ -3,8 +3,8 @@
 StoryCloze (alignslm.eval.continuation), wired into the benchmarks and evaluate stages through the few calls
 below.
 
-Where the data comes from (the benchmarks stage, recorded in ``benchmarks.json`` under ``salmon`` and
-``prosaudit``):
+Where the data comes from (the benchmarks stage, recorded in ``benchmarks.json`` under ``salmon``,
+``prosaudit`` and ``multispeaker``):
 
 * SALMon: ``benchmarks.salmon_root`` (the released ``salmon_benchmark`` folder) when set; otherwise the demo
   builds its mini SALMon under ``data/salmon`` (alignslm.demo.salmon; ``benchmarks.salmon_pairs`` per part,
@@ -15,7 +15,7 @@ Where the data comes from (the benchmarks stage, recorded in ``benchmarks.json``
 * Multi-speaker sSC/tSC: ``benchmarks.multispeaker_root`` (ssc/ and/or tsc/ in the single-speaker layout) when
   set; otherwise the demo builds its own under ``data/multispeaker`` (alignslm.demo.multispeaker; the first
   ``benchmarks.multispeaker_pairs`` stories of the demo sSC/tSC, 0 = none), and a real run notes that it was
-  not measured.  Recorded under ``multispeaker``.
+  not measured.
 
 Results (the evaluate stage, per model): ``benchmarks["salmon/<part>"]``, ``benchmarks["prosaudit"]``,
 ``benchmarks["ssc_multispeaker"]``/``["tsc_multispeaker"]`` and ``benchmarks["ssc_continuation"]``/
@@ -107,9 +107,13 @@ def _prepare_multispeaker(b: Any, out: Path, demo: bool, seed: int, cache_dir: s
                 "note": None, "seconds": round(time.perf_counter() - t0, 2)}
     n = min(b.multispeaker_pairs, b.n_pairs)
     voices = sorted(set(b.voices))
-    why = ("a real run needs benchmarks.multispeaker_root" if not demo else "benchmarks.multispeaker_pairs=0"
-           if n <= 0 else f"needs two different voices in benchmarks.voices ({list(b.voices)})"
-           if len(voices) < 2 else None)
+    why = None
+    if not demo:
+        why = "a real run needs benchmarks.multispeaker_root"
+    elif n <= 0:
+        why = "benchmarks.multispeaker_pairs=0"
+    elif len(voices) < 2:
+        why = f"needs two different voices in benchmarks.voices ({list(b.voices)})"
     if why:
         return {"root": None, "source": None, "note": f"multi-speaker sSC/tSC not measured ({why})"}
     from alignslm.demo.multispeaker import write_demo_multispeaker
@@ -173,8 +177,8 @@ def load(bench_dir: Path, info: Mapping, split: str) -> dict:
 def score_model(lm: Any, units: Mapping, benches: Mapping, suite_units: Mapping, suites: Mapping, eval_cfg: Any,
                 submission_dir: Path | None = None) -> dict[str, dict]:
     """Every suite's result for one model (see the module docstring); with eval.continuation_only also sSC and
-    tSC, whole story and continuation only, from one pass (:func:`one_pass`), and the multi-speaker sets'
-    ``same_stories`` comparison with them."""
+    tSC, whole story and continuation only, from one pass (:func:`one_pass`); the multi-speaker sets' comparison
+    with sSC/tSC on the same stories is added by :func:`add_comparisons`."""
     out: dict[str, dict] = {}
     parts = {k: v for k, v in suites.items() if k.startswith(salmon.PREFIX)}
     if parts:
@@ -192,6 +196,13 @@ def score_model(lm: Any, units: Mapping, benches: Mapping, suite_units: Mapping,
         out.update(multispeaker.score(lm, suite_units, multi, eval_cfg.score, eval_cfg.batch_size,
                                       eval_cfg.continuation_only))
     return out
+
+
+def add_comparisons(bench: dict, benches: Mapping, suites: Mapping, eval_cfg: Any) -> None:
+    """After :func:`score_model` and the four benchmarks: each multi-speaker result gets its ``same_stories``
+    comparison with sSC/tSC (alignslm.eval.multispeaker.add_same_stories; before the per-pair lists are
+    moved out of the results)."""
+    multispeaker.add_same_stories(bench, benches, suites, eval_cfg.bootstrap)
 
 
 def one_pass(eval_cfg: Any) -> tuple[str, ...]:

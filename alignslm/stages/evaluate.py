@@ -23,7 +23,6 @@ from typing import Any
 from alignslm import logger
 from alignslm.eval import suites as ev_suites
 from alignslm.eval.genmetrics import GenerationSetup, compare_models, paired_win_rate, reject_share_diff
-from alignslm.eval.multispeaker import add_same_stories
 from alignslm.eval.scoring import (
     EvalInputError,
     check_benchmark,
@@ -226,7 +225,7 @@ def _evaluate_model(ctx: StageContext, name: str, lm: Any, units: dict, benches:
     bench = score_benchmarks(lm, units, zr, cfg.eval.score, cfg.eval.batch_size,
                              submission_dir=ctx.out / "submissions" / name, split=cfg.benchmarks.split)
     bench.update(ev_suites.score_model(lm, units, benches, *suites, cfg.eval, ctx.out / "submissions" / name))
-    add_same_stories(bench, benches, suites[1], cfg.eval.bootstrap)  # multi-speaker vs one voice, same stories
+    ev_suites.add_comparisons(bench, benches, suites[1], cfg.eval)  # multi-speaker vs one voice, same stories
     score_s = time.perf_counter() - t0
     for bname, r in bench.items():
         write_json(ctx.out / name / f"scores_{bname.replace('/', '-')}.json", {"scores": r.pop("scores"),
