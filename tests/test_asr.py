@@ -137,3 +137,20 @@ def test_results_do_not_depend_on_the_thread_count(clips):
             "ctranslate2_module(); print(os.environ['CT2_USE_MKL'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"  # set before the library loads, whoever imports it first
+
+
+def test_ctranslate2_imported_first_with_mkl_warns_once():
+    """ctranslate2 imported before alignslm with its MKL backend on: one RuntimeWarning naming the fix, however
+    often the module is asked for (the warnings registry dedups; alignslm keeps no flag of its own)."""
+    import subprocess
+    import sys
+
+    code = ("import os, warnings; os.environ['CT2_USE_MKL'] = '1'; import ctranslate2; "
+            "from alignslm.speech.ct2 import ctranslate2_module\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('default')\n"
+            "    for _ in range(3):\n"
+            "        ctranslate2_module()\n"
+            "print(len(w), w[0].category.__name__, 'CT2_USE_MKL=0' in str(w[0].message))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "RuntimeWarning", "True"], out.stdout + out.stderr

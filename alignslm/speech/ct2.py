@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from types import ModuleType
-
-from alignslm import logger
 
 BACKEND_ENV = "CT2_USE_MKL"
 
@@ -24,11 +23,10 @@ def ctranslate2_module() -> ModuleType:
     """Import ctranslate2 with the reproducible CPU backend (see the module docstring)."""
     if "ctranslate2" not in sys.modules:
         os.environ.setdefault(BACKEND_ENV, "0")
-    elif os.environ.get(BACKEND_ENV) != "0" and not getattr(ctranslate2_module, "_warned", False):
-        ctranslate2_module._warned = True  # type: ignore[attr-defined]
-        logger.warning("ctranslate2 was imported before alignslm could set %s=0: on an Intel CPU its MKL backend "
-                       "makes units and transcripts depend on the thread count. Set %s=0 in the environment.",
-                       BACKEND_ENV, BACKEND_ENV)
+    elif os.environ.get(BACKEND_ENV) != "0":  # once per call site: the warnings registry, no state of ours
+        warnings.warn(f"ctranslate2 was imported before alignslm could set {BACKEND_ENV}=0: on an Intel CPU its MKL "
+                      f"backend makes units and transcripts depend on the thread count. Set {BACKEND_ENV}=0 in the "
+                      "environment.", RuntimeWarning, stacklevel=2)
     import ctranslate2
 
     return ctranslate2
