@@ -26,13 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignslm.judge.signal import OFF, SignalRules, contrast_prompts, screen, sense  # noqa: E402
+from alignslm.config import JudgeConfig  # noqa: E402
+from alignslm.judge.signal import SignalRules, contrast_prompts, rules_from, screen, sense  # noqa: E402
 from alignslm.textmetrics import words  # noqa: E402
 
+DEFAULT = rules_from(JudgeConfig())  # the config is the one place for the defaults
+OFF = replace(DEFAULT, kind="lnppl", hallucinations=False, max_autobleu=1.0)  # no screen, plain ln-ppl
+NEUTRAL = DEFAULT.neutral
 ALL = replace(OFF, kind="pmi", neutral="")  # no screen, all perplexities: every variant computed afterwards
-NEUTRAL = SignalRules().neutral
 
-SCREEN = SignalRules()  # the default screen: hallucination/filler list, loops; Whisper's confidence off
+SCREEN = DEFAULT  # the default screen: hallucination/filler list, loops; Whisper's confidence off
 WHISPER = dict(max_no_speech=0.5, min_avg_logprob=-1.0)  # faster-whisper's own thresholds
 
 VARIANTS: dict[str, SignalRules] = {
@@ -77,8 +80,8 @@ def collect(run_dir: Path, out: Path, n_prompts: int) -> dict[str, list[dict]]:
     texts = [r["text"] for r in todo]
     for r, res in zip(todo, gen.ppl.score([NEUTRAL] * len(todo), texts)):
         r["perplexity_neutral"] = res.perplexity
-    others = contrast_prompts(list(gen.prompt_texts), SignalRules().contrast_k)
-    for j in range(SignalRules().contrast_k):  # the contrast kinds' baselines, as alignslm.judge.signal computes them
+    others = contrast_prompts(list(gen.prompt_texts), DEFAULT.contrast_k)
+    for j in range(DEFAULT.contrast_k):  # the contrast kinds' baselines, as alignslm.judge.signal computes them
         idx = [i for i, r in enumerate(todo) if len(others.get(r["prompt_text"], [])) > j]
         res = gen.ppl.score([others[todo[i]["prompt_text"]][j] for i in idx], [texts[i] for i in idx])
         for i, x in zip(idx, res):

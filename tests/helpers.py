@@ -213,3 +213,12 @@ if __name__ == "__main__":  # python tests/helpers.py RUN_A RUN_B: compare two r
     problems = run_differences(Path(sys.argv[1]), Path(sys.argv[2]))
     print("\n".join(problems) or "same run: every artifact equal up to timing fields")
     sys.exit(1 if problems else 0)
+
+
+def signal_rules(**overrides: object):
+    """The judge signal's rules as the default config gives them (alignslm.config.JudgeConfig is the one place for
+    their defaults), with ``overrides`` of SignalRules fields."""
+    from alignslm.config import JudgeConfig
+    from alignslm.judge.signal import rules_from
+
+    return dataclasses.replace(rules_from(JudgeConfig()), **overrides)

@@ -124,11 +124,13 @@ def test_one_pass_gives_score_benchmarks_whole_story_result_and_the_continuation
 
 
 def test_genppl_in_the_neutral_context_reuses_the_pmi_signals_own_pass(tiny_judge_dir):
+    from helpers import signal_rules
+
     from alignslm.judge import PerplexityJudge, TransformersBackend
-    from alignslm.judge.signal import SignalRules, judge_rows
+    from alignslm.judge.signal import judge_rows
 
     backend = TransformersBackend(tiny_judge_dir, batch_size=2, dtype="float32")
-    rules = SignalRules(kind="pmi_asr", neutral="The cook washed the pan.")
+    rules = signal_rules(kind="pmi_asr", neutral="The cook washed the pan.")
     rows = [{"prompt_id": "p0", "k": 0, "prompt_text": "A farmer.", "text": "The farmer fed the pig on the farm.",
              "avg_logprob": -0.3, "reject": None},
             {"prompt_id": "p0", "k": 1, "prompt_text": "A farmer.", "text": "Thank you.", "reject": None}]

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import signal_rules
 
 from alignslm.config import load_config
 from alignslm.eval.genmetrics import GenerationSetup
 from alignslm.judge import TransformersBackend, judge_asked, judge_transcripts, transcription_reject
 from alignslm.judge.rubric import JudgeResult, score_histogram
-from alignslm.judge.signal import SignalRules
 from alignslm.rundir import StageContext, read_jsonl, write_jsonl
 from alignslm.speech.asr import ASRResult, transcript_error
 from alignslm.speech.audio import read_audio, write_wav
@@ -120,11 +120,11 @@ def test_judge_transcripts_scores_accepted_rows_and_requires_a_score_in_score_mo
                 (("the cat sat on the mat", None), ("a dog ran to the farm", None), ("", "transcription failed: x"))]
 
     got = rows()
-    judge_transcripts(got, None, Scorer(), SignalRules(), [PROMPT], score_required=True)
+    judge_transcripts(got, None, Scorer(), signal_rules(), [PROMPT], score_required=True)
     assert [r["score"] for r in got] == [4.0, None, None]
     assert [r["reject"] for r in got] == [None, "judge: unparseable", "transcription failed: x"]
     assert [judge_asked(r) for r in got] == [True, True, False] and got[2]["autobleu"] is None
     got = rows()
-    judge_transcripts(got, None, Scorer(), SignalRules(), [PROMPT], score_required=False)  # eval.also_score
+    judge_transcripts(got, None, Scorer(), signal_rules(), [PROMPT], score_required=False)  # eval.also_score
     assert [r["reject"] for r in got] == [None, None, "transcription failed: x"]
     assert score_histogram([r["score"] for r in got]) == {"1": 0, "2": 0, "3": 0, "4": 1, "5": 0}

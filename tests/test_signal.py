@@ -4,15 +4,19 @@ calibration statistics of alignslm.eval.genmetrics."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
+from helpers import signal_rules
 
+from alignslm.config import JudgeConfig
 from alignslm.dpo.pairs import Candidate, PairRules, build_pairs_for_prompt
 from alignslm.eval.genmetrics import calibration_summary, paired_win_rate, reject_share_diff, win_rate
-from alignslm.judge.signal import OFF, SignalRules, is_stock, judge_rows, rules_from, screen, sense
+from alignslm.judge.signal import is_stock, judge_rows, rules_from, screen, sense
 
-RULES = SignalRules()
+RULES = signal_rules()
+OFF = signal_rules(kind="lnppl", hallucinations=False, max_autobleu=1.0)  # no screen: the demo's old signal
 
 
 @pytest.mark.parametrize("text", ["Thank you.", "Thank you. Thank you. Thank you!", "you", "Thanks for watching!",
@@ -31,7 +35,7 @@ def test_content_passes(text):
 
 def test_screen_uses_whisper_confidence_words_per_second_and_repetition():
     text = "The cook washed the pan."
-    strict = SignalRules(max_no_speech=0.5, min_avg_logprob=-1.0, min_words_per_s=0.6)
+    strict = signal_rules(max_no_speech=0.5, min_avg_logprob=-1.0, min_words_per_s=0.6)
     assert "no-speech" in screen(text, strict, 2.0, -0.3, 0.9)
     assert "log-probability" in screen(text, strict, 2.0, -1.5, 0.1)
     assert "under-transcribed" in screen(text, strict, 20.0, -0.3, 0.1)  # 5 words in 20 s
@@ -42,18 +46,18 @@ def test_screen_uses_whisper_confidence_words_per_second_and_repetition():
 
 def test_sense_kinds():
     # ln-ppl 3 given the prompt, 4 without it: the prompt makes the text 1 nat/token more likely
-    assert sense(3.0, 4.0, 10, SignalRules(kind="lnppl")) == -3.0
-    assert sense(3.0, 4.0, 10, SignalRules(kind="pmi")) == pytest.approx(1.0)
-    assert sense(3.0, 4.0, 10, SignalRules(kind="pmi_words", max_words=40)) == pytest.approx(10.0)
-    assert sense(3.0, 4.0, 100, SignalRules(kind="pmi_words", max_words=40)) == pytest.approx(40.0)
+    assert sense(3.0, 4.0, 10, signal_rules(kind="lnppl")) == -3.0
+    assert sense(3.0, 4.0, 10, signal_rules(kind="pmi")) == pytest.approx(1.0)
+    assert sense(3.0, 4.0, 10, signal_rules(kind="pmi_words", max_words=40)) == pytest.approx(10.0)
+    assert sense(3.0, 4.0, 100, signal_rules(kind="pmi_words", max_words=40)) == pytest.approx(40.0)
     assert sense(None, 4.0, 10, RULES) is None and sense(3.0, None, 10, RULES) is None
     with pytest.raises(ValueError, match="judge.signal"):
-        SignalRules(kind="nope")
+        signal_rules(kind="nope")
 
 
 def test_rules_from_config_section():
-    cfg = SimpleNamespace(signal="pmi", screen_hallucinations=False, max_no_speech=0.4, min_avg_logprob=-2.0,
-                          min_words_per_s=0.0, max_words=10, max_autobleu=0.5)
+    cfg = replace(JudgeConfig(), signal="pmi", screen_hallucinations=False, max_no_speech=0.4, min_avg_logprob=-2.0,
+                  min_words_per_s=0.0, max_words=10, max_autobleu=0.5)
     r = rules_from(cfg)
     assert (r.kind, r.hallucinations, r.max_no_speech, r.max_words) == ("pmi", False, 0.4, 10)
 
@@ -71,7 +75,7 @@ def test_judge_rows_screens_and_scores_in_place():
             {"prompt_text": "The cook is in the kitchen.", "text": "Thank you.", "seconds": 2.0},
             {"prompt_text": "The cook is in the kitchen.", "text": "", "reject": "asr: no speech"},
             {"prompt_text": "", "text": "She washed the pan.", "seconds": 2.0}]
-    judge_rows(rows, FakePPL(), SignalRules(kind="pmi_words"))
+    judge_rows(rows, FakePPL(), signal_rules(kind="pmi_words"))
     assert rows[0]["reject"] is None and rows[0]["sense"] == pytest.approx(4.0)  # pmi 1 x 4 words
     assert rows[1]["screened"] and rows[1]["sense"] is None
     assert rows[2]["screened"] and rows[2]["asr_reject"] == "asr: no speech"
@@ -139,12 +143,12 @@ def test_contrast_kind_judges_against_other_prompts():
                     for p, t in zip(prompts, texts)]
 
     rows = [{"prompt_text": "sea waves", "text": "sea boats"}, {"prompt_text": "farm cows", "text": "sea boats"}]
-    judge_rows(rows, Topical(), SignalRules(kind="contrast", contrast_k=1))
+    judge_rows(rows, Topical(), signal_rules(kind="contrast", contrast_k=1))
     assert rows[0]["sense"] == pytest.approx(2.0) and rows[1]["sense"] == pytest.approx(-2.0)
 
 
 def test_pmi_asr_adds_whisper_confidence():
-    r = SignalRules(kind="pmi_asr", asr_weight=2.0)
+    r = signal_rules(kind="pmi_asr", asr_weight=2.0)
     assert sense(3.0, 4.0, 5, r, avg_logprob=-0.5) == pytest.approx(0.0)
     assert sense(3.0, 4.0, 5, r, avg_logprob=None) is None
 

@@ -317,9 +317,9 @@ class GenerationSetup:
         self.rules = rules_from(cfg.judge)  # the screen and the signal, as in the judge stage
         self.metric = signal_metric(cfg.judge)  # the judge's signal, the one the pairs were built from
         self.judge = None  # the 1-5 score: in score mode, or on request (eval.also_score; slow on a CPU)
-        if self.metric == "score" or getattr(cfg.eval, "also_score", False):
+        if self.metric == "score" or cfg.eval.also_score:
             self.judge = LLMScoreJudge(backend, expected=cfg.judge.expected_score,
-                                       max_new_tokens=getattr(cfg.judge, "max_new_tokens", 96))
+                                       max_new_tokens=cfg.judge.max_new_tokens)
         self.ppl = PerplexityJudge(backend)
         self.prompt_texts, self.prompt_wer, self.prompt_paths = self._prompt_side()
 
@@ -336,7 +336,7 @@ class GenerationSetup:
         units = {r["utt_id"]: r for r in read_jsonl(ctx.inputs["tokenize"] / "units.jsonl")}
         frame_rate = float(read_json(ctx.inputs["tokenize"] / "tokenizer.json")["frame_rate"])
         prompts = held_out_prompts(manifest, units, frame_rate, cfg.eval.n_prompts, cfg.sample.prompt_seconds,
-                                   getattr(cfg.sample, "word_boundary", True), ctx.rejects)
+                                   cfg.sample.word_boundary, ctx.rejects)
         if not prompts:
             raise ValueError(f"no held-out (test/dev) utterance of {ctx.inputs['corpus']}/manifest.jsonl gives "
                              f"a {cfg.sample.prompt_seconds} s prompt; lower sample.prompt_seconds or set "
@@ -465,4 +465,4 @@ def signal_metric(judge_cfg: Any) -> str:
     """The metric the pairs are built from: score (1-5), perplexity (ln-ppl) or sense (alignslm.judge.signal)."""
     if judge_cfg.mode == "score":
         return "score"
-    return "perplexity" if getattr(judge_cfg, "signal", "lnppl") == "lnppl" else "sense"
+    return "perplexity" if judge_cfg.signal == "lnppl" else "sense"

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from alignslm.textmetrics import auto_bleu, normalize_text, words
 
@@ -59,40 +60,33 @@ KINDS = ("lnppl", "pmi", "pmi_words", "contrast", "contrast_words", "pmi_asr")
 
 @dataclass(frozen=True)
 class SignalRules:
-    """What the screen rejects and how a transcript scores (the ``judge`` section's signal fields)."""
+    """What the screen rejects and how a transcript scores: the ``judge`` section's signal fields, unpacked by
+    :func:`rules_from`.  No defaults here: the config (``alignslm.config.JudgeConfig``) is the one place for
+    them, with their help text and the measurements behind them."""
 
-    kind: str = "pmi_asr"
-    hallucinations: bool = True
-    max_no_speech: float | None = None  # off by default: see experiments/signal_calibration.md
-    min_avg_logprob: float | None = None
-    min_words_per_s: float = 0.0
-    max_words: int = 40
-    max_autobleu: float = 0.5
-    neutral: str = "It was an ordinary day. People were busy with the things they usually do."
-    contrast_k: int = 4
-    asr_weight: float = 2.0
+    kind: str
+    hallucinations: bool
+    max_no_speech: float | None
+    min_avg_logprob: float | None
+    min_words_per_s: float
+    max_words: int
+    max_autobleu: float
+    neutral: str
+    contrast_k: int
+    asr_weight: float
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"judge.signal={self.kind!r}: expected one of {', '.join(KINDS)}")
 
 
-OFF = SignalRules(kind="lnppl", hallucinations=False, max_autobleu=1.0)
-
-
-def rules_from(cfg: object) -> SignalRules:
-    """SignalRules from a ``judge`` config section (defaults for fields it lacks)."""
-    d = SignalRules()
-    return SignalRules(kind=getattr(cfg, "signal", d.kind),
-                       hallucinations=getattr(cfg, "screen_hallucinations", d.hallucinations),
-                       max_no_speech=getattr(cfg, "max_no_speech", d.max_no_speech),
-                       min_avg_logprob=getattr(cfg, "min_avg_logprob", d.min_avg_logprob),
-                       min_words_per_s=getattr(cfg, "min_words_per_s", d.min_words_per_s),
-                       max_words=getattr(cfg, "max_words", d.max_words),
-                       max_autobleu=getattr(cfg, "max_autobleu", d.max_autobleu),
-                       neutral=getattr(cfg, "neutral_prompt", d.neutral),
-                       contrast_k=getattr(cfg, "contrast_k", d.contrast_k),
-                       asr_weight=getattr(cfg, "asr_weight", d.asr_weight))
+def rules_from(judge: Any) -> SignalRules:
+    """SignalRules from a ``judge`` config section (``alignslm.config.JudgeConfig``)."""
+    return SignalRules(kind=judge.signal, hallucinations=judge.screen_hallucinations,
+                       max_no_speech=judge.max_no_speech, min_avg_logprob=judge.min_avg_logprob,
+                       min_words_per_s=judge.min_words_per_s, max_words=judge.max_words,
+                       max_autobleu=judge.max_autobleu, neutral=judge.neutral_prompt, contrast_k=judge.contrast_k,
+                       asr_weight=judge.asr_weight)
 
 
 def garbage(text: str) -> str | None:
