@@ -57,10 +57,10 @@ def missing_paths(cfg: Config) -> dict[str, str]:
 
 def check_paths(cfg: Config) -> list[str]:
     """Every external path the config names must exist (checked before any model loads)."""
+    from alignslm.judge import url_problem
+
     problems = [f"{key}: path does not exist: {v}" for key, v in missing_paths(cfg).items()]
-    if cfg.judge.backend == "openai" and not cfg.judge.url:
-        problems.append("judge.url: the openai backend needs an endpoint URL (e.g. http://127.0.0.1:8000/v1)")
-    return problems
+    return problems + [p for p in [url_problem(cfg.judge)] if p]
 
 
 def judge_endpoint_problems(cfg: Config, steps: list[Step]) -> list[str]:
@@ -150,7 +150,8 @@ def dry_run(cfg: Config, steps: list[Step], force: bool = False) -> int:
             problems.append(f"stage {spec.name}: cannot import {mod}: {e}")
             continue
         if check is not None:
-            problems += [f"{spec.name}: {m}" for m in check(cfg) if not _about_missing(m, missing)]
+            problems += [f"{spec.name}: {m}" for m in check(cfg)  # what check_paths said already: once
+                         if not _about_missing(m, missing) and m not in problems]
     print(f"plan for run directory {cfg.run.run_dir} ([run] = will run, [skip] = up to date):")
     runs = will_run(steps, cfg, Manifest(Path(cfg.run.run_dir).expanduser()), force=force)
     for i, (st, r) in enumerate(zip(steps, runs), 1):

@@ -199,3 +199,24 @@ def test_plan_marks_what_a_changed_config_reruns(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "corpus                 [skip]" in out and "round-1/judge          [run ]" in out
     assert all(will_run(plan(cfg), cfg, Manifest(tmp_path), force=True))
+
+
+def test_openai_judge_without_url_is_one_message_everywhere(tmp_path, capsys):
+    """judge.backend=openai without judge.url: --dry-run says it once (not again as the judge stage's check), the
+    run refuses to start with the same words, and building the backend raises them (judge.url_problem)."""
+    from alignslm import run
+    from alignslm.config import load_config
+    from alignslm.judge import load_backend, url_problem
+    from alignslm.pipeline import plan
+
+    over = ["judge.backend=openai", f"run.run_dir={tmp_path / 'run'}"]
+    cfg = load_config(overrides=over)
+    msg = url_problem(cfg.judge)
+    assert msg and msg.startswith("judge.url:")
+    assert run.dry_run(cfg, plan(cfg)) == 2
+    said = [x for x in capsys.readouterr().out.splitlines() if "judge.url" in x]
+    assert len(said) == 1 and msg in said[0], said
+    assert run.main(over) == 2
+    assert msg in capsys.readouterr().err
+    with pytest.raises(ValueError, match="judge.url: the openai backend needs an endpoint URL"):
+        load_backend(cfg.judge)

@@ -443,11 +443,19 @@ def _transformers_backend(cfg: Any, reply_cache: Path | None, device: str,
     return TransformersBackend(path, device=device, batch_size=cfg.batch_size, cache_dir=cache_dir, dtype=cfg.dtype)
 
 
+def url_problem(cfg: Any) -> str | None:
+    """The openai backend without an endpoint: the one message, for the run's start check, ``--dry-run`` and
+    the builder (``cfg``: the ``judge`` section)."""
+    if cfg.backend == "openai" and not cfg.url:
+        return "judge.url: the openai backend needs an endpoint URL (e.g. http://127.0.0.1:8000/v1)"
+    return None
+
+
 def _openai_backend(cfg: Any, reply_cache: Path | None, device: str, cache_dir: str | Path | None) -> ChatBackend:
     from alignslm.judge.http import OpenAIBackend
 
-    if not cfg.url:
-        raise ValueError("judge.backend=openai needs judge.url (e.g. http://127.0.0.1:8000/v1)")
+    if url_problem(cfg):
+        raise ValueError(url_problem(cfg))
     backend = OpenAIBackend(cfg.url, cfg.model_name, api_key_env=cfg.api_key_env,
                             concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries,
                             backoff_s=cfg.backoff_s, cache_path=reply_cache)
@@ -464,8 +472,8 @@ def _transformers_problems(cfg: Any) -> list[str]:
 
 
 def _openai_problems(cfg: Any) -> list[str]:
-    if not cfg.url:
-        return ["judge.backend=openai needs judge.url"]
+    if url_problem(cfg):
+        return [url_problem(cfg)]
     from alignslm.judge.http import JudgeEndpointError, probe_endpoint
 
     try:
