@@ -77,16 +77,6 @@ def judge_endpoint_problems(cfg: Config, steps: list[Step]) -> list[str]:
     return []
 
 
-def _about_missing(message: str, missing: dict[str, str]) -> bool:
-    """A stage check's problem that only restates a missing path check_paths reports already."""
-    for key, v in missing.items():
-        if message.startswith((f"{key}=", f"{key}:", f"{key} ")):
-            return True
-        if v in message or str(Path(v).expanduser()) in message:
-            return True
-    return False
-
-
 def cross_checks(cfg: Config) -> list[str]:
     """Formats that must agree across components, read cheaply (config.json files, the .npy header).
 
@@ -141,7 +131,6 @@ def cross_checks(cfg: Config) -> list[str]:
 
 def dry_run(cfg: Config, steps: list[Step], force: bool = False) -> int:
     problems = check_paths(cfg) + cross_checks(cfg)
-    missing = missing_paths(cfg)  # reported once, by check_paths: not again by a stage's check()
     for spec in {s.spec.name: s.spec for s in steps}.values():
         mod = spec.target.split(":")[0]
         try:
@@ -150,8 +139,8 @@ def dry_run(cfg: Config, steps: list[Step], force: bool = False) -> int:
             problems.append(f"stage {spec.name}: cannot import {mod}: {e}")
             continue
         if check is not None:
-            problems += [f"{spec.name}: {m}" for m in check(cfg)  # what check_paths said already: once
-                         if not _about_missing(m, missing) and m not in problems]
+            # a stage's check() leaves the external paths' existence to check_paths (from the stage graph)
+            problems += [f"{spec.name}: {m}" for m in check(cfg) if m not in problems]
     print(f"plan for run directory {cfg.run.run_dir} ([run] = will run, [skip] = up to date):")
     runs = will_run(steps, cfg, Manifest(Path(cfg.run.run_dir).expanduser()), force=force)
     for i, (st, r) in enumerate(zip(steps, runs), 1):

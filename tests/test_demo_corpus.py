@@ -14,6 +14,7 @@ from alignslm.demo.corpus import assign_splits
 from alignslm.demo.lexicon import vocabulary
 from alignslm.demo.stories import grammatical, predict_topic
 from alignslm.eval.benchdata import load_all
+from alignslm.run import check_paths
 from alignslm.rundir import StageContext, read_jsonl
 from alignslm.stages import benchmarks as bench_stage
 from alignslm.stages import corpus as corpus_stage
@@ -128,11 +129,16 @@ def test_demo_benchmarks_stage_reads_back_through_the_loaders(tmp_path):
         assert good != bad and predict_topic(bad) == predict_topic(good)
         assert good.rsplit(". ", 1)[0] == bad.rsplit(". ", 1)[0]  # same context, another ending
     assert bench_stage.check(ctx.cfg) == []
-    real = load_config(overrides=[f"benchmarks.root={tmp_path / 'nowhere'}"])
+    (tmp_path / "empty").mkdir()
+    real = load_config(overrides=[f"benchmarks.root={tmp_path / 'empty'}"])
     problems = bench_stage.check(real)  # the four missing sets, then the fix
     assert len(problems) == 5 and problems[-1].startswith("benchmarks.root: fix: lexical: Download the ZeroSpeech")
-    multi = load_config(overrides=[f"benchmarks.multispeaker_root={tmp_path / 'nowhere'}"])
+    multi = load_config(overrides=[f"benchmarks.multispeaker_root={tmp_path / 'empty'}"])
     assert bench_stage.check(multi)[0].startswith("benchmarks.multispeaker_root: no ssc or tsc directory")
+    gone = load_config(overrides=[f"benchmarks.root={tmp_path / 'nowhere'}",
+                                  f"benchmarks.multispeaker_root={tmp_path / 'nowhere'}"])
+    assert bench_stage.check(gone) == []  # a root that does not exist is said once, by run.check_paths
+    assert sorted(p.split(":")[0] for p in check_paths(gone)) == ["benchmarks.multispeaker_root", "benchmarks.root"]
 
 
 def test_a_story_espeak_fails_on_is_a_reject(tmp_path):

@@ -278,6 +278,7 @@ def _fake_run(tmp_path, n_units: int = 30) -> Path:
 
 def test_unitlm_stage_demo_and_external(tmp_path):
     from alignslm.config import load_config
+    from alignslm.run import check_paths
     from alignslm.rundir import StageContext
     from alignslm.stages import unitlm as stage
 
@@ -305,6 +306,9 @@ def test_unitlm_stage_demo_and_external(tmp_path):
     with pytest.raises(UnitLMError, match="vocab_size"):
         stage.run(ctx2)
     bad = load_config(overrides=[f"unitlm.path={tmp_path / 'nope'}"])
-    assert len(stage.check(bad)) == 1
+    assert stage.check(bad) == []  # a missing path is said once, by run.check_paths (the stage graph's inputs)
+    assert [p for p in check_paths(bad) if p.startswith("unitlm.path: path does not exist")]
+    (tmp_path / "empty").mkdir()
+    assert len(stage.check(load_config(overrides=[f"unitlm.path={tmp_path / 'empty'}"]))) == 1  # no config.json
     with pytest.raises(ValueError, match="'unitlm.support': 'all' is not a choice"):  # a Literal config field
         load_config(overrides=["unitlm.support=all"])

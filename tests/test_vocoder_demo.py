@@ -195,8 +195,11 @@ def test_vocoder_stage_hifigan_checks_unit_table(tmp_path):
     (inputs["tokenize"] / "tokenizer.json").write_text(json.dumps({"frame_rate": FR, "n_units": 50}))
     with pytest.raises(ValueError, match="num_embeddings=20 but the tokenizer has 50 units"):
         vocoder_stage.run(ctx)
-    bad = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={tmp_path}/nope"])
+    (tmp_path / "empty").mkdir()
+    bad = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={tmp_path}/empty"])
     assert any("generator.pt is missing" in p for p in vocoder_stage.check(bad))
+    gone = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={tmp_path}/nope"])
+    assert vocoder_stage.check(gone) == []  # a path that does not exist is said once, by run.check_paths
 
 
 # --------------------------------------------------------------------------------------------------

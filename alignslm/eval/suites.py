@@ -128,21 +128,27 @@ def _prepare_multispeaker(b: Any, out: Path, demo: bool, seed: int, cache_dir: s
 
 
 def check(b: Any) -> list[str]:
-    """--dry-run: the real SALMon / ProsAudit / multi-speaker StoryCloze layouts are complete (no audio read)."""
+    """--dry-run: the real SALMon / ProsAudit / multi-speaker StoryCloze layouts are complete (no audio read).
+    A root that does not exist is not looked into: alignslm.run.check_paths says so once, from the stage graph."""
+    from pathlib import Path
+
     from alignslm.eval.benchdata import BenchmarkError
 
+    def present(root: str | None) -> bool:
+        return bool(root) and Path(root).expanduser().exists()
+
     problems = []
-    if b.salmon_root:
+    if present(b.salmon_root):
         try:
             salmon.load_salmon(b.salmon_root, check_audio=False)
         except BenchmarkError as e:
             problems += [f"benchmarks.salmon_root: {p}" for p in e.lines()]
-    if b.prosaudit_root:
+    if present(b.prosaudit_root):
         try:
             prosaudit.load_prosaudit(b.prosaudit_root, b.split, check_audio=False)
         except BenchmarkError as e:
             problems += [f"benchmarks.prosaudit_root: {p}" for p in e.lines()]
-    if b.multispeaker_root:
+    if present(b.multispeaker_root):
         try:
             multispeaker.load_multispeaker(b.multispeaker_root, check_audio=False)
         except BenchmarkError as e:

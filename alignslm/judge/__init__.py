@@ -464,6 +464,8 @@ def _openai_backend(cfg: Any, reply_cache: Path | None, device: str, cache_dir: 
 
 
 def _transformers_problems(cfg: Any) -> list[str]:
+    if cfg.model_path and not Path(cfg.model_path).expanduser().exists():
+        return []  # said once, from the stage graph's external inputs, by alignslm.run.check_paths
     try:
         p = Path(cfg.model_path).expanduser() if cfg.model_path else default_judge_model()
     except FileNotFoundError as e:

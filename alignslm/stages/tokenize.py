@@ -38,18 +38,15 @@ CACHE_MAX_BYTES = 512 * 2**20
 
 
 def check(cfg: Any) -> list[str]:
-    """Cheap --dry-run checks: encoder kind and paths, quantizer file and pickle policy."""
+    """Cheap --dry-run checks: encoder kind, quantizer pickle policy (the paths' existence is checked once, from
+    the stage graph's external inputs, by alignslm.run.check_paths)."""
     t = cfg.tokenize
     problems = []
     if t.encoder == "hubert" and not t.encoder_path:
         problems.append("tokenize.encoder=hubert needs tokenize.encoder_path (a HubertModel directory)")
-    if t.encoder_path and not Path(t.encoder_path).expanduser().exists():
-        problems.append(f"tokenize.encoder_path={t.encoder_path}: no such directory")
     if t.quantizer:
         q = Path(t.quantizer).expanduser()
-        if not q.is_file():
-            problems.append(f"tokenize.quantizer={q}: no such file")
-        elif q.suffix != ".npy" and not t.trust_pickle:
+        if q.is_file() and q.suffix != ".npy" and not t.trust_pickle:
             problems.append(f"tokenize.quantizer={q} is a pickle/joblib file: set tokenize.trust_pickle=true "
                             f"if you trust it, or convert it: python -m alignslm.speech.quantizer convert {q} out.npy "
                             "--trust-pickle")

@@ -57,6 +57,8 @@ HEARD = ("no speech", "runaway output", "repetition loop", "empty transcript", "
 
 
 def check(cfg) -> list[str]:  # noqa: ANN001 - Config
+    if cfg.asr.model_path and not Path(cfg.asr.model_path).expanduser().exists():
+        return []  # said once, from the stage graph's external inputs, by alignslm.run.check_paths
     try:
         path = Path(cfg.asr.model_path).expanduser() if cfg.asr.model_path else default_model_dir()
     except Exception as e:  # noqa: BLE001

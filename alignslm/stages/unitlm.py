@@ -23,8 +23,9 @@ from alignslm.rundir import StageContext, atomic_dir, read_json, read_jsonl, wri
 def check(cfg: Any) -> list[str]:
     u = cfg.unitlm
     problems = []
-    if u.path:
-        if not (Path(u.path).expanduser() / "config.json").is_file():
+    if u.path:  # its existence: alignslm.run.check_paths (the stage graph's external inputs)
+        p = Path(u.path).expanduser()
+        if p.exists() and not (p / "config.json").is_file():
             problems.append(f"unitlm.path={u.path}: no config.json there (a Hugging Face model directory is needed)")
         return problems
     if u.d_model % u.n_heads:

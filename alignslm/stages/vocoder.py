@@ -32,7 +32,7 @@ def check(cfg: Any) -> list[str]:
     if v.kind == "hifigan":
         if not v.path:
             problems.append("vocoder.kind=hifigan needs vocoder.path (a directory with generator.pt + config.json)")
-        else:
+        elif Path(v.path).expanduser().exists():  # its existence: alignslm.run.check_paths (the stage graph)
             d = Path(v.path).expanduser()
             for f in ("generator.pt", "config.json"):
                 if not (d / f).is_file():
