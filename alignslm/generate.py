@@ -8,7 +8,10 @@ run's sampling settings (sample.temperature, top_k, top_p, max_new_units), vocod
 and transcribed with the run's ASR, all in batches.  Writes:
 
     DIR/<prompt stem>_<k>.wav        continuation k of each prompt (k < --n)
-    DIR/generations.jsonl            prompt, k, path, prompt_units, units, prompt_text, text, seed
+    DIR/generations.jsonl            prompt, k, path, prompt_units, units, prompt_text, text, error, seed
+
+A continuation that cannot be vocoded (EOS first, a unit outside the vocoder's table) has no wav: its row
+says why in ``error`` (``path`` null), and the other continuations are written as usual.
 
 A prompt longer than the model's context leaves room for max_new_units by keeping its END (a warning says
 so).  Seeds come from (run.seed, prompt stem, k), so the same command writes the same files.
@@ -32,9 +35,9 @@ def generate_continuations(run_dir: str | Path, prompts: list[str | Path], out: 
     from alignslm.lm.sampler import SamplingParams, generate
     from alignslm.lm.unitlm import load_unitlm
     from alignslm.speech.asr import load_asr
-    from alignslm.speech.audio import SAMPLE_RATE, read_audio, resample, write_wav
+    from alignslm.speech.audio import read_audio, write_wav
     from alignslm.speech.tokenizer import load_tokenizer
-    from alignslm.vocoder import load_vocoder
+    from alignslm.vocoder import load_vocoder, unit_problem, vocode_16k
 
     run_dir, out = Path(run_dir).expanduser(), Path(out).expanduser()
     rnd = last_trained_round(run_dir) if rnd is None else rnd
@@ -59,16 +62,21 @@ def generate_continuations(run_dir: str | Path, prompts: list[str | Path], out: 
     conts = generate(lm, units, n=n, params=params, seeds=seeds, batch_size=s.batch_size)
     flat = [c for per_prompt in conts for c in per_prompt]
     voc = load_vocoder(run_dir / "vocoder", device=device)
-    audio = voc.vocode(flat, batch_size=cfg.vocoder.batch_size)
+    # the rounds' per-item rule: a continuation that cannot be vocoded (EOS first, a unit outside the table)
+    # is that item's error, not the command's
+    problems = [unit_problem(c, voc.n_units) for c in flat]
+    ok = [i for i, p in enumerate(problems) if p is None]
+    audio = dict(zip(ok, vocode_16k(voc, [flat[i] for i in ok], cfg.vocoder.batch_size, cfg.vocoder.threads)))
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{st}_{k}.wav" for st in stems for k in range(n)]
-    for path, w in zip(paths, audio):
-        write_wav(path, resample(w, voc.sample_rate, SAMPLE_RATE) if voc.sample_rate != SAMPLE_RATE else w)
+    for i, w in audio.items():
+        write_wav(paths[i], w)
     asr = load_asr(cfg.asr, device=device)
     prompt_text = [r.text for r in asr.transcribe_paths([str(p) for p in prompts])]
-    texts = asr.transcribe_paths([str(p) for p in paths])
-    rows = [{"prompt": str(prompts[i // n]), "k": i % n, "path": paths[i].name, "prompt_units": units[i // n],
-             "units": flat[i], "prompt_text": prompt_text[i // n], "text": texts[i].text, "error": texts[i].error,
+    texts = dict(zip(ok, asr.transcribe_paths([str(paths[i]) for i in ok])))
+    rows = [{"prompt": str(prompts[i // n]), "k": i % n, "path": paths[i].name if i in texts else None,
+             "prompt_units": units[i // n], "units": flat[i], "prompt_text": prompt_text[i // n],
+             "text": texts[i].text if i in texts else "", "error": texts[i].error if i in texts else problems[i],
              "seed": seeds[i], "round": rnd} for i in range(len(flat))]
     write_jsonl(out / "generations.jsonl", rows)
     return rows

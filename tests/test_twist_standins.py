@@ -92,4 +92,7 @@ def test_twist_config_on_standins_from_a_down_judge_to_report_export_and_generat
     prompt = Path(read_jsonl(run_dir / "corpus/manifest.jsonl")[0]["path"])
     assert generate_main(["--run-dir", str(run_dir), "--out", str(gen), "--n", "2", str(prompt)]) == 0
     rows = read_jsonl(gen / "generations.jsonl")
-    assert len(rows) == 2 and all((gen / r["path"]).is_file() and r["prompt_units"] for r in rows)
+    assert len(rows) == 2 and all(r["prompt_units"] for r in rows)
+    # a random stand-in may stop at once (EOS first): that item says why and has no wav; the others have one
+    assert all((gen / r["path"]).is_file() if r["path"] else r["error"].startswith("empty continuation")
+               for r in rows)
