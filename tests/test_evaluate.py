@@ -397,7 +397,7 @@ def test_evaluate_stage_scores_salmon_prosaudit_and_continuations(tmp_path, unit
     summary = st_eval.run(_ctx(tmp_path, inputs, "evaluate", "eval.score=mean"))
     for key in ("salmon_s", "prosaudit_s", "multispeaker_s", "continuation_only_s", "genppl_s", "tokenize_suites_s"):
         assert key in summary
-    assert summary["multispeaker_s"] > 0  # continuation only: slicing the sSC/tSC pass, can round to 0
+        assert isinstance(summary[key], float) and summary[key] >= 0  # a cost; on a fast machine it rounds to 0
     res = json.loads((tmp_path / "evaluate" / "results.json").read_text())
     for name in ("base", "round-1"):
         b = res["models"][name]["benchmarks"]
