@@ -454,8 +454,8 @@ def url_problem(cfg: Any) -> str | None:
 def _openai_backend(cfg: Any, reply_cache: Path | None, device: str, cache_dir: str | Path | None) -> ChatBackend:
     from alignslm.judge.http import OpenAIBackend
 
-    if url_problem(cfg):
-        raise ValueError(url_problem(cfg))
+    if problem := url_problem(cfg):
+        raise ValueError(problem)
     backend = OpenAIBackend(cfg.url, cfg.model_name, api_key_env=cfg.api_key_env,
                             concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries,
                             backoff_s=cfg.backoff_s, cache_path=reply_cache)
@@ -474,8 +474,8 @@ def _transformers_problems(cfg: Any) -> list[str]:
 
 
 def _openai_problems(cfg: Any) -> list[str]:
-    if url_problem(cfg):
-        return [url_problem(cfg)]
+    if problem := url_problem(cfg):
+        return [problem]
     from alignslm.judge.http import JudgeEndpointError, probe_endpoint
 
     try:
