@@ -243,9 +243,16 @@ def test_batch_vocode_matches_single_on_gpu(tmp_path):
 
 
 def test_speaker_embedding_from_the_config_file(tmp_path, monkeypatch):
-    """vocoder.speaker_embedding: a .npy vector given in the config reaches vocode(); bad files are named."""
+    """vocoder.speaker_embedding: a .npy vector named in the config goes through the vocoder stage (checked,
+    hashed as the stage's external input, written into vocoder.json) and reaches vocode(); bad files are named;
+    a missing one is check_paths' (the stage graph's) one line."""
+    import json
+
     from alignslm.config import load_config
-    from alignslm.stages.vocoder import check
+    from alignslm.pipeline import STAGES
+    from alignslm.run import check_paths
+    from alignslm.rundir import StageContext
+    from alignslm.stages.vocoder import check, run
 
     monkeypatch.setattr("alignslm.vocoder.hifigan.CPU_MIN_FILL", 0.0)
     cfg = {**TINY_HIFIGAN, "multispkr": True, "embedder_params": {"embedder_type": "ecapa"}, "embedder_dim": 6,
@@ -254,30 +261,42 @@ def test_speaker_embedding_from_the_config_file(tmp_path, monkeypatch):
     d = save_hifigan(tmp_path, cfg, weight_normed_generator(cfg))
     emb = np.random.default_rng(3).normal(size=6).astype(np.float32)
     np.save(tmp_path / "spk.npy", emb[None])  # (1, 6) is accepted as one vector
-    conf = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={d}",
-                                  f"vocoder.speaker_embedding={tmp_path / 'spk.npy'}"])
-    assert check(conf) == []
-    voc = load_vocoder(conf)
+    tok = tmp_path / "tokenize"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text(json.dumps({"n_units": 10, "frame_rate": 50.0}))
+
+    def stage(path, *extra):
+        conf = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={d}",
+                                      f"vocoder.speaker_embedding={path}", *extra])
+        out = tmp_path / "run" / path.stem / "vocoder"
+        return conf, lambda: run(StageContext("vocoder", conf, tmp_path / "run", out, inputs={"tokenize": tok},
+                                              progress=False)) and out
+
+    assert "vocoder.speaker_embedding" in STAGES["vocoder"].external
+    conf, go = stage(tmp_path / "spk.npy")
+    assert check(conf) == [] and check_paths(conf) == []
+    voc = load_vocoder(go())
     units = _rand_units(2, 3, 12, seed=5)
     np.testing.assert_allclose(voc.vocode(units)[1], load_vocoder(d).vocode(units, speaker=emb)[1], atol=2e-5)
 
     np.save(tmp_path / "bad.npy", np.zeros((2, 6)))
     (tmp_path / "junk.npy").write_text("not numpy")
     for path, msg in ((tmp_path / "bad.npy", r"one finite numeric vector, got shape \(2, 6\)"),
-                      (tmp_path / "junk.npy", "not a readable .npy"), (tmp_path / "none.npy", "no such file")):
-        bad = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={d}", f"vocoder.speaker_embedding={path}"])
+                      (tmp_path / "junk.npy", "not a readable .npy")):
+        conf, go = stage(path)
         with pytest.raises(CheckpointError, match=msg):
-            load_vocoder(bad)
-    both = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={d}", "vocoder.speaker=1",
-                                  f"vocoder.speaker_embedding={tmp_path / 'spk.npy'}"])
-    assert any("set one" in p for p in check(both))
+            go()
+    conf, go = stage(tmp_path / "none.npy")
+    assert check(conf) == []  # a missing path is not the stage check's to say ...
+    assert check_paths(conf) == [f"vocoder.speaker_embedding: path does not exist: {tmp_path / 'none.npy'}"]
+    conf, go = stage(tmp_path / "spk.npy", "vocoder.speaker=1")
+    assert any("set one" in p for p in check(conf))
     with pytest.raises(CheckpointError, match="set one"):
-        load_vocoder(both)
+        go()
     np.save(tmp_path / "short.npy", np.zeros(5, np.float32))  # wrong size: the model says what it needs
-    wrong = load_config(overrides=["vocoder.kind=hifigan", f"vocoder.path={d}",
-                                   f"vocoder.speaker_embedding={tmp_path / 'short.npy'}"])
+    conf, go = stage(tmp_path / "short.npy")
     with pytest.raises(ConditioningError, match="6 floats"):
-        load_vocoder(wrong)
+        load_vocoder(go())
 
 
 @pytest.mark.gpu

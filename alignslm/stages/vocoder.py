@@ -37,8 +37,6 @@ def check(cfg: Any) -> list[str]:
             for f in ("generator.pt", "config.json"):
                 if not (d / f).is_file():
                     problems.append(f"vocoder.path={d}: {f} is missing")
-        if v.speaker_embedding and not Path(v.speaker_embedding).expanduser().is_file():
-            problems.append(f"vocoder.speaker_embedding={v.speaker_embedding}: no such file (a .npy with one vector)")
         if v.speaker_embedding and v.speaker is not None:
             problems.append("vocoder.speaker and vocoder.speaker_embedding are both set: set one")
     if v.duration == "exemplar" and v.method != "exemplar":

@@ -86,17 +86,10 @@ def _device(device: str | None) -> str:
     return resolve_device(device)
 
 
-def load_vocoder(source: Any, device: str | None = None) -> Vocoder:
-    """Load a vocoder from the vocoder stage directory (``vocoder.json``), a HiFi-GAN directory
-    (``generator.pt`` + ``config.json``), a demo model directory (``demo.pt``), or a config
-    (:class:`alignslm.config.Config` or its ``vocoder`` section)."""
-    if hasattr(source, "vocoder") and hasattr(source, "run"):  # a whole Config
-        vc = source.vocoder
-        if vc.kind == "hifigan":
-            return _from_section(vc, _device(device or source.run.device))
-        return load_vocoder(Path(source.run.run_dir) / "vocoder", device or source.run.device)
-    if hasattr(source, "kind") and hasattr(source, "steps"):  # a VocoderConfig
-        return _from_section(source, _device(device))
+def load_vocoder(source: str | Path, device: str | None = None) -> Vocoder:
+    """Load a vocoder from the vocoder stage directory (``vocoder.json``: the kind, the weights it points to and
+    the speaker conditioning the stage checked), a HiFi-GAN directory (``generator.pt`` + ``config.json``) or a
+    demo model directory (``demo.pt``).  A config is read by the vocoder stage, which writes ``vocoder.json``."""
     d = Path(source).expanduser()
     if (d / "vocoder.json").is_file():
         meta = json.loads((d / "vocoder.json").read_text())
@@ -129,16 +122,6 @@ def _demo_from_stage(d: Path, meta: dict, device: str) -> Vocoder:
 # vocoder.json "kind" -> its loader(stage directory, vocoder.json, device); a new vocoder is one entry here and
 # one choice in alignslm.config.VocoderKind
 KINDS: dict[str, Callable[[Path, dict, str], Vocoder]] = {"demo": _demo_from_stage, "hifigan": _hifigan_from_stage}
-
-
-def _from_section(vc: Any, device: str) -> Vocoder:
-    if vc.kind != "hifigan":
-        raise CheckpointError(f"vocoder.kind={vc.kind!r}: the demo vocoder is trained by the vocoder stage; "
-                              "load it from the stage directory (<run_dir>/vocoder)")
-    if not vc.path:
-        raise CheckpointError("vocoder.kind=hifigan needs vocoder.path (a directory with generator.pt + config.json)")
-    return HifiganVocoder.from_dir(vc.path, speaker=speaker_conditioning(vc.speaker, vc.speaker_embedding),
-                                   batch_size=vc.batch_size, device=device)
 
 
 def speaker_conditioning(speaker: int | None, embedding: str | None) -> Any:
