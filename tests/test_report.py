@@ -147,3 +147,18 @@ def test_protocol_says_how_prompts_were_cut():
                                       "prompt_wer_n": 7}})
     assert "cut at the last word end before 3.0 s (word times in the manifest) for 7 of 10" in txt
     assert "Whisper's transcript of the cut prompt audio" in txt and "7 prompts have it" in txt
+
+
+def test_model_table_one_row_per_model_and_one_format_for_missing_values():
+    """alignslm.eval.tables: every suite's per-model table is built by model_table; None and NaN are n/a."""
+    from alignslm.eval.tables import Column, bench, ci, model_table, pct
+
+    models = {"base": {"benchmarks": {"tsc": {"all": 0.475}}},
+              "round-2": {"benchmarks": {"tsc": {"all": float("nan")}}}, "round-3": {}}
+    lines = model_table(models, [Column("tSC", bench("tsc")), Column("x", lambda m: "y", rule=":---:")],
+                        label=lambda n: n.upper())
+    assert lines == ["| model | tSC | x |", "|---|---|:---:|", "| BASE | 47.5 | y |", "| ROUND-2 | n/a | y |",
+                     "| ROUND-3 | n/a | y |"]
+    assert pct(None) == "n/a" and pct(0.5) == "50.0"
+    assert ci({"mean": 1.0, "lo": 0.5, "hi": 1.5}) == "1.00 [0.50, 1.50]" and ci({"diff": float("nan")}) == "n/a"
+    assert ci({"mean": 2.0}, "{:.1f}") == "2.0" and ci(None) == "n/a"

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from alignslm import logger
+from alignslm.eval.tables import Column, bench, first_benchmarks, model_table, pct
 
 SUFFIX = "_continuation"  # results key: "ssc_continuation", "tsc_continuation"
 STORY_SETS = {"ssc": "sSC", "tsc": "tSC", "ssc_multispeaker": "sSC multi-speaker",
@@ -131,25 +132,16 @@ def report_table(results: Mapping, label: Any = str) -> str:
     keys = [k for k in STORY_SETS if any(f"{k}{SUFFIX}" in (m.get("benchmarks") or {}) for m in models.values())]
     if not keys:
         return "Not measured (eval.continuation_only=false).\n"
-    head = " | ".join(f"{STORY_SETS[k]} whole | {STORY_SETS[k]} continuation only" for k in keys)
-    lines = [f"| model | {head} |", "|---|" + "---|---|" * len(keys)]
-    for name, m in models.items():
-        b = m.get("benchmarks") or {}
-        cells = []
-        for k in keys:
-            cells += [_pct((b.get(k) or {}).get("all")), _pct((b.get(f"{k}{SUFFIX}") or {}).get("all"))]
-        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
-    base = next(iter(models.values()), {}).get("benchmarks") or {}
+    cols = [c for k in keys for c in (Column(f"{STORY_SETS[k]} whole", bench(k)),
+                                      Column(f"{STORY_SETS[k]} continuation only", bench(f"{k}{SUFFIX}")))]
+    lines = model_table(models, cols, label)
+    base = first_benchmarks(models)
     shares = []
     for k in keys:
         r = base.get(f"{k}{SUFFIX}") or {}
-        share = _pct((r.get("prefix_share") or {}).get("mean"))
+        share = pct((r.get("prefix_share") or {}).get("mean"))
         shares.append(f"{STORY_SETS[k]}: the shared context is {share}% of the shorter story's units on average, "
                       f"{r.get('no_shared_prefix', 'n/a')} pair(s) share none")
     shares = "; ".join(shares)
     lines += ["", f"Accuracy in % (ties count as wrong). {shares}."]
     return "\n".join(lines) + "\n"
-
-
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * float(x):.1f}"

@@ -28,6 +28,7 @@ import numpy as np
 
 from alignslm import logger
 from alignslm.eval.benchdata import STORYCLOZE_DIRS, BenchmarkError, BenchmarkSet, find_subdir, load_storycloze
+from alignslm.eval.tables import Cell, Column, bench, benchmark, first_benchmarks, model_table
 
 SUFFIX = "_multispeaker"  # results key: "ssc_multispeaker", "tsc_multispeaker"
 KINDS = ("ssc", "tsc")
@@ -110,16 +111,11 @@ def report_table(results: Mapping, label: Any = str) -> str:
     keys = [k for k in KINDS if any(f"{k}{SUFFIX}" in (m.get("benchmarks") or {}) for m in models.values())]
     if not keys:
         return (info.get("note") or "Not measured (set benchmarks.multispeaker_root).") + "\n"
-    head = " | ".join(f"{k[0]}SC one voice | {k[0]}SC multi-speaker | same stories: diff [95% CI]" for k in keys)
-    lines = [f"| model | {head} |", "|---|" + "---|---|---|" * len(keys)]
-    for name, m in models.items():
-        b = m.get("benchmarks") or {}
-        cells = []
-        for k in keys:
-            r = b.get(f"{k}{SUFFIX}") or {}
-            cells += [_pct((b.get(k) or {}).get("all")), _pct(r.get("all")), _diff(r.get("same_stories"))]
-        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
-    base = next(iter(models.values()), {}).get("benchmarks") or {}
+    cols = [c for k in keys for c in (
+        Column(f"{k[0]}SC one voice", bench(k)), Column(f"{k[0]}SC multi-speaker", bench(f"{k}{SUFFIX}")),
+        Column("same stories: diff [95% CI]", _same_stories(k)))]
+    lines = model_table(models, cols, label)
+    base = first_benchmarks(models)
     counts = ", ".join(f"{k[0]}SC {(base.get(k) or {}).get('n_pairs', 'n/a')} one-voice / "
                        f"{(base.get(f'{k}{SUFFIX}') or {}).get('n_pairs', 'n/a')} multi-speaker pairs" for k in keys)
     lines += ["", f"Accuracy in % (ties count as wrong); {counts}. Same stories: multi-speaker minus one-voice "
@@ -138,8 +134,8 @@ def protocol_line(results: Mapping) -> str:
             + (f"; {p['note']}" if p.get("note") else "") + ".")
 
 
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * float(x):.1f}"
+def _same_stories(kind: str) -> Cell:
+    return lambda m: _diff(benchmark(m, f"{kind}{SUFFIX}").get("same_stories"))
 
 
 def _diff(s: Mapping | None) -> str:

@@ -29,7 +29,6 @@ voiced speech) that an LM can use without knowing anything about prosody.  The r
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 
 from alignslm.eval.benchdata import SYNTACTIC_COLUMNS, BenchmarkError, BenchmarkSet, check_wav, find_subdir
 from alignslm.eval.scoring import losing_scores, pair_score
+from alignslm.eval.tables import Column, bench, model_table
 from alignslm.rundir import write_text
 
 NAME = "prosaudit"
@@ -145,16 +145,9 @@ def report_table(results: Mapping, label: Any = str) -> str:
     info = results.get("prosaudit") or {}
     if not any(NAME in (m.get("benchmarks") or {}) for m in models.values()):
         return (info.get("note") or "Not measured (set benchmarks.prosaudit_root to the ProsAudit data set).") + "\n"
-    lines = ["| model | protosyntax | lexical | all (mean over type, id) |", "|---|---|---|---|"]
-    for name, m in models.items():
-        r = (m.get("benchmarks") or {}).get(NAME) or {}
-        cells = [_pct(r.get(t)) for t in TYPES] + [_pct(r.get("all"))]
-        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
+    cols = [Column(t, bench(NAME, t)) for t in TYPES] + [Column("all (mean over type, id)", bench(NAME))]
+    lines = model_table(models, cols, label)
     lines += ["", "Accuracy in % (official ProsAudit scoring: ties count half, mean over voices per (type, id), then "
               f"per type); split {info.get('split', 'n/a')}; submissions in evaluate/submissions/<model>/prosaudit/."
               + (f" Source: {info['note']}." if info.get("note") else "")]
     return "\n".join(lines) + "\n"
-
-
-def _pct(x: Any) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}"

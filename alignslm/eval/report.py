@@ -8,12 +8,10 @@ round directories (``round-N/judge/judgments.jsonl`` for the judge-score histogr
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -24,6 +22,10 @@ from alignslm.eval.multispeaker import report_table as multispeaker_table
 from alignslm.eval.prosaudit import report_table as prosaudit_table
 from alignslm.eval.salmon import report_table as salmon_table
 from alignslm.eval.suites import protocol_lines
+from alignslm.eval.tables import Column, bench, benchmark, model_table
+from alignslm.eval.tables import ci as _ci
+from alignslm.eval.tables import num as _num
+from alignslm.eval.tables import pct as _pct
 from alignslm.judge.rubric import score_histogram
 from alignslm.rundir import atomic_path, read_json, read_jsonl, write_json, write_text
 
@@ -35,23 +37,6 @@ NOT_COMPARABLE = (
     "vocabulary, a small unit LM trained here, SmolLM2-135M as the judge) is not LibriSpeech, ZeroSpeech, "
     "Spoken StoryCloze or GPT-4o: its numbers are **not comparable** with published ones (e.g. Align-SLM's "
     "77.9 / 62.3 / 61.1 / 86.8 / 3.50 for TWIST-7B). They show that the method works end to end.")
-
-
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * float(x):.1f}"
-
-
-def _num(x: Any, fmt: str = "{:.2f}") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
-
-
-def _ci(d: Mapping | None, fmt: str = "{:.2f}") -> str:
-    if not d or d.get("mean", d.get("diff")) is None:
-        return "n/a"
-    m = d.get("mean", d.get("diff"))
-    if d.get("lo") is None:
-        return _num(m, fmt)
-    return f"{fmt.format(m)} [{fmt.format(d['lo'])}, {fmt.format(d['hi'])}]"
 
 
 def model_label(name: str) -> str:
@@ -118,19 +103,13 @@ def verdict_line(results: Mapping) -> str:
 def headline_table(results: Mapping) -> str:
     """Markdown table in the shape of the paper's: rows = models, columns = the six headline metrics (and
     GenPPL beside the judge metric when it was measured: alignslm.eval.genppl)."""
-    genppl = any((m.get("generation") or {}).get("genppl") for m in results["models"].values())
-    lines = [f"| model | sWUGGY | sBLIMP | sSC | tSC | {judge_label(results)} [95% CI] |"
-             + (" GenPPL [95% CI] |" if genppl else "") + " auto-BLEU |",
-             "|---|---|---|---|---|---|---|" + ("---|" if genppl else "")]
-    for name, m in results["models"].items():
-        b = m.get("benchmarks", {})
-        g = m.get("generation") or {}
-        cells = [_pct(b.get(key, {}).get("all")) for _, key in BENCH_COLS]
-        ab = (g.get("autobleu") or {}).get("mean")
-        gp = f" {_ci(g.get('genppl'), '{:.1f}')} |" if genppl else ""
-        lines.append(f"| {model_label(name)} | " + " | ".join(cells)
-                     + f" | {_ci(_judge_ci(g))} |{gp} {_num(ab, '{:.3f}')} |")
-    return "\n".join(lines) + "\n"
+    models = results["models"]
+    cols = [Column(title, bench(key)) for title, key in BENCH_COLS]
+    cols.append(Column(f"{judge_label(results)} [95% CI]", lambda m: _ci(_judge_ci(_gen(m)))))
+    if any(_gen(m).get("genppl") for m in models.values()):
+        cols.append(Column("GenPPL [95% CI]", lambda m: _ci(_gen(m).get("genppl"), "{:.1f}")))
+    cols.append(Column("auto-BLEU", lambda m: _num((_gen(m).get("autobleu") or {}).get("mean"), "{:.3f}")))
+    return "\n".join(model_table(models, cols, model_label)) + "\n"
 
 
 def comparison_table(results: Mapping) -> str:
@@ -156,17 +135,23 @@ def comparison_table(results: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gen(m: Mapping) -> Mapping:
+    return m.get("generation") or {}
+
+
+def _ties(key: str) -> Callable[[Mapping], str]:
+    return lambda m: str(benchmark(m, key).get("ties", "n/a"))
+
+
 def _detail_tables(results: Mapping) -> str:
-    out = ["| model | sWUGGY all | sWUGGY in-vocab | sWUGGY pair mean | sBLIMP all | sBLIMP pair mean | "
-           "sSC ties | tSC ties | perplexity | prompt WER | rejects |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in results["models"].items():
-        b, g = m.get("benchmarks", {}), m.get("generation") or {}
-        lx, sx = b.get("lexical", {}), b.get("syntactic", {})
-        out.append(f"| {model_label(name)} | {_pct(lx.get('all'))} | {_pct(lx.get('invocab'))} | "
-                   f"{_pct(lx.get('pair_mean'))} | {_pct(sx.get('all'))} | {_pct(sx.get('pair_mean'))} | "
-                   f"{b.get('ssc', {}).get('ties', 'n/a')} | {b.get('tsc', {}).get('ties', 'n/a')} | "
-                   f"{_ci(g.get('perplexity'), '{:.1f}')} | {_num(g.get('prompt_wer'), '{:.3f}')} | "
-                   f"{_num(g.get('reject_share'), '{:.1%}')} |")
+    cols = [Column("sWUGGY all", bench("lexical")), Column("sWUGGY in-vocab", bench("lexical", "invocab")),
+            Column("sWUGGY pair mean", bench("lexical", "pair_mean")), Column("sBLIMP all", bench("syntactic")),
+            Column("sBLIMP pair mean", bench("syntactic", "pair_mean")), Column("sSC ties", _ties("ssc")),
+            Column("tSC ties", _ties("tsc")),
+            Column("perplexity", lambda m: _ci(_gen(m).get("perplexity"), "{:.1f}")),
+            Column("prompt WER", lambda m: _num(_gen(m).get("prompt_wer"), "{:.3f}")),
+            Column("rejects", lambda m: _num(_gen(m).get("reject_share"), "{:.1%}"))]
+    out = model_table(results["models"], cols, model_label)
     by_type = {}
     for name, m in results["models"].items():
         for t, v in (m.get("benchmarks", {}).get("syntactic", {}).get("by_type") or {}).items():

@@ -42,6 +42,7 @@ import numpy as np
 
 from alignslm import logger
 from alignslm.eval.benchdata import BenchmarkError, BenchmarkSet, check_wav, find_subdir
+from alignslm.eval.tables import Column, bench, benchmark, first_benchmarks, model_table, pct
 
 OFFICIAL_COMMIT = "85e2daf7e73f15bcfa30ba2ad6da17f3c8a5edcd"
 # salmon.py's "all" (the leaderboard's eight parts), in its order
@@ -215,16 +216,14 @@ def report_table(results: Mapping, label: Any = str) -> str:
     if not parts:
         return (info.get("note") or "Not measured (no SALMon data: set benchmarks.salmon_root).") + "\n"
     short = [p[len(PREFIX):] for p in parts]
-    lines = ["| model | " + " | ".join(LABELS.get(p, p) for p in short) + " | mean |",
-             "|---|" + "---|" * (len(parts) + 1)]
-    for name, m in models.items():
-        b = m.get("benchmarks") or {}
-        vals = [(b.get(p) or {}).get("all") for p in parts]
-        ok = [v for v in vals if v is not None]
-        cells = ["n/a" if v is None else f"{100 * v:.1f}" for v in vals]
-        cells.append(f"{100 * np.mean(ok):.1f}" if ok else "n/a")
-        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
-    base = next(iter(models.values()), {}).get("benchmarks") or {}
+
+    def mean(m: Mapping) -> str:
+        ok = [v for v in (benchmark(m, p).get("all") for p in parts) if v is not None]
+        return pct(np.mean(ok)) if ok else "n/a"
+
+    lines = model_table(models, [Column(LABELS.get(s, s), bench(p)) for p, s in zip(parts, short)]
+                        + [Column("mean", mean)], label)
+    base = first_benchmarks(models)
     ties = ", ".join(f"{s}: {(base.get(p) or {}).get('ties', 'n/a')}/{(base.get(p) or {}).get('n_pairs', 'n/a')}"
                      for p, s in zip(parts, short))
     src = info.get("source", "n/a")
