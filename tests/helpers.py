@@ -222,3 +222,14 @@ def signal_rules(**overrides: object):
     from alignslm.judge.signal import rules_from
 
     return dataclasses.replace(rules_from(JudgeConfig()), **overrides)
+
+
+def pair_rules(**overrides: object):
+    """The pair rules as the default config gives them (alignslm.config.PairsConfig is the one place for their
+    defaults), with ``overrides`` of PairRules fields."""
+    from alignslm.config import PairsConfig
+    from alignslm.dpo.pairs import PairRules
+
+    c = PairsConfig()
+    return PairRules(**{"mode": c.mode, "chosen_min": c.chosen_min, "rejected_max": c.rejected_max,
+                        "all_combinations": c.all_combinations, "autobleu_delta": c.autobleu_delta, **overrides})

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from alignslm.eval import genmetrics as gm
 from alignslm.eval import scoring as ev
+from alignslm.eval.benchdata import BenchmarkSet
 from alignslm.judge.rubric import score_histogram
 from alignslm.speech.audio import write_wav
 
@@ -193,7 +193,7 @@ def test_score_benchmarks_writes_submission_and_matches_direct_scoring(lm, tmp_p
     units = {fid: rng.integers(0, N_UNITS, size=rng.integers(2, 12)).tolist() for fid, _ in items}
     pairs = [{"id": i // 2, "voice": f"v{i % 2}", "frequency": 7, "length": 3, "correct_file": items[2 * i][0],
               "incorrect_file": items[2 * i + 1][0]} for i in range(4)]
-    bset = SimpleNamespace(items=items, pairs=pairs)
+    bset = BenchmarkSet("lexical", "dev", Path("/x"), items, pairs)
     res = ev.score_benchmarks(lm, {"lexical": units}, {"lexical": bset}, "sum", 4, submission_dir=tmp_path)
     sub = ev.read_submission(tmp_path / "lexical" / "dev.txt")
     assert list(sub) == [fid for fid, _ in items]

@@ -3,11 +3,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import pair_rules
 
 from alignslm.config import load_config
 from alignslm.dpo.pairs import (
     Candidate,
-    PairRules,
     build_pairs,
     build_pairs_for_prompt,
     rules_for_round,
@@ -20,20 +20,20 @@ def C(k, score=None, ppl=None, ab=0.0, text=None):  # noqa: N802
 
 
 def test_score_mode_best_vs_worst():
-    r = PairRules(chosen_min=3, rejected_max=1)
+    r = pair_rules(chosen_min=3, rejected_max=1, mode="score", all_combinations=False)
     pairs, reason = build_pairs_for_prompt([C(0, 3), C(1, 5), C(2, 1), C(3, 2), C(4, 1)], r)
     assert reason == ""
     assert [(c.k, x.k) for c, x in pairs] == [(1, 2)]  # best 5 vs the first worst 1
 
 
 def test_score_mode_all_combinations():
-    r = PairRules(chosen_min=3, rejected_max=1, all_combinations=True)
+    r = pair_rules(chosen_min=3, rejected_max=1, all_combinations=True, mode="score")
     pairs, _ = build_pairs_for_prompt([C(0, 3), C(1, 5), C(2, 1), C(3, 2), C(4, 1)], r)
     assert sorted((c.k, x.k) for c, x in pairs) == [(0, 2), (0, 4), (1, 2), (1, 4)]
 
 
 def test_missing_scores_never_used_and_reasons():
-    r = PairRules(chosen_min=3, rejected_max=1)
+    r = pair_rules(chosen_min=3, rejected_max=1, mode="score", all_combinations=False)
     assert build_pairs_for_prompt([C(0, None), C(1, 5)], r) == ([], "fewer than 2 judged continuations")
     assert build_pairs_for_prompt([C(0, 2), C(1, 2)], r)[1] == "no continuation reaches chosen_min"
     assert build_pairs_for_prompt([C(0, 4), C(1, 2)], r)[1] == "no continuation at or below rejected_max"
@@ -42,7 +42,7 @@ def test_missing_scores_never_used_and_reasons():
 
 
 def test_autobleu_rejected_outright():
-    r = PairRules(chosen_min=3, rejected_max=1, autobleu_delta=0.1)
+    r = pair_rules(chosen_min=3, rejected_max=1, autobleu_delta=0.1, mode="score", all_combinations=False)
     # the 5-scored continuation repeats itself: never chosen, and it is a rejected candidate despite its 5
     pairs, _ = build_pairs_for_prompt([C(0, 5, ab=0.5), C(1, 4), C(2, 3)], r)
     assert [(c.k, x.k) for c, x in pairs] == [(1, 0)]
@@ -52,13 +52,13 @@ def test_autobleu_rejected_outright():
 
 
 def test_perplexity_mode():
-    r = PairRules(mode="perplexity")
+    r = pair_rules(mode="perplexity", all_combinations=False)
     pairs, _ = build_pairs_for_prompt([C(0, ppl=20.0), C(1, ppl=5.0), C(2, ppl=80.0), C(3, ppl=None)], r)
     assert [(c.k, x.k) for c, x in pairs] == [(1, 2)]
     # a repetitive continuation has a low perplexity but can never be chosen
     pairs, _ = build_pairs_for_prompt([C(0, ppl=2.0, ab=0.6), C(1, ppl=5.0), C(2, ppl=80.0)], r)
     assert [(c.k, x.k) for c, x in pairs] == [(1, 2)]
-    r_all = PairRules(mode="perplexity", all_combinations=True)
+    r_all = pair_rules(mode="perplexity", all_combinations=True)
     pairs, _ = build_pairs_for_prompt([C(0, ppl=2.0, ab=0.6), C(1, ppl=5.0), C(2, ppl=80.0), C(3, ppl=9.0)], r_all)
     assert sorted((c.k, x.k) for c, x in pairs) == [(1, 0), (1, 2), (1, 3)]
     assert build_pairs_for_prompt([C(0, ppl=2.0, ab=0.6), C(1, ppl=3.0, ab=0.9)], r)[1] == \
@@ -72,9 +72,9 @@ def test_rules_for_round_uses_curriculum_thresholds():
     assert (rules_for_round(cfg, 2).chosen_min, rules_for_round(cfg, 2).rejected_max) == (4.0, 2.0)
     assert (rules_for_round(cfg, 3).chosen_min, rules_for_round(cfg, 3).rejected_max) == (3.5, 0.5)  # fallback
     with pytest.raises(ValueError, match="must be below"):
-        PairRules(chosen_min=2, rejected_max=2)
+        pair_rules(chosen_min=2, rejected_max=2, mode="score", all_combinations=False)
     with pytest.raises(ValueError, match="pairs.mode"):
-        PairRules(mode="vibes")
+        pair_rules(mode="vibes", all_combinations=False)
 
 
 def test_build_pairs_rows_and_summary():
@@ -83,7 +83,7 @@ def test_build_pairs_rows_and_summary():
         "p1": {"prompt": [4], "prompt_text": "c", "candidates": [C(0, 2), C(1, 2.6)]},
         "p2": {"prompt": [5], "prompt_text": "d", "candidates": [C(0, None), C(1, 3)]},
     }
-    rows, s = build_pairs(prompts, PairRules(chosen_min=3, rejected_max=1))
+    rows, s = build_pairs(prompts, pair_rules(chosen_min=3, rejected_max=1, mode="score", all_combinations=False))
     assert len(rows) == 1
     row = rows[0]
     assert {"prompt", "chosen", "rejected", "prompt_id", "chosen_score", "rejected_score", "prompt_text",

@@ -8,10 +8,10 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-from helpers import signal_rules
+from helpers import pair_rules, signal_rules
 
 from alignslm.config import JudgeConfig
-from alignslm.dpo.pairs import Candidate, PairRules, build_pairs_for_prompt
+from alignslm.dpo.pairs import Candidate, build_pairs_for_prompt
 from alignslm.eval.genmetrics import calibration_summary, paired_win_rate, reject_share_diff, win_rate
 from alignslm.judge.signal import is_stock, judge_rows, rules_from, screen, sense
 
@@ -110,7 +110,7 @@ def test_pairs_use_the_sense_and_reject_screened_outright():
     cands = [Candidate(0, [1], "a", perplexity=10.0, sense=5.0, autobleu=0.0),
              Candidate(1, [2], "b", perplexity=2.0, sense=1.0, autobleu=0.0),  # lower perplexity, less sense
              Candidate(2, [3], "Thank you.", screened=True)]
-    pairs, why = build_pairs_for_prompt(cands, PairRules(mode="perplexity", all_combinations=True))
+    pairs, why = build_pairs_for_prompt(cands, pair_rules(mode="perplexity", all_combinations=True))
     assert why == "" and {(c.k, x.k) for c, x in pairs} == {(0, 1), (0, 2)}
 
 

@@ -48,11 +48,14 @@ class Candidate:
 
 @dataclass(frozen=True)
 class PairRules:
-    mode: str = "score"  # score | perplexity
-    chosen_min: float = 3.0
-    rejected_max: float = 1.0
-    all_combinations: bool = False
-    autobleu_delta: float = 0.1
+    """How a prompt's judged continuations become pairs.  No defaults here: ``alignslm.config.PairsConfig`` (and
+    ``curriculum.thresholds`` per round) is the one place for them (:func:`rules_for_round`)."""
+
+    mode: str  # score | perplexity
+    chosen_min: float
+    rejected_max: float
+    all_combinations: bool
+    autobleu_delta: float
 
     def __post_init__(self) -> None:
         if self.mode not in ("score", "perplexity"):

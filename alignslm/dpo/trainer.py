@@ -258,7 +258,7 @@ class SequenceLogps(nn.Module):
 
 def support_ids(lm: Any) -> torch.Tensor | None:
     """The UnitLM's softmax support (None = the full vocabulary)."""
-    if getattr(lm, "support", "units") == "full":
+    if lm.support == "full":
         return None
     return lm.support_ids
 
@@ -411,7 +411,7 @@ class DPOTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.peft = attach_lora(lm.model, cfg, init_adapter, seed).to(self.device)
         dropout_off(self.peft)  # from the start: the reference log-probs may be computed before train()
-        self.module = SequenceLogps(self.peft, support_ids(lm), getattr(cfg, "autocast", "none")).to(self.device)
+        self.module = SequenceLogps(self.peft, support_ids(lm), cfg.autocast).to(self.device)
         self.ddp = self._wrap_ddp(self.module)
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -419,7 +419,7 @@ class DPOTrainer:
         self.ref_key: str | None = None  # which examples ref_cache holds (see _examples_key)
         attn = getattr(lm.model.config, "_attn_implementation", "sdpa")
         # a 4-D custom mask costs the fused SDPA kernels on CUDA (measured 2.4x slower on an H100)
-        self.shared = (bool(getattr(cfg, "share_prompt", False)) and attn in ("sdpa", "eager")
+        self.shared = (cfg.share_prompt and attn in ("sdpa", "eager")
                        and self.device.type != "cuda")
 
     def _collate(self, examples: list[Example]) -> Batch:

@@ -416,7 +416,7 @@ def score_benchmarks(lm: Scorer, units: Mapping[str, Mapping[str, Sequence[int]]
         res["windowed"] = stats.get("windowed", 0)  # utterances longer than the context (sliding window)
         res["n_utterances"] = len(scores)
         if submission_dir is not None and name in ("lexical", "syntactic"):
-            dropped, rejects = getattr(bset, "dropped", []), getattr(bset, "rejects", [])
+            dropped, rejects = bset.dropped, bset.rejects
             write_submission(submission_dir, name, split, bset.items, scores, dropped, rejects)
             filled = losing_scores(dropped, scores, rejects)
             res["submission_filled"] = [{**f, "score": repr(f["score"])} for f in filled.values()]

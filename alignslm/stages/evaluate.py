@@ -181,7 +181,7 @@ def run(ctx: StageContext) -> dict:
         write_json(done, res)
         results["models"][name] = res
     base_gen = ctx.out / "base" / "generations.jsonl"
-    if gen is not None and getattr(cfg.eval, "calibration", False) and base_gen.is_file():
+    if gen is not None and cfg.eval.calibration and base_gen.is_file():
         results["calibration"] = _calibration(ctx, gen)
     results["comparisons"] = _comparisons(results["models"], cfg.eval.bootstrap, ctx.seed("compare"),
                                           generations=_generations(ctx, results["models"]))
