@@ -27,9 +27,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignslm import logger
+
+if TYPE_CHECKING:
+    from alignslm.config import Config
 
 # --------------------------------------------------------------------------------------------------
 # Atomic files and JSONL
@@ -464,7 +467,7 @@ class StageContext:
     """What a stage function receives. ``out`` is its own directory; it writes only there."""
 
     name: str
-    cfg: Any  # alignslm.config.Config
+    cfg: Config
     run_dir: Path
     out: Path
     round: int | None = None

@@ -24,9 +24,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignslm.judge.rubric import score_histogram
+
+if TYPE_CHECKING:
+    from alignslm.config import Config
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class PairRules:
                              f"({self.chosen_min}), or one continuation could be both")
 
 
-def rules_for_round(cfg: Any, round_: int | None) -> PairRules:
+def rules_for_round(cfg: Config, round_: int | None) -> PairRules:
     """Rules from ``cfg.pairs``; (s_c, s_r) from ``cfg.curriculum.thresholds[round-1]`` when it exists."""
     s_c, s_r = cfg.pairs.chosen_min, cfg.pairs.rejected_max
     th = tuple(cfg.curriculum.thresholds or ())

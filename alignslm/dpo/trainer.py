@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from alignslm import logger
 from alignslm.dpo.losses import metrics_from_stats, pair_stats, preference_loss
 from alignslm.kernels.logprobs import fused_linear_token_logprobs
 from alignslm.rundir import atomic_dir, disk_errors, hash_str, read_jsonl, write_jsonl, write_torch
+
+if TYPE_CHECKING:
+    from alignslm.config import TrainConfig
 
 # --------------------------------------------------------------------------------------------------
 # Data: validation, truncation, batching
@@ -301,7 +304,7 @@ def lora_targets(model: nn.Module, requested: Sequence[str]) -> list[str]:
     return leaves if not outside & set(leaves) else sorted(in_attn)
 
 
-def attach_lora(model: nn.Module, cfg: Any, init_adapter: str | Path | None, seed: int) -> nn.Module:
+def attach_lora(model: nn.Module, cfg: TrainConfig, init_adapter: str | Path | None, seed: int) -> nn.Module:
     """A peft model with a trainable LoRA adapter: a new one (seeded) or ``init_adapter`` continued."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -339,7 +342,7 @@ def linear_schedule(warmup: int, total: int):  # noqa: ANN201
     return f
 
 
-def schedule_problem(n_pairs: int, cfg: Any, world: int = 1) -> str | None:
+def schedule_problem(n_pairs: int, cfg: TrainConfig, world: int = 1) -> str | None:
     """Why ``n_pairs`` pairs under ``cfg`` (train section) would not change the adapter at all, or None.
 
     The linear schedule starts at learning rate 0 and warms up over ``warmup_steps``: a single step with any
@@ -399,7 +402,7 @@ class DPOTrainer:
     """LoRA DPO recipe. ``reference``: 'base' (adapter disabled) or 'initial' (the adapter we start from,
     i.e. the previous round's policy; forces cached reference log-probs)."""
 
-    def __init__(self, lm: Any, cfg: Any, out_dir: str | Path, *, seed: int = 0,
+    def __init__(self, lm: Any, cfg: TrainConfig, out_dir: str | Path, *, seed: int = 0,
                  init_adapter: str | Path | None = None, reference: str = "base",
                  device: str | torch.device = "cpu"):
         if reference not in ("base", "initial"):

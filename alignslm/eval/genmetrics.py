@@ -15,9 +15,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from alignslm.config import Config, JudgeConfig
 
 
 def _finite(xs: Sequence[Any]) -> np.ndarray:
@@ -307,7 +310,7 @@ class GenerationSetup:
     alignslm.vocoder, alignslm.speech.asr, alignslm.judge), and returns (summary, examples).
     """
 
-    def __init__(self, cfg: Any, prompts: list[dict], vocoder: Any, asr: Any, backend: Any, out: Any,
+    def __init__(self, cfg: Config, prompts: list[dict], vocoder: Any, asr: Any, backend: Any, out: Any,
                  seeds: list[int]):
         from alignslm.judge import LLMScoreJudge, PerplexityJudge
         from alignslm.judge.signal import rules_from
@@ -461,7 +464,7 @@ class GenerationSetup:
                           score_required=self.metric == "score")
 
 
-def signal_metric(judge_cfg: Any) -> str:
+def signal_metric(judge_cfg: JudgeConfig) -> str:
     """The metric the pairs are built from: score (1-5), perplexity (ln-ppl) or sense (alignslm.judge.signal)."""
     if judge_cfg.mode == "score":
         return "score"

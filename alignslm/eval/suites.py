@@ -28,11 +28,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignslm import logger
 from alignslm.eval import continuation, multispeaker, prosaudit, salmon
 from alignslm.rundir import relative_path
+
+if TYPE_CHECKING:
+    from alignslm.config import EvalConfig
 
 DEMO_PROSAUDIT = ("demo mini ProsAudit: the lexical part only (the same pause between two words vs inside a word); "
                   "no protosyntax part: eSpeak NG cannot make a strong prosodic boundary without its own pause "
@@ -180,7 +183,7 @@ def load(bench_dir: Path, info: Mapping, split: str) -> dict:
     return out
 
 
-def score_model(lm: Any, units: Mapping, benches: Mapping, suite_units: Mapping, suites: Mapping, eval_cfg: Any,
+def score_model(lm: Any, units: Mapping, benches: Mapping, suite_units: Mapping, suites: Mapping, eval_cfg: EvalConfig,
                 submission_dir: Path | None = None) -> dict[str, dict]:
     """Every suite's result for one model (see the module docstring); with eval.continuation_only also sSC and
     tSC, whole story and continuation only, from one pass (:func:`one_pass`); the multi-speaker sets' comparison
@@ -204,14 +207,14 @@ def score_model(lm: Any, units: Mapping, benches: Mapping, suite_units: Mapping,
     return out
 
 
-def add_comparisons(bench: dict, benches: Mapping, suites: Mapping, eval_cfg: Any) -> None:
+def add_comparisons(bench: dict, benches: Mapping, suites: Mapping, eval_cfg: EvalConfig) -> None:
     """After :func:`score_model` and the four benchmarks: each multi-speaker result gets its ``same_stories``
     comparison with sSC/tSC (alignslm.eval.multispeaker.add_same_stories; before the per-pair lists are
     moved out of the results)."""
     multispeaker.add_same_stories(bench, benches, suites, eval_cfg.bootstrap)
 
 
-def one_pass(eval_cfg: Any) -> tuple[str, ...]:
+def one_pass(eval_cfg: EvalConfig) -> tuple[str, ...]:
     """The benchmarks :func:`score_model` scores itself (sSC/tSC whole story and continuation only from one
     pass, with eval.continuation_only); the stage leaves them out of alignslm.eval.scoring.score_benchmarks."""
     return ("ssc", "tsc") if eval_cfg.continuation_only else ()
@@ -231,7 +234,7 @@ def seconds(models: Mapping) -> dict[str, float]:
     return {k: round(v, 2) for k, v in tot.items()}
 
 
-def protocol(eval_cfg: Any, suites: Mapping, info: Mapping) -> dict:
+def protocol(eval_cfg: EvalConfig, suites: Mapping, info: Mapping) -> dict:
     """The protocol entries of the suites (stated in the report)."""
     parts = {k: len(v.pairs) for k, v in suites.items() if k.startswith(salmon.PREFIX)}
     s = info.get("salmon") or {}

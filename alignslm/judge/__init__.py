@@ -29,7 +29,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignslm import logger
 from alignslm.judge.rubric import (
@@ -44,6 +44,9 @@ from alignslm.judge.rubric import (
 )
 from alignslm.judge.signal import SignalRules, judge_rows
 from alignslm.textmetrics import auto_bleu
+
+if TYPE_CHECKING:
+    from alignslm.config import JudgeConfig
 
 # --------------------------------------------------------------------------------------------------
 # Judges
@@ -437,13 +440,13 @@ def _load_lm(p: Path, cache_dir: str | Path | None) -> tuple[Any, Any]:
     return tok, model
 
 
-def _transformers_backend(cfg: Any, reply_cache: Path | None, device: str,
+def _transformers_backend(cfg: JudgeConfig, reply_cache: Path | None, device: str,
                           cache_dir: str | Path | None) -> ChatBackend:
     path = Path(cfg.model_path).expanduser() if cfg.model_path else default_judge_model()
     return TransformersBackend(path, device=device, batch_size=cfg.batch_size, cache_dir=cache_dir, dtype=cfg.dtype)
 
 
-def url_problem(cfg: Any) -> str | None:
+def url_problem(cfg: JudgeConfig) -> str | None:
     """The openai backend without an endpoint: the one message, for the run's start check, ``--dry-run`` and
     the builder (``cfg``: the ``judge`` section)."""
     if cfg.backend == "openai" and not cfg.url:
@@ -451,7 +454,8 @@ def url_problem(cfg: Any) -> str | None:
     return None
 
 
-def _openai_backend(cfg: Any, reply_cache: Path | None, device: str, cache_dir: str | Path | None) -> ChatBackend:
+def _openai_backend(cfg: JudgeConfig, reply_cache: Path | None, device: str,
+                    cache_dir: str | Path | None) -> ChatBackend:
     from alignslm.judge.http import OpenAIBackend
 
     if problem := url_problem(cfg):
@@ -463,7 +467,7 @@ def _openai_backend(cfg: Any, reply_cache: Path | None, device: str, cache_dir: 
     return backend
 
 
-def _transformers_problems(cfg: Any) -> list[str]:
+def _transformers_problems(cfg: JudgeConfig) -> list[str]:
     if cfg.model_path and not Path(cfg.model_path).expanduser().exists():
         return []  # said once, from the stage graph's external inputs, by alignslm.run.check_paths
     try:
@@ -473,7 +477,7 @@ def _transformers_problems(cfg: Any) -> list[str]:
     return [] if p.exists() else [f"judge.model_path {p} does not exist"]
 
 
-def _openai_problems(cfg: Any) -> list[str]:
+def _openai_problems(cfg: JudgeConfig) -> list[str]:
     if problem := url_problem(cfg):
         return [problem]
     from alignslm.judge.http import JudgeEndpointError, probe_endpoint
@@ -493,25 +497,25 @@ BACKENDS: dict[str, tuple[Callable[..., ChatBackend], Callable[[Any], list[str]]
 }
 
 
-def _backend_entry(cfg: Any) -> tuple[Callable[..., ChatBackend], Callable[[Any], list[str]]]:
+def _backend_entry(cfg: JudgeConfig) -> tuple[Callable[..., ChatBackend], Callable[[Any], list[str]]]:
     if cfg.backend not in BACKENDS:
         raise ValueError(f"judge.backend={cfg.backend!r}: expected {' or '.join(BACKENDS)}")
     return BACKENDS[cfg.backend]
 
 
-def load_backend(cfg: Any, run_dir_cache: Path | None = None, device: str = "cpu",
+def load_backend(cfg: JudgeConfig, run_dir_cache: Path | None = None, device: str = "cpu",
                  cache_dir: str | Path | None = None) -> ChatBackend:
     """The backend named by ``cfg`` = the ``judge`` section (:data:`BACKENDS`)."""
     return _backend_entry(cfg)[0](cfg, run_dir_cache, device, cache_dir)
 
 
-def backend_problems(cfg: Any) -> list[str]:
+def backend_problems(cfg: JudgeConfig) -> list[str]:
     """What would stop the backend of ``cfg`` (the ``judge`` section) from loading, checked cheaply (a model
     path, an endpoint probe); [] when nothing does."""
     return _backend_entry(cfg)[1](cfg)
 
 
-def load_judge(cfg: Any, backend: ChatBackend | None = None, cache_path: Path | None = None,
+def load_judge(cfg: JudgeConfig, backend: ChatBackend | None = None, cache_path: Path | None = None,
                device: str = "cpu", cache_dir: str | Path | None = None) -> LLMScoreJudge | PerplexityJudge:
     """The judge for ``cfg.mode`` (score | perplexity) on ``backend`` (built from cfg if None)."""
     if cfg.mode not in ("score", "perplexity"):

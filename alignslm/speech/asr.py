@@ -21,13 +21,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from alignslm import logger
 from alignslm.speech.audio import SAMPLE_RATE, AudioError, read_audio
 from alignslm.textmetrics import compression_ratio
+
+if TYPE_CHECKING:
+    from alignslm.config import ASRConfig
 
 HOP = 160  # samples per feature frame (10 ms)
 MAX_FRAMES = 3000  # Whisper's 30 s window
@@ -239,7 +242,7 @@ def asr_compute_type(name: str, device: str) -> str:
     return name
 
 
-def load_asr(cfg: Any, device: str = "cpu") -> ASR:
+def load_asr(cfg: ASRConfig, device: str = "cpu") -> ASR:
     """Build an :class:`ASR` from ``cfg`` = the ``asr`` config section."""
     model_dir = Path(cfg.model_path).expanduser() if cfg.model_path else default_model_dir()
     return ASR(model_dir, batch_size=cfg.batch_size, beam_size=cfg.beam_size, language=cfg.language,

@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignslm import logger
 from alignslm.eval import suites as ev_suites
@@ -34,8 +34,11 @@ from alignslm.eval.scoring import (
 from alignslm.impl import resolve_device
 from alignslm.rundir import StageContext, hash_str, read_json, read_jsonl, relative_path, write_json, write_jsonl
 
+if TYPE_CHECKING:
+    from alignslm.config import Config
 
-def check(cfg: Any) -> list[str]:
+
+def check(cfg: Config) -> list[str]:
     problems = []
     if cfg.eval.batch_size < 1:
         problems.append("eval.batch_size must be >= 1")
@@ -213,7 +216,7 @@ def _load(ctx: StageContext, adapters: list[Path]) -> Any:
                        device=_device(ctx.cfg), dtype=ctx.cfg.unitlm.dtype)
 
 
-def _device(cfg: Any) -> str:
+def _device(cfg: Config) -> str:
     return resolve_device(cfg.run.device)
 
 
@@ -367,7 +370,7 @@ def verdict(results: Mapping) -> dict[str, Any]:
             "calibration_passed": passed, "line": line}
 
 
-def _protocol(cfg: Any, benches: dict, tok: Any, gen: Any, context: int | None) -> dict:
+def _protocol(cfg: Config, benches: dict, tok: Any, gen: Any, context: int | None) -> dict:
     p = {"score": cfg.eval.score, "bos_eos": True, "support": cfg.unitlm.support, "split": cfg.benchmarks.split,
          "voices": {k: _voices(b) for k, b in benches.items()},
          "pairs": {k: len(b.pairs) for k, b in benches.items()},

@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from alignslm.eval.report import build_report
 from alignslm.rundir import StageContext, read_json
 
+if TYPE_CHECKING:
+    from alignslm.config import Config
 
-def check(cfg: Any) -> list[str]:
+
+def check(cfg: Config) -> list[str]:
     return [f"eval.{k} must be >= 0" for k in ("n_examples", "listen_k") if getattr(cfg.eval, k) < 0]
 
 

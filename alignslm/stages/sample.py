@@ -15,7 +15,7 @@ all prompts are checked before the first model call.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,8 +24,11 @@ from alignslm.kernels.sampling import SamplingError, check_params
 from alignslm.lm.prompts import PromptError, make_prompt
 from alignslm.rundir import StageContext, hash_str, read_json, read_jsonl, relative_path, run_sharded
 
+if TYPE_CHECKING:
+    from alignslm.config import Config
 
-def check(cfg: Any) -> list[str]:
+
+def check(cfg: Config) -> list[str]:
     s = cfg.sample
     problems = []
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,11 +33,14 @@ from alignslm.speech.tokenizer import (
     quantizer_dim_problem,
 )
 
+if TYPE_CHECKING:
+    from alignslm.config import Config
+
 UNITS_JSONL = "units.jsonl"
 CACHE_MAX_BYTES = 512 * 2**20
 
 
-def check(cfg: Any) -> list[str]:
+def check(cfg: Config) -> list[str]:
     """Cheap --dry-run checks: encoder kind, quantizer pickle policy (the paths' existence is checked once, from
     the stage graph's external inputs, by alignslm.run.check_paths)."""
     t = cfg.tokenize
@@ -55,7 +58,7 @@ def check(cfg: Any) -> list[str]:
     return problems
 
 
-def _device(cfg: Any) -> str:
+def _device(cfg: Config) -> str:
     return resolve_device(cfg.run.device)
 
 

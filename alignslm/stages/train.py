@@ -40,7 +40,7 @@ setting is recorded in policy.json and in the summary.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -58,10 +58,13 @@ from alignslm.rundir import (
     write_json,
 )
 
+if TYPE_CHECKING:
+    from alignslm.config import Config
+
 REFERENCES = ("base", "previous_round")
 
 
-def check(cfg: Any) -> list[str]:
+def check(cfg: Config) -> list[str]:
     t, problems = cfg.train, []
     if t.beta <= 0:
         problems.append(f"train.beta must be > 0, got {t.beta}")
@@ -83,7 +86,7 @@ def check(cfg: Any) -> list[str]:
     return problems
 
 
-def _device(cfg: Any) -> torch.device:
+def _device(cfg: Config) -> torch.device:
     return torch.device(resolve_device(cfg.run.device))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,8 +19,11 @@ from alignslm import logger
 from alignslm.lm.unitlm import UnitLMError, lm_unit_problems, special_ids
 from alignslm.rundir import StageContext, atomic_dir, read_json, read_jsonl, write_json
 
+if TYPE_CHECKING:
+    from alignslm.config import Config
 
-def check(cfg: Any) -> list[str]:
+
+def check(cfg: Config) -> list[str]:
     u = cfg.unitlm
     problems = []
     if u.path:  # its existence: alignslm.run.check_paths (the stage graph's external inputs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,11 +22,14 @@ from alignslm import logger
 from alignslm.rundir import StageContext, read_jsonl, write_json
 from alignslm.speech.audio import SAMPLE_RATE, AudioError, read_audio
 
+if TYPE_CHECKING:
+    from alignslm.config import Config
+
 VOCODER_JSON = "vocoder.json"
 HELD_OUT = 64  # dev utterances used to choose the duration model
 
 
-def check(cfg: Any) -> list[str]:
+def check(cfg: Config) -> list[str]:
     v = cfg.vocoder
     problems = []
     if v.kind == "hifigan":
