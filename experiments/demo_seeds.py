@@ -94,7 +94,7 @@ def collect(seed: int, run_dir: Path) -> dict:
               "heldout_reward_accuracy_ge_0.60": heldout is not None and heldout >= MIN_HELDOUT_ACCURACY}
     base_b = res["models"]["base"]["benchmarks"]
     return {
-        "seed": seed, "run_dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir),
+        "seed": seed, "run_dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir.resolve()),
         "model": last, "gate_met": all(checks.values()), "checks": checks,
         "win_rate": win.get("mean"), "win_rate_ci": _ci(win), "win_pairs": win.get("pairs"),
         "judge_metric": metric, "judge_gain": (comp.get("judge_gain") or {}).get("diff"),
