@@ -9,8 +9,9 @@ directories is compared:
 - markdown and html with their timing phrases masked ("done in 1.2s", "12.3 min");
 - everything else (wavs, units, checkpoints, adapters) byte for byte.
 
-``manifest.json`` (stage hashes include the package version and the code's config sections) and
-``config.yaml`` are reported apart: they record the code, not what it produced.
+``manifest.json`` and each stage's ``.hash`` (stage hashes include the package version, the config sections
+and the stage's external inputs) and ``config.yaml`` are reported apart: they record the code and the
+config, not what they produced.
 
     python experiments/smoke_artifacts.py abd157e..3ff1167 2702ea9..265a45c --root /tmp/smoke-cmp
     python experiments/smoke_artifacts.py abd157e..3ff1167 --root /tmp/smoke-cmp --compare-only
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = re.compile(r"(_s|_sec|seconds|time|elapsed|wall|started|finished|date|created|load|per_s|_per_sec|"
                       r"steps_per_s|tokens_per_s|throughput|host|pid|duration_s)$")
 TIMING_TEXT = re.compile(r"\d+(\.\d+)?\s*(s|min|ms|seconds|minutes)\b|\d{4}-\d\d-\d\dT[\d:.]+")
-APART = {"manifest.json", "config.yaml"}
+APART = {"manifest.json", "config.yaml", ".hash"}  # what the code and config hash to, not what they produced
 
 
 def scrub(x):
