@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignslm.eval.genmetrics import paired_win_rate, reject_share_diff  # noqa: E402
+from alignslm.eval.stats import paired_win_rate, reject_share_diff  # noqa: E402
 from alignslm.rundir import read_json, read_jsonl, write_json  # noqa: E402
 from alignslm.seeds import MergeError, merge_dirs  # noqa: E402
 

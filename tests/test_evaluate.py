@@ -1,4 +1,4 @@
-"""Benchmark scoring (alignslm.eval.scoring) and generation statistics (alignslm.eval.genmetrics)."""
+"""Benchmark scoring (alignslm.eval.scoring) and generation statistics (alignslm.eval.stats)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignslm.eval import genmetrics as gm
 from alignslm.eval import scoring as ev
+from alignslm.eval import stats
 from alignslm.eval.benchdata import BenchmarkSet
 from alignslm.judge.rubric import score_histogram
 from alignslm.speech.audio import write_wav
@@ -212,10 +212,10 @@ def test_score_benchmarks_writes_submission_and_matches_direct_scoring(lm, tmp_p
 
 def test_bootstrap_ci_covers_mean_and_ignores_none():
     x = [1.0, 2.0, 3.0, 4.0, None, 5.0]
-    r = gm.bootstrap_ci(x, n_boot=500, seed=1)
+    r = stats.bootstrap_ci(x, n_boot=500, seed=1)
     assert r["n"] == 5 and r["mean"] == 3.0 and r["lo"] < 3.0 < r["hi"]
     assert 1.0 < r["lo"] and r["hi"] < 5.0
-    assert gm.bootstrap_ci([], 10)["mean"] is None
+    assert stats.bootstrap_ci([], 10)["mean"] is None
 
 
 def test_paired_bootstrap_detects_shift_only_on_shared_keys():
@@ -223,10 +223,10 @@ def test_paired_bootstrap_detects_shift_only_on_shared_keys():
     base = {f"p{i}": float(v) for i, v in enumerate(rng.normal(3, 1, 60))}
     better = {k: v + 0.5 + 0.05 * rng.normal() for k, v in base.items()}
     better["extra"] = 100.0  # not in base: must not count
-    r = gm.paired_bootstrap(base, better, n_boot=1000, seed=0)
+    r = stats.paired_bootstrap(base, better, n_boot=1000, seed=0)
     assert r["n"] == 60 and r["diff"] == pytest.approx(0.5, abs=0.05)
     assert r["lo"] > 0.4 and r["p_le_0"] == 0.0
-    same = gm.paired_bootstrap(base, base, n_boot=200)
+    same = stats.paired_bootstrap(base, base, n_boot=200)
     assert same["diff"] == 0.0 and same["lo"] == 0.0
 
 
@@ -235,13 +235,13 @@ def test_summarize_generations_counts_rejects_and_averages_per_prompt():
             {"prompt_id": "a", "k": 1, "score": 3.0, "autobleu": 0.2, "perplexity": None},
             {"prompt_id": "b", "k": 0, "score": None, "autobleu": 0.1, "reject": "judge reply unparseable"},
             {"prompt_id": "b", "k": 1, "score": 1.0, "autobleu": 0.1}]
-    s = gm.summarize_generations(rows, n_boot=100, seed=0, prompt_wer=0.25)
+    s = stats.summarize_generations(rows, n_boot=100, seed=0, prompt_wer=0.25)
     assert s["per_prompt"]["score"] == {"a": 4.0, "b": 1.0}
     assert s["judge_score"]["mean"] == 2.5  # mean over prompts of per-prompt means
     assert s["reject_share"] == 0.25 and s["n_rejects"] == 1
     assert s["perplexity"]["mean"] == 10.0 and s["prompt_wer"] == 0.25
     assert score_histogram([r["score"] for r in rows]) == {"1": 1, "2": 0, "3": 1, "4": 0, "5": 1}  # None: not counted
-    cmp_ = gm.compare_models(s, s, n_boot=50)
+    cmp_ = stats.compare_models(s, s, n_boot=50)
     assert cmp_["score"]["diff"] == 0.0 and cmp_["score"]["n"] == 2
 
 
@@ -254,19 +254,19 @@ def test_perplexity_judge_metric_compares_log_perplexity_signed_as_gain():
             for i in range(30) for k in range(2)]
     better = [{**r, "perplexity": r["perplexity"] / 2} for r in base]
     better[0] = {**better[0], "perplexity": None, "reject": "judge: no perplexity"}
-    sb = gm.summarize_generations(base, n_boot=200, judge_metric="perplexity")
-    so = gm.summarize_generations(better, n_boot=200, judge_metric="perplexity")
+    sb = stats.summarize_generations(base, n_boot=200, judge_metric="perplexity")
+    so = stats.summarize_generations(better, n_boot=200, judge_metric="perplexity")
     assert sb["judge_metric"] == "perplexity" and sb["n_rejects"] == 0 and so["n_rejects"] == 1
     assert sb["judge"]["mean"] == pytest.approx(sb["log_perplexity"]["mean"])
     assert sb["per_prompt"]["log_perplexity"]["p0"] == pytest.approx((math.log(40) + math.log(41)) / 2)
-    c = gm.compare_models(sb, so, n_boot=500)
+    c = stats.compare_models(sb, so, n_boot=500)
     assert c["judge_metric"] == "perplexity"
     assert c["judge_gain"]["diff"] == pytest.approx(math.log(2), abs=0.02) and c["judge_gain"]["lo"] > 0
     assert c["judge_gain"]["p_le_0"] == 0.0
-    worse = gm.compare_models(so, sb, n_boot=500)["judge_gain"]
+    worse = stats.compare_models(so, sb, n_boot=500)["judge_gain"]
     assert worse["hi"] < 0 and worse["p_le_0"] == 1.0
     with pytest.raises(ValueError, match="judge_metric"):
-        gm.summarize_generations(base, judge_metric="bleu")
+        stats.summarize_generations(base, judge_metric="bleu")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ def test_generation_metrics_for_the_base_and_the_last_round_by_default():
 def test_report_of_a_round_without_generation_metrics_says_n_a(tmp_path):
     """eval.generation_models=final: an intermediate round has benchmarks only; its judge cells read n/a."""
     from alignslm.eval import report as rp
-    from alignslm.eval.genmetrics import compare_models, summarize_generations
+    from alignslm.eval.stats import compare_models, summarize_generations
 
     rows = [{"prompt_id": f"p{i}", "k": k, "perplexity": 50.0 + i + k, "autobleu": 0.0, "reject": None}
             for i in range(4) for k in range(2)]
@@ -556,9 +556,9 @@ def test_windowed_scoring_of_utterances_longer_than_the_context(lm):
     total, n = ev.windowed_loglik(lm, short, 128)
     assert n == 11 and total == pytest.approx(_loglik(lm, short)[0], abs=1e-4)  # one window = exact
     long_ = np.random.default_rng(3).integers(0, N_UNITS, 150).tolist()  # 152 tokens > context 128
-    stats: dict = {}
-    got = ev.score_units(lm, {"long": long_, "short": short}, "sum", stats=stats)
-    assert stats == {"windowed": 1, "context": 128}
+    info: dict = {}
+    got = ev.score_units(lm, {"long": long_, "short": short}, "sum", stats=info)
+    assert info == {"windowed": 1, "context": 128}
     seq = torch.tensor([[1] + [u + 2 for u in long_] + [1]])  # (1, 152)
     support = list(range(2, 2 + N_UNITS)) + [1]
 

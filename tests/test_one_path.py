@@ -1,5 +1,5 @@
 """The rounds and the held-out evaluation vocode, transcribe and judge with the same component functions: the
-same continuations through the vocode -> transcribe -> judge stages and through alignslm.eval.genmetrics'
+same continuations through the vocode -> transcribe -> judge stages and through alignslm.eval.generation's
 GenerationSetup get the same rejects (reason for reason) and the same signal values."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from helpers import signal_rules
 
 from alignslm.config import load_config
-from alignslm.eval.genmetrics import GenerationSetup
+from alignslm.eval.generation import GenerationSetup
 from alignslm.judge import TransformersBackend, judge_asked, judge_transcripts, transcription_reject
 from alignslm.judge.rubric import JudgeResult, score_histogram
 from alignslm.rundir import StageContext, read_jsonl, write_jsonl

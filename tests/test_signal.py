@@ -1,5 +1,5 @@
 """alignslm.judge.signal (the screen and the score shared by the judge stage, the pairs and the evaluation) and the
-calibration statistics of alignslm.eval.genmetrics."""
+calibration statistics of alignslm.eval.stats."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from helpers import pair_rules, signal_rules
 
 from alignslm.config import JudgeConfig
 from alignslm.dpo.pairs import Candidate, build_pairs_for_prompt
-from alignslm.eval.genmetrics import calibration_summary, paired_win_rate, reject_share_diff, win_rate
+from alignslm.eval.stats import calibration_summary, paired_win_rate, reject_share_diff, win_rate
 from alignslm.judge.signal import is_stock, judge_rows, rules_from, screen, sense
 
 RULES = signal_rules()

@@ -17,7 +17,7 @@ Protocol (written into the report's Protocol section by :func:`protocol_line`):
   you." has a low GenPPL: read it beside auto-BLEU and the reject share); empty transcripts are counted
   (``missing``);
 * per model: the geometric mean over prompts of each prompt's geometric-mean GenPPL (= exp of the mean
-  ln GenPPL), with a percentile bootstrap 95% CI over prompts (alignslm.eval.genmetrics.summarize_genppl, beside
+  ln GenPPL), with a percentile bootstrap 95% CI over prompts (alignslm.eval.stats.summarize_genppl, beside
   the other per-model summaries); round vs base: the paired bootstrap of the ln GenPPL difference (``log_genppl``
   in the comparisons; < 0 = more fluent than the base model).
 """

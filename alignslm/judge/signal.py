@@ -1,6 +1,6 @@
 """The preference signal on transcripts: which ones the chain lets through (:func:`screen`) and how a
 judged one scores (:func:`sense`).  One implementation, used by the round stages (judge -> pairs) and by
-the evaluation (alignslm.eval.genmetrics, its calibration block), so that what DPO is trained towards and what
+the evaluation (alignslm.eval.generation, its calibration block), so that what DPO is trained towards and what
 the evaluation measures cannot drift apart.
 
 Why a screen: Whisper turns unintelligible or near-silent audio into fluent stock phrases ("Thank you.",

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from alignslm import logger
 from alignslm.eval import suites as ev_suites
-from alignslm.eval.genmetrics import GenerationSetup, compare_models, paired_win_rate, reject_share_diff
+from alignslm.eval.generation import GenerationSetup
 from alignslm.eval.scoring import (
     EvalInputError,
     check_benchmark,
@@ -31,6 +31,7 @@ from alignslm.eval.scoring import (
     score_benchmarks,
     tokenize_items,
 )
+from alignslm.eval.stats import compare_models, paired_win_rate, reject_share_diff
 from alignslm.impl import resolve_device
 from alignslm.rundir import StageContext, hash_str, read_json, read_jsonl, relative_path, write_json, write_jsonl
 
@@ -258,7 +259,7 @@ def calibration(ctx: StageContext, gen: Any, base_rows: list[dict], rules: Any =
     words four times).  Returns (calibration_summary, rows by class).  ``rules`` overrides gen.rules."""
     import numpy as np
 
-    from alignslm.eval.genmetrics import calibration_summary
+    from alignslm.eval.stats import calibration_summary
     from alignslm.judge.signal import judge_rows
 
     rules = rules or gen.rules
