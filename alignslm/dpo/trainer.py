@@ -438,10 +438,11 @@ class DPOTrainer:
 
     # ---------------------------------------------------------------- reference log-probs
 
-    def _reference(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B,)`` reference log-probs of chosen and rejected."""
-        if self.ref_cache is not None:
-            ref = self.ref_cache[batch.idx.cpu()].to(self.device)  # (B, 2)
+    def _reference(self, batch: Batch, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B,)`` reference log-probs of chosen and rejected: from ``cache`` (precomputed, indexed by the
+        examples' ``idx``) or computed now with the adapter disabled."""
+        if cache is not None:
+            ref = cache[batch.idx.cpu()].to(self.device)  # (B, 2)
             return ref[:, 0], ref[:, 1]
         with torch.no_grad(), self.peft.disable_adapter():
             logps = self.module(*batch.forward_args())
@@ -494,10 +495,13 @@ class DPOTrainer:
                              "processes (it is the micro-batch over all of them)")
         return self.cfg.batch_size // self.world
 
-    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logps = self.ddp(*batch.forward_args())  # (2B,)
+    def _loss(self, batch: Batch, forward: nn.Module, cache: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's mean loss and its per-pair statistics; ``forward`` is the DDP-wrapped module in training
+        and the bare module in no-grad evaluation (no DDP hooks), ``cache`` the reference log-probs or None."""
+        logps = forward(*batch.forward_args())  # (2B,)
         pc, pr = logps.chunk(2)
-        rc, rr = self._reference(batch)
+        rc, rr = self._reference(batch, cache)
         lc, lr_ = batch.lengths.chunk(2)
         out = preference_loss(pc, pr, rc, rr, beta=self.cfg.beta, loss_type=self.cfg.loss,
                               label_smoothing=self.cfg.label_smoothing, chosen_lengths=lc, rejected_lengths=lr_)
@@ -512,7 +516,7 @@ class DPOTrainer:
             last = m == len(micro) - 1
             sync = contextlib.nullcontext() if (last or self.world == 1) else self.ddp.no_sync()
             with sync:
-                loss, st = self._loss(batch)
+                loss, st = self._loss(batch, self.ddp, self.ref_cache)
                 (loss / len(micro)).backward()
             stats.append(st)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
@@ -624,24 +628,14 @@ class DPOTrainer:
             if self.reference != "base":
                 raise ValueError("DPOTrainer.evaluate: reference log-probs (reference='initial') are cached for "
                                  "the training pairs only; evaluate other pairs with reference='base'")
-            self.ref_cache = None
+            cache = None
         self.peft.eval()
         stats = []
-        try:
-            with torch.no_grad():
-                for s in range(0, len(examples), self.cfg.batch_size):
-                    batch = self._collate(examples[s:s + self.cfg.batch_size])
-                    stats.append(self._loss(batch)[1] if self.world == 1 else self._eval_loss(batch))
-        finally:
-            self.ref_cache = cache
+        with torch.no_grad():
+            for s in range(0, len(examples), self.cfg.batch_size):
+                batch = self._collate(examples[s:s + self.cfg.batch_size])
+                stats.append(self._loss(batch, self.module, cache)[1])
         return metrics_from_stats(torch.cat(stats))
-
-    def _eval_loss(self, batch: Batch) -> torch.Tensor:
-        ddp, self.ddp = self.ddp, self.module  # no DDP hooks in a no-grad pass
-        try:
-            return self._loss(batch)[1]
-        finally:
-            self.ddp = ddp
 
     def save_adapter(self, path: str | Path, base_name: str | None = None) -> Path:
         """``save_pretrained`` (safetensors) into a temporary directory, renamed into place.
