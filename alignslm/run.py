@@ -65,16 +65,11 @@ def check_paths(cfg: Config) -> list[str]:
 
 def judge_endpoint_problems(cfg: Config, steps: list[Step]) -> list[str]:
     """An HTTP judge that a selected stage will ask must answer now, before hours of sampling."""
-    if cfg.judge.backend != "openai" or not cfg.judge.url or not any(
-            st.spec.name in ("judge", "evaluate") for st in steps):
+    if not any(st.spec.name in ("judge", "evaluate") for st in steps):
         return []
-    from alignslm.judge.http import JudgeEndpointError, probe_endpoint
+    from alignslm.judge import endpoint_problem
 
-    try:
-        probe_endpoint(cfg.judge.url, cfg.judge.api_key_env, min(cfg.judge.timeout_s, 10.0))
-    except JudgeEndpointError as e:
-        return [f"judge.url: {e}"]
-    return []
+    return [f"judge.url: {p}"] if (p := endpoint_problem(cfg.judge)) else []
 
 
 def cross_checks(cfg: Config) -> list[str]:
@@ -139,8 +134,8 @@ def dry_run(cfg: Config, steps: list[Step], force: bool = False) -> int:
             problems.append(f"stage {spec.name}: cannot import {mod}: {e}")
             continue
         if check is not None:
-            # a stage's check() leaves the external paths' existence to check_paths (from the stage graph)
-            problems += [f"{spec.name}: {m}" for m in check(cfg) if m not in problems]
+            # a stage's check() leaves the external paths' existence (and the judge URL) to check_paths
+            problems += [f"{spec.name}: {m}" for m in check(cfg)]
     print(f"plan for run directory {cfg.run.run_dir} ([run] = will run, [skip] = up to date):")
     runs = will_run(steps, cfg, Manifest(Path(cfg.run.run_dir).expanduser()), force=force)
     for i, (st, r) in enumerate(zip(steps, runs), 1):

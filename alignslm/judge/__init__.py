@@ -477,16 +477,23 @@ def _transformers_problems(cfg: JudgeConfig) -> list[str]:
     return [] if p.exists() else [f"judge.model_path {p} does not exist"]
 
 
-def _openai_problems(cfg: JudgeConfig) -> list[str]:
-    if problem := url_problem(cfg):
-        return [problem]
+def endpoint_problem(cfg: JudgeConfig) -> str | None:
+    """Why the openai backend's endpoint does not answer now (a short probe), or None when it does, or when
+    there is no endpoint to probe (another backend; no URL: :func:`url_problem`'s, said once)."""
+    if cfg.backend != "openai" or not cfg.url:
+        return None
     from alignslm.judge.http import JudgeEndpointError, probe_endpoint
 
     try:
         probe_endpoint(cfg.url, cfg.api_key_env, min(cfg.timeout_s, 10.0))
     except JudgeEndpointError as e:
-        return [str(e)]
-    return []
+        return str(e)
+    return None
+
+
+def _openai_problems(cfg: JudgeConfig) -> list[str]:
+    # a missing URL is alignslm.run.check_paths' to say (url_problem), once, like a missing path
+    return [p] if (p := endpoint_problem(cfg)) else []
 
 
 # judge.backend -> (builder(cfg, reply_cache, device, model_cache_dir), cheap check(cfg) -> problems); a new
