@@ -100,18 +100,18 @@ class GenerationSetup:
                    ctx.out, seeds)
 
     def protocol(self) -> dict:
-        s = self.cfg.sample
+        s, j = self.cfg.sample, self.cfg.judge
+        judge_lm = f"{j.backend}:{j.model_path or 'SmolLM2-135M-Instruct'}"
         return {"n_prompts": len(self.prompts), "n_continuations": s.n_continuations,
                 "prompt_split": "/".join(sorted({p["split"] for p in self.prompts})),
                 "prompt_seconds": s.prompt_seconds,
                 "sampling": {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
                              "max_new_units": s.max_new_units},
-                "judge": f"{self.cfg.judge.backend}:{self.cfg.judge.model_path or 'SmolLM2-135M-Instruct'} "
-                         + (f"({'expected digit score' if self.cfg.judge.expected_score else 'parsed score'})"
+                "judge": f"{judge_lm} "
+                         + (f"({'expected digit score' if j.expected_score else 'parsed score'})"
                             if self.metric == "score" else "(perplexity of the transcript given the prompt's)"),
                 "judge_metric": self.metric,
-                "genppl": {"lm": f"{self.cfg.judge.backend}:{self.cfg.judge.model_path or 'SmolLM2-135M-Instruct'}",
-                           "context": self.rules.neutral} if self.cfg.eval.genppl else None,
+                "genppl": {"lm": judge_lm, "context": self.rules.neutral} if self.cfg.eval.genppl else None,
                 "prompt_wer_n": sum(p["reference"] is not None for p in self.prompts),
                 "prompts_at_word_end": sum(bool(p.get("at_word")) for p in self.prompts)}
 

@@ -133,8 +133,6 @@ def _prepare_multispeaker(b: Any, out: Path, demo: bool, seed: int, cache_dir: s
 def check(b: Any) -> list[str]:
     """--dry-run: the real SALMon / ProsAudit / multi-speaker StoryCloze layouts are complete (no audio read).
     A root that does not exist is not looked into: alignslm.run.check_paths says so once, from the stage graph."""
-    from pathlib import Path
-
     from alignslm.eval.benchdata import BenchmarkError
 
     def present(root: str | None) -> bool:

@@ -41,9 +41,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from alignslm.textmetrics import auto_bleu, normalize_text, words
+
+if TYPE_CHECKING:
+    from alignslm.config import JudgeConfig
 
 # Whisper's well-known outputs on silence, music or unintelligible speech (normalised text).
 HALLUCINATIONS = (
@@ -80,7 +83,7 @@ class SignalRules:
             raise ValueError(f"judge.signal={self.kind!r}: expected one of {', '.join(KINDS)}")
 
 
-def rules_from(judge: Any) -> SignalRules:
+def rules_from(judge: JudgeConfig) -> SignalRules:
     """SignalRules from a ``judge`` config section (``alignslm.config.JudgeConfig``)."""
     return SignalRules(kind=judge.signal, hallucinations=judge.screen_hallucinations,
                        max_no_speech=judge.max_no_speech, min_avg_logprob=judge.min_avg_logprob,

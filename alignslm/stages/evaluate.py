@@ -150,7 +150,8 @@ def run(ctx: StageContext) -> dict:
         for a in adapters:
             if not ((a / "adapter" / "adapter_config.json").is_file() or (a / "adapter_config.json").is_file()):
                 raise EvalInputError(f"model {name}: no LoRA adapter in {a} (expected adapter/adapter_config.json)")
-    tok = load_tokenizer(ctx.inputs["tokenize"], device=_device(cfg), batch_size=cfg.tokenize.batch_size)
+    tok = load_tokenizer(ctx.inputs["tokenize"], device=resolve_device(cfg.run.device),
+                         batch_size=cfg.tokenize.batch_size)
     tok_src = str(ctx.inputs["tokenize"] / "tokenizer.json")
     meta = read_json(ctx.inputs["unitlm"] / "unitlm.json")
     if meta.get("n_units") is not None:  # cheap check before any model loads
@@ -214,11 +215,7 @@ def _load(ctx: StageContext, adapters: list[Path]) -> Any:
     from alignslm.lm.unitlm import load_unitlm
 
     return load_unitlm(ctx.inputs["unitlm"], adapters=adapters, merge=True, support=ctx.cfg.unitlm.support,
-                       device=_device(ctx.cfg), dtype=ctx.cfg.unitlm.dtype)
-
-
-def _device(cfg: Config) -> str:
-    return resolve_device(cfg.run.device)
+                       device=resolve_device(ctx.cfg.run.device), dtype=ctx.cfg.unitlm.dtype)
 
 
 def _evaluate_model(ctx: StageContext, name: str, lm: Any, units: dict, benches: dict, gen: Any,

@@ -58,10 +58,6 @@ def check(cfg: Config) -> list[str]:
     return problems
 
 
-def _device(cfg: Config) -> str:
-    return resolve_device(cfg.run.device)
-
-
 def _read(row: dict, enc: Encoder) -> np.ndarray:
     """One manifest row's audio (path made absolute by :func:`run`), checked against what the encoder
     accepts (AudioError otherwise)."""
@@ -159,7 +155,8 @@ def run(ctx: StageContext) -> dict:
     if not rows or None in ids or len(set(ids)) != len(ids):
         raise ValueError(f"{manifest}: need a non-empty manifest with a unique utt_id on every row")
     enc = build_encoder(t.encoder, t.encoder_path, layer=t.layer, batch_size=t.batch_size, pool=t.pool,
-                        compute_type=t.compute_type, device=_device(ctx.cfg), norm=t.norm, cepstra=t.cepstra)
+                        compute_type=t.compute_type, device=resolve_device(ctx.cfg.run.device), norm=t.norm,
+                        cepstra=t.cepstra)
     if t.quantizer:  # fail fast on a mismatched file, before any audio is read
         q = load_quantizer(Path(t.quantizer).expanduser(), trust_pickle=t.trust_pickle)
         problem = quantizer_dim_problem(q.dim, enc.dim, t.quantizer, f"{enc.name} (dim {enc.dim})", t.layer)

@@ -61,9 +61,6 @@ from alignslm.rundir import (
 if TYPE_CHECKING:
     from alignslm.config import Config
 
-REFERENCES = ("base", "previous_round")
-
-
 def check(cfg: Config) -> list[str]:
     t, problems = cfg.train, []
     if t.beta <= 0:
