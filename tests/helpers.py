@@ -161,6 +161,15 @@ TIMING_KEYS = {"seconds", "time", "started", "wall_s", "build_seconds", "fit_s",
                "prosaudit_s", "continuation_only_s", "genppl_s", "tokenize_suites_s", "multispeaker_s"}
 
 
+def read_16k_mono(path: Path, dtype: str = "float64"):  # noqa: ANN201 - np.ndarray (T,)
+    """A wav the demo wrote, asserted to be 16 kHz mono; its samples as ``dtype`` (int16: as stored)."""
+    import soundfile as sf
+
+    x, sr = sf.read(path, dtype=dtype)
+    assert sr == 16000 and x.ndim == 1, f"{path}: {sr} Hz, shape {x.shape}"
+    return x
+
+
 def manifest_stages(run_dir: Path) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())["stages"]
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-from helpers import tiny_lm
+from helpers import read_16k_mono, tiny_lm
 
 from alignslm.eval import multispeaker as ms
 from alignslm.eval.benchdata import BenchmarkError
@@ -27,12 +26,6 @@ def built(tmp_path_factory) -> tuple[Path, dict]:
     out = write_demo_multispeaker(root / "data", n_pairs=4, seed=3, voices=VOICES, rate=175, n_topics=10,
                                   cache_dir=root / "cache")
     return root, out
-
-
-def _pcm(p: Path) -> np.ndarray:
-    x, sr = sf.read(p, dtype="int16")
-    assert sr == 16000 and x.ndim == 1
-    return x
 
 
 def test_layout_reads_back_with_two_voices_per_story_and_the_sSC_stories(built):
@@ -69,8 +62,8 @@ def test_a_file_is_the_context_recording_a_pause_and_the_ending_recording(built)
         c = t[("ssc", f"{k}_correct")]
         head = synthesize_cached(c["context"], c["context_voice"], 175, root / "cache")
         tail = synthesize_cached(c["ending"], c["ending_voice"], 175, root / "cache")
-        a, b = _pcm(root / "data" / "ssc" / f"{k}_correct.wav"), _pcm(root / "data" / "ssc" / f"{k}_incorrect.wav")
-        h, e = _pcm(Path(head["path"])), _pcm(Path(tail["path"]))
+        a, b = (read_16k_mono(root / "data" / "ssc" / f"{k}_{v}.wav", "int16") for v in ("correct", "incorrect"))
+        h, e = read_16k_mono(Path(head["path"]), "int16"), read_16k_mono(Path(tail["path"]), "int16")
         assert np.array_equal(a[: len(h)], h) and np.array_equal(b[: len(h)], h)
         assert np.array_equal(a[len(a) - len(e):], e)
         gap = len(a) - len(h) - len(e)

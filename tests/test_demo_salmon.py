@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
+from helpers import read_16k_mono
 
 from alignslm.demo import salmon as ds
 from alignslm.eval.salmon import load_salmon
@@ -22,12 +22,6 @@ def built(tmp_path_factory) -> tuple[Path, dict]:
     out = ds.write_demo_salmon(root / "data", n_pairs=4, seed=3, voices=VOICES, rate=175, n_topics=10,
                                cache_dir=root / "cache")
     return root / "data", out
-
-
-def _read(p: Path) -> np.ndarray:
-    x, sr = sf.read(p, dtype="float64")
-    assert sr == 16000 and x.ndim == 1
-    return x
 
 
 def test_layout_reads_back_through_the_official_loader(built):
@@ -58,7 +52,7 @@ def test_layout_reads_back_through_the_official_loader(built):
 def test_positive_and_negative_agree_before_the_cut_and_differ_after(built, part):
     root, _ = built
     for m in json.loads((root / part / "metadata.json").read_text()):
-        pos, neg = _read(root / part / f"sample_{m['index']}_0.wav"), _read(root / part / f"sample_{m['index']}_1.wav")
+        pos, neg = (read_16k_mono(root / part / f"sample_{m['index']}_{i}.wav") for i in (0, 1))
         cut = m["cut_s"][0] if isinstance(m["cut_s"], list) else m["cut_s"]
         before = int((cut - 0.03) * 16000)  # the crossfade starts at most 10 ms before the cut
         assert np.array_equal(pos[:before], neg[:before])
